@@ -1,0 +1,119 @@
+//! Wiring: store, service, delivery engine and the listener, built from a
+//! [`Config`]. `build` binds the listener (port 0 works) before returning, so
+//! tests can connect as soon as they have an [`Application`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+
+use crate::config::Config;
+use crate::delivery::DeliveryEngine;
+use crate::grpc::GrpcApi;
+use crate::proto::v1::webhook_service_server::WebhookServiceServer;
+use crate::service::WebhookService;
+use crate::store::{PostgresStore, Store};
+
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    service: WebhookService,
+    store: Arc<dyn Store>,
+    engine: Arc<DeliveryEngine>,
+    max_message_bytes: usize,
+}
+
+/// How often the health reporter checks the store.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let pg = PostgresStore::connect(&config.database_url, config.db_pool_size).await?;
+        pg.migrate().await?;
+        tracing::info!(store = "postgres", "store ready");
+        let store: Arc<dyn Store> = Arc::new(pg);
+        let wake = Arc::new(Notify::new());
+        let service =
+            WebhookService::new(store.clone(), config.limits.clone(), config.default_max_retries, wake.clone());
+        let engine = DeliveryEngine::new(store.clone(), config.delivery.clone(), wake)?;
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let max_message_bytes = 4 * (config.limits.max_payload_bytes + config.limits.max_metadata_bytes) + (1 << 20);
+        Ok(Self { listener, addr, service, store, engine, max_message_bytes })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, drains the
+    /// delivery engine and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let token = CancellationToken::new();
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        // grpcurl 1.8 only speaks v1alpha.
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let router =
+            tonic::service::Routes::new(GrpcApi::new(self.service.clone()).into_server(self.max_message_bytes))
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .prepare()
+                .into_axum_router();
+
+        let health_task = tokio::spawn(report_health(self.store.clone(), health, token.clone()));
+        let engine_task = tokio::spawn(self.engine.clone().run(token.clone()));
+        tracing::info!(addr = %self.addr, "hookpost listening (gRPC)");
+
+        let stop = token.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+        let served = axum::serve(self.listener, router).with_graceful_shutdown(token.clone().cancelled_owned()).await;
+        token.cancel();
+        engine_task.await.context("delivery engine panicked")?;
+        health_task.abort();
+        served.context("serving")?;
+        tracing::info!("hookpost stopped");
+        Ok(())
+    }
+}
+
+/// Keeps `grpc.health.v1` honest: NOT_SERVING while the store does not answer.
+async fn report_health(store: Arc<dyn Store>, health: tonic_health::server::HealthReporter, token: CancellationToken) {
+    let mut last = None;
+    loop {
+        let status = match store.ping().await {
+            Ok(()) => ServingStatus::Serving,
+            Err(err) => {
+                tracing::warn!(error = %err, "store unreachable; reporting NOT_SERVING");
+                ServingStatus::NotServing
+            }
+        };
+        if last != Some(status) {
+            health.set_service_status("", status).await;
+            health
+                .set_service_status(<WebhookServiceServer<GrpcApi> as tonic::server::NamedService>::NAME, status)
+                .await;
+            last = Some(status);
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(HEALTH_PROBE_INTERVAL) => {}
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The command line: every option has an env var, and its doc comment is its
+//! `--help` line. Parsed once into [`Config`], which the rest of the crate uses.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::delivery::DeliveryConfig;
+use crate::delivery::retry::RetryPolicy;
+use crate::domain::Limits;
+
+#[derive(Debug, Parser)]
+#[command(name = "hookpost", version, about = "Durable webhook delivery over gRPC, with a log of every attempt")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log output: human-readable text or one JSON object per line.
+    #[arg(long, env = "HOOKPOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server and the delivery workers.
+    Serve(Box<ServeArgs>),
+    /// Apply the database migrations and exit.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// Postgres URL, e.g. postgres://user@127.0.0.1:5432/hookpost.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+}
+
+/// Parses `200ms`, `2s`, `1h`, `30d` and the like.
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 200ms, 2s, 1h)"))
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Address to listen on for gRPC.
+    #[arg(long, env = "HOOKPOST_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Most database connections this process opens.
+    #[arg(long, env = "HOOKPOST_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+
+    /// Retries after the first attempt, unless a Dispatch sets max_retries.
+    #[arg(long, env = "HOOKPOST_MAX_RETRIES", default_value_t = 3)]
+    pub max_retries: u32,
+
+    /// Delay before the first retry; each later retry doubles it (with jitter).
+    #[arg(long, env = "HOOKPOST_BACKOFF_BASE", value_parser = duration, default_value = "10s")]
+    pub backoff_base: Duration,
+
+    /// Longest delay between two attempts.
+    #[arg(long, env = "HOOKPOST_BACKOFF_MAX", value_parser = duration, default_value = "1h")]
+    pub backoff_max: Duration,
+
+    /// Longest Retry-After honoured from a receiver.
+    #[arg(long, env = "HOOKPOST_RETRY_AFTER_MAX", value_parser = duration, default_value = "1h")]
+    pub retry_after_max: Duration,
+
+    /// Total time one attempt may take (connect, send, response).
+    #[arg(long, env = "HOOKPOST_ATTEMPT_TIMEOUT", value_parser = duration, default_value = "15s")]
+    pub attempt_timeout: Duration,
+
+    /// Time allowed to open a connection to a receiver.
+    #[arg(long, env = "HOOKPOST_CONNECT_TIMEOUT", value_parser = duration, default_value = "5s")]
+    pub connect_timeout: Duration,
+
+    /// Added to the attempt timeout to form a claim's lease (at most 30s).
+    #[arg(long, env = "HOOKPOST_LEASE_MARGIN", value_parser = duration, default_value = "10s")]
+    pub lease_margin: Duration,
+
+    /// How often to look for work dispatched by other replicas or falling due.
+    #[arg(long, env = "HOOKPOST_POLL_INTERVAL", value_parser = duration, default_value = "200ms")]
+    pub poll_interval: Duration,
+
+    /// Deliveries in flight at once in this process.
+    #[arg(long, env = "HOOKPOST_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Deliveries in flight at once to any one host.
+    #[arg(long, env = "HOOKPOST_PER_HOST_CONCURRENCY", default_value_t = 16)]
+    pub per_host_concurrency: usize,
+
+    /// How long shutdown waits for in-flight deliveries.
+    #[arg(long, env = "HOOKPOST_DRAIN_TIMEOUT", value_parser = duration, default_value = "30s")]
+    pub drain_timeout: Duration,
+
+    /// Largest payload accepted, in bytes of JSON.
+    #[arg(long, env = "HOOKPOST_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024)]
+    pub max_payload_bytes: usize,
+
+    /// Largest metadata accepted, in bytes of JSON.
+    #[arg(long, env = "HOOKPOST_MAX_METADATA_BYTES", default_value_t = 16 * 1024)]
+    pub max_metadata_bytes: usize,
+}
+
+/// Everything `hookpost serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub db_pool_size: u32,
+    pub default_max_retries: u32,
+    pub limits: Limits,
+    pub delivery: DeliveryConfig,
+}
+
+impl Config {
+    /// Defaults for everything but the database, listening on `listen`.
+    pub fn new(database_url: impl Into<String>, listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            database_url: database_url.into(),
+            db_pool_size: 16,
+            default_max_retries: 3,
+            limits: Limits::default(),
+            delivery: DeliveryConfig::default(),
+        }
+    }
+}
+
+impl TryFrom<ServeArgs> for Config {
+    type Error = anyhow::Error;
+
+    fn try_from(a: ServeArgs) -> anyhow::Result<Self> {
+        anyhow::ensure!(a.lease_margin <= Duration::from_secs(30), "--lease-margin must be at most 30s");
+        anyhow::ensure!(a.concurrency >= 1, "--concurrency must be at least 1");
+        anyhow::ensure!(a.per_host_concurrency >= 1, "--per-host-concurrency must be at least 1");
+        anyhow::ensure!(a.db_pool_size >= 1, "--db-pool-size must be at least 1");
+        anyhow::ensure!(!a.attempt_timeout.is_zero(), "--attempt-timeout must be positive");
+        let limits = Limits {
+            max_payload_bytes: a.max_payload_bytes,
+            max_metadata_bytes: a.max_metadata_bytes,
+            ..Limits::default()
+        };
+        anyhow::ensure!(a.max_retries <= limits.max_retries, "--max-retries must be at most {}", limits.max_retries);
+        Ok(Self {
+            listen: a.listen,
+            database_url: a.database.database_url,
+            db_pool_size: a.db_pool_size,
+            default_max_retries: a.max_retries,
+            limits,
+            delivery: DeliveryConfig {
+                concurrency: a.concurrency,
+                per_host_concurrency: a.per_host_concurrency,
+                attempt_timeout: a.attempt_timeout,
+                connect_timeout: a.connect_timeout.min(a.attempt_timeout),
+                lease_margin: a.lease_margin,
+                poll_interval: a.poll_interval,
+                retry: RetryPolicy { base: a.backoff_base, max: a.backoff_max, retry_after_max: a.retry_after_max },
+                drain_timeout: a.drain_timeout,
+                ..DeliveryConfig::default()
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_human_units() {
+        assert_eq!(duration("200ms").unwrap(), Duration::from_millis(200));
+        assert_eq!(duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(duration("soon").unwrap_err().contains("200ms"));
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,191 @@
+//! One POST of a webhook, and its outcome in the terms the log keeps.
+
+use std::error::Error as _;
+use std::time::{Duration, Instant, SystemTime};
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+
+use super::retry::parse_retry_after;
+use crate::domain::{ClaimedDelivery, FailureCategory};
+
+/// Response bytes kept in the log.
+pub const KEPT_BODY_BYTES: usize = 10 * 1024;
+
+/// The shared HTTP client and the limits of one attempt.
+#[derive(Clone)]
+pub struct HttpDeliverer {
+    client: reqwest::Client,
+    /// Response bytes read (and discarded past [`KEPT_BODY_BYTES`]) before the
+    /// connection is dropped, so a receiver cannot make us read forever.
+    max_read_bytes: usize,
+}
+
+/// What one attempt produced.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub attempted_at: DateTime<Utc>,
+    pub status: Option<u16>,
+    pub response_body: String,
+    pub response_truncated: bool,
+    pub response_time_ms: i64,
+    /// `None` on success.
+    pub category: Option<FailureCategory>,
+    pub error_message: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+impl AttemptResult {
+    pub fn success(&self) -> bool {
+        self.category.is_none()
+    }
+}
+
+impl HttpDeliverer {
+    pub fn new(attempt_timeout: Duration, connect_timeout: Duration, max_read_bytes: usize) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("hookpost/", env!("CARGO_PKG_VERSION")))
+            // A 3xx is the receiver's answer, recorded as a failed attempt;
+            // following it could lead anywhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(connect_timeout)
+            .timeout(attempt_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()?;
+        Ok(Self { client, max_read_bytes })
+    }
+
+    #[tracing::instrument(skip_all, fields(request_id = %d.request_id, attempt = d.attempt_count + 1))]
+    pub async fn attempt(&self, d: &ClaimedDelivery) -> AttemptResult {
+        let attempted_at = Utc::now();
+        let started = Instant::now();
+        let mut result = AttemptResult {
+            attempted_at,
+            status: None,
+            response_body: String::new(),
+            response_truncated: false,
+            response_time_ms: 0,
+            category: None,
+            error_message: None,
+            retry_after: None,
+        };
+        let request = self
+            .client
+            .post(&d.webhook_url)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            // Standard Webhooks header names, so receivers' libraries recognise them.
+            .header("webhook-id", d.request_id.to_string())
+            .header("webhook-timestamp", attempted_at.timestamp().to_string())
+            .header("x-hookpost-event", &d.webhook_type)
+            .header("x-hookpost-attempt", (d.attempt_count + 1).to_string())
+            .body(d.body.clone());
+        match request.send().await {
+            Err(err) => {
+                let (category, message) = classify(&err);
+                result.category = Some(category);
+                result.error_message = Some(message);
+            }
+            Ok(mut response) => {
+                let status = response.status();
+                result.status = Some(status.as_u16());
+                result.retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                let mut kept = Vec::new();
+                let mut read = 0usize;
+                loop {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => {
+                            read += chunk.len();
+                            let room = KEPT_BODY_BYTES.saturating_sub(kept.len());
+                            kept.extend_from_slice(&chunk[..room.min(chunk.len())]);
+                            if chunk.len() > room {
+                                result.response_truncated = true;
+                            }
+                            if read > self.max_read_bytes {
+                                // Dropping the response closes the connection.
+                                result.response_truncated = true;
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(err) => {
+                            // The status already arrived and decides the outcome;
+                            // a body cut short is noted, not fatal.
+                            result.response_truncated = true;
+                            result.error_message = Some(format!("reading the response body failed: {}", chain(&err)));
+                            break;
+                        }
+                    }
+                }
+                result.response_body = String::from_utf8_lossy(&kept).into_owned();
+                if !status.is_success() {
+                    let category = match status.as_u16() {
+                        300..=399 => FailureCategory::Redirect,
+                        400..=499 => FailureCategory::Http4xx,
+                        500..=599 => FailureCategory::Http5xx,
+                        _ => FailureCategory::HttpOther,
+                    };
+                    result.category = Some(category);
+                    let mut message = format!("receiver answered HTTP {status}");
+                    if category == FailureCategory::Redirect {
+                        if let Some(loc) = response.headers().get("location").and_then(|v| v.to_str().ok()) {
+                            message.push_str(&format!(" to {loc} (redirects are not followed)"));
+                        }
+                    }
+                    result.error_message = Some(match result.error_message.take() {
+                        Some(body_err) => format!("{message}; {body_err}"),
+                        None => message,
+                    });
+                }
+            }
+        }
+        result.response_time_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        result
+    }
+}
+
+/// The error and its causes on one line; reqwest's own message alone is vague.
+fn chain(err: &reqwest::Error) -> String {
+    let mut s = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        source = e.source();
+    }
+    s
+}
+
+/// Maps a transport failure to a category. reqwest exposes timeouts and
+/// connect failures as kinds; TLS is found by type in the cause chain; DNS
+/// failures are only recognisable by hyper-util's "dns error" wording.
+fn classify(err: &reqwest::Error) -> (FailureCategory, String) {
+    let message = chain(err);
+    let mut tls = false;
+    let mut source = err.source();
+    while let Some(e) = source {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            tls = true;
+        }
+        source = e.source();
+    }
+    let category = if err.is_timeout() {
+        FailureCategory::Timeout
+    } else if tls {
+        FailureCategory::Tls
+    } else if err.is_connect() && message.contains("dns error") {
+        FailureCategory::Dns
+    } else if err.is_connect() {
+        FailureCategory::Connect
+    } else if err.is_builder() {
+        FailureCategory::Request
+    } else {
+        // The connection broke before a response (reset, closed, protocol error).
+        FailureCategory::Connect
+    };
+    (category, message)
+}

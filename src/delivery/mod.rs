@@ -1,0 +1,239 @@
+//! The delivery engine: claims due webhooks from the store, POSTs them, records
+//! every attempt and schedules retries.
+//!
+//! The queue is the store itself. A worker claims a batch with `FOR UPDATE SKIP
+//! LOCKED` and a lease (attempt timeout + margin); a delivery claimed by a
+//! process that dies is due again once its lease ends, so nothing accepted is
+//! lost, and a crash between sending and recording repeats the attempt
+//! (at-least-once). This process's dispatches wake the claimer at once; other
+//! replicas' dispatches and due retries are found by a short poll.
+
+pub mod http;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::domain::{ClaimedDelivery, NextStep};
+use crate::store::{NewAttempt, Store};
+use http::{AttemptResult, HttpDeliverer};
+use retry::{RetryPolicy, is_retryable};
+
+/// How the engine runs; every field is a server option.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Deliveries in flight at once in this process.
+    pub concurrency: usize,
+    /// Deliveries in flight at once to one host, so that one slow receiver
+    /// cannot take every slot.
+    pub per_host_concurrency: usize,
+    pub attempt_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Added to the attempt timeout to make the lease (at most 30 s).
+    pub lease_margin: Duration,
+    /// How often to look for work that this process was not woken for
+    /// (other replicas' dispatches, retries falling due).
+    pub poll_interval: Duration,
+    /// Most deliveries claimed per query.
+    pub batch_size: u32,
+    pub retry: RetryPolicy,
+    /// How long shutdown waits for in-flight attempts.
+    pub drain_timeout: Duration,
+    /// Response bytes read before the connection is dropped.
+    pub max_response_read: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            per_host_concurrency: 16,
+            attempt_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+            lease_margin: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(200),
+            batch_size: 64,
+            retry: RetryPolicy::default(),
+            drain_timeout: Duration::from_secs(30),
+            max_response_read: 1024 * 1024,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    pub fn lease(&self) -> Duration {
+        self.attempt_timeout + self.lease_margin
+    }
+}
+
+/// Delay before a claimed delivery whose host is at its cap is offered again.
+const HOST_BUSY_DEFER: Duration = Duration::from_millis(500);
+
+pub struct DeliveryEngine {
+    store: Arc<dyn Store>,
+    http: HttpDeliverer,
+    config: DeliveryConfig,
+    wake: Arc<Notify>,
+    slots: Arc<Semaphore>,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    tracker: TaskTracker,
+}
+
+impl DeliveryEngine {
+    pub fn new(store: Arc<dyn Store>, config: DeliveryConfig, wake: Arc<Notify>) -> anyhow::Result<Arc<Self>> {
+        let http = HttpDeliverer::new(config.attempt_timeout, config.connect_timeout, config.max_response_read)?;
+        Ok(Arc::new(Self {
+            store,
+            http,
+            slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            config,
+            wake,
+            hosts: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+        }))
+    }
+
+    /// Claims and delivers until `shutdown` fires, then drains: in-flight
+    /// attempts finish and are recorded (bounded by the drain timeout).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let free = self.slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    permit = self.slots.acquire() => drop(permit),
+                }
+                continue;
+            }
+            let want = (free as u32).min(self.config.batch_size);
+            match self.store.claim_due(want, self.config.lease()).await {
+                Ok(claims) => {
+                    failures = 0;
+                    let full = claims.len() as u32 == want;
+                    self.start(claims).await;
+                    if full {
+                        continue; // more may be due right now
+                    }
+                }
+                Err(err) => {
+                    failures += 1;
+                    let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6))).min(Duration::from_secs(5));
+                    tracing::warn!(error = %err, ?pause, "claiming deliveries failed; backing off");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+        self.tracker.close();
+        if tokio::time::timeout(self.config.drain_timeout, self.tracker.wait()).await.is_err() {
+            tracing::warn!("drain timeout: in-flight deliveries will be retried after their lease");
+        }
+    }
+
+    async fn start(self: &Arc<Self>, claims: Vec<ClaimedDelivery>) {
+        let mut deferred = Vec::new();
+        for claim in claims {
+            let Some(host_permit) = self.host_permit(&claim.webhook_url) else {
+                deferred.push(claim);
+                continue;
+            };
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                deferred.push(claim);
+                continue;
+            };
+            let engine = self.clone();
+            self.tracker.spawn(async move {
+                engine.deliver(claim).await;
+                drop((slot, host_permit));
+            });
+        }
+        if !deferred.is_empty() {
+            let due = Utc::now() + HOST_BUSY_DEFER;
+            if let Err(err) = self.store.release(&deferred, due).await {
+                // Their leases will expire and they will be claimed again.
+                tracing::warn!(error = %err, "releasing deferred deliveries failed");
+            }
+        }
+    }
+
+    fn host_permit(&self, url: &str) -> Option<OwnedSemaphorePermit> {
+        let key = url::Url::parse(url)
+            .ok()
+            .map(|u| format!("{}:{}", u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0)))
+            .unwrap_or_default();
+        let mut hosts = self.hosts.lock().expect("host map poisoned");
+        if hosts.len() > 10_000 {
+            // Forget idle hosts so the map does not grow without bound.
+            let cap = self.config.per_host_concurrency;
+            hosts.retain(|_, s| s.available_permits() < cap);
+        }
+        let sem = hosts
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_host_concurrency.max(1))))
+            .clone();
+        sem.try_acquire_owned().ok()
+    }
+
+    async fn deliver(&self, claim: ClaimedDelivery) {
+        let result = self.http.attempt(&claim).await;
+        let attempt = self.settle(&claim, result);
+        tracing::debug!(request_id = %claim.request_id, next = ?attempt.next, "attempt done");
+        // The attempt happened, so keep trying to record it while the store is
+        // down; if the process dies first, the lease expires and the webhook is
+        // sent again (at-least-once).
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.store.record_attempt(&claim, &attempt).await {
+                Ok(true) => return,
+                Ok(false) => {
+                    tracing::warn!(request_id = %claim.request_id, "lease was lost before the attempt was recorded");
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(request_id = %claim.request_id, error = %err, "recording an attempt failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Decides the request's next step from an attempt's result.
+    fn settle(&self, claim: &ClaimedDelivery, r: AttemptResult) -> NewAttempt {
+        let number = claim.attempt_count + 1;
+        let next = if r.success() {
+            NextStep::Succeeded
+        } else if is_retryable(r.status, r.category) && number <= claim.max_retries {
+            let delay = self.config.retry.next_delay(number, r.retry_after, rand::random::<f64>());
+            NextStep::RetryAt(Utc::now() + chrono::TimeDelta::from_std(delay).unwrap_or(chrono::TimeDelta::days(1)))
+        } else {
+            NextStep::Failed
+        };
+        NewAttempt {
+            attempted_at: r.attempted_at,
+            success: r.success(),
+            status_code: r.status.map(i32::from),
+            response_body: r.response_body,
+            response_truncated: r.response_truncated,
+            response_time_ms: r.response_time_ms,
+            error_category: r.category.map(|c| c.as_str()),
+            error_message: r.error_message,
+            next,
+        }
+    }
+}

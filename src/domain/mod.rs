@@ -1,0 +1,166 @@
+//! Domain types, parsed once at the edge: below the service, an invalid
+//! delivery cannot be represented.
+
+mod new_delivery;
+
+pub(crate) use new_delivery::parse_uuid;
+pub use new_delivery::{DispatchInput, Limits, NewDelivery, WebhookUrl};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// Where a webhook stands in its delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExecutionStatus {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+impl ExecutionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "succeeded" => Some(Self::Succeeded),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// What was stored for a Dispatch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dispatched {
+    pub request_id: Uuid,
+    pub log_id: i64,
+    /// The idempotency key had been used: this is the earlier request.
+    pub duplicate: bool,
+}
+
+/// Filters of a log listing; `None` matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct LogFilter {
+    pub organization_id: Option<Uuid>,
+    pub workspace_id: Option<Uuid>,
+    pub subscription_id: Option<Uuid>,
+    pub call_id: Option<i64>,
+    pub webhook_type: Option<String>,
+    pub status: Option<ExecutionStatus>,
+    /// Inclusive lower bound on `created_at`.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Exclusive upper bound on `created_at`.
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+/// A keyset position: logs are ordered by `(created_at, log_id)` descending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: DateTime<Utc>,
+    pub log_id: i64,
+}
+
+/// One webhook request and the outcome of its latest attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRecord {
+    pub log_id: i64,
+    pub request_id: Uuid,
+    pub organization_id: Uuid,
+    pub workspace_id: Option<Uuid>,
+    pub subscription_id: Option<Uuid>,
+    pub call_id: Option<i64>,
+    pub assistant_id: Option<i64>,
+    pub webhook_url: String,
+    pub webhook_type: String,
+    /// The exact body sent (a JSON object).
+    pub body: String,
+    pub metadata: Option<serde_json::Value>,
+    pub status: ExecutionStatus,
+    pub attempt_count: u32,
+    pub max_retries: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_attempt: Option<AttemptRecord>,
+}
+
+impl LogRecord {
+    pub fn cursor(&self) -> Cursor {
+        Cursor { created_at: self.created_at, log_id: self.log_id }
+    }
+}
+
+/// The failure categories an attempt can end with. Stored as their `as_str`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCategory {
+    Timeout,
+    Connect,
+    Dns,
+    Tls,
+    Redirect,
+    Http4xx,
+    Http5xx,
+    /// Any non-2xx status outside 3xx/4xx/5xx (1xx upgrades and the like).
+    HttpOther,
+    /// The URL or the request could not be built or sent for another reason.
+    Request,
+}
+
+impl FailureCategory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::Dns => "dns",
+            Self::Tls => "tls",
+            Self::Redirect => "redirect",
+            Self::Http4xx => "http_4xx",
+            Self::Http5xx => "http_5xx",
+            Self::HttpOther => "http_other",
+            Self::Request => "request",
+        }
+    }
+}
+
+/// One recorded delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub attempt_number: u32,
+    pub attempted_at: DateTime<Utc>,
+    pub success: bool,
+    pub status_code: Option<i32>,
+    pub response_body: String,
+    pub response_truncated: bool,
+    pub response_time_ms: i64,
+    pub error_category: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// A due delivery claimed by one worker until `lease_id`'s lease expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedDelivery {
+    pub log_id: i64,
+    pub request_id: Uuid,
+    pub lease_id: Uuid,
+    pub webhook_url: String,
+    pub webhook_type: String,
+    pub body: String,
+    /// Attempts already made; the next one is `attempt_count + 1`.
+    pub attempt_count: u32,
+    pub max_retries: u32,
+}
+
+/// What becomes of a request after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    Succeeded,
+    Failed,
+    RetryAt(DateTime<Utc>),
+}

@@ -1,0 +1,254 @@
+//! Parsing a Dispatch into a [`NewDelivery`]: every field checked once, every
+//! violation reported by field name.
+
+use uuid::Uuid;
+
+use crate::error::{Error, FieldViolation, Result};
+
+/// Size limits on what a caller may store. Each is a server option.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_payload_bytes: usize,
+    pub max_metadata_bytes: usize,
+    pub max_url_len: usize,
+    pub max_webhook_type_len: usize,
+    pub max_idempotency_key_len: usize,
+    /// Upper bound on a request's `max_retries`.
+    pub max_retries: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 256 * 1024,
+            max_metadata_bytes: 16 * 1024,
+            max_url_len: 2048,
+            max_webhook_type_len: 128,
+            max_idempotency_key_len: 255,
+            max_retries: 50,
+        }
+    }
+}
+
+/// A Dispatch as the transports hand it to the service, not yet validated.
+#[derive(Debug, Clone, Default)]
+pub struct DispatchInput {
+    pub organization_id: String,
+    pub workspace_id: Option<String>,
+    pub subscription_id: Option<String>,
+    pub call_id: Option<i64>,
+    pub assistant_id: Option<i64>,
+    pub webhook_url: String,
+    pub webhook_type: String,
+    pub payload: Option<serde_json::Map<String, serde_json::Value>>,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    pub idempotency_key: String,
+    pub max_retries: Option<u32>,
+}
+
+/// An absolute `http`/`https` URL with a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl(url::Url);
+
+impl WebhookUrl {
+    pub fn parse(raw: &str, max_len: usize) -> Result<Self, String> {
+        if raw.is_empty() {
+            return Err("is required".into());
+        }
+        if raw.len() > max_len {
+            return Err(format!("must be at most {max_len} bytes"));
+        }
+        let url = url::Url::parse(raw).map_err(|e| format!("is not a valid URL ({e})"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("scheme must be http or https, not {:?}", url.scheme()));
+        }
+        if url.host().is_none() {
+            return Err("must name a host".into());
+        }
+        Ok(Self(url))
+    }
+
+    pub fn as_url(&self) -> &url::Url {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+/// A validated webhook, ready to be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDelivery {
+    pub request_id: Uuid,
+    pub organization_id: Uuid,
+    pub workspace_id: Option<Uuid>,
+    pub subscription_id: Option<Uuid>,
+    pub call_id: Option<i64>,
+    pub assistant_id: Option<i64>,
+    pub webhook_url: WebhookUrl,
+    pub webhook_type: String,
+    /// The exact JSON bytes that every attempt POSTs.
+    pub body: String,
+    pub metadata: Option<serde_json::Value>,
+    pub idempotency_key: Option<String>,
+    pub max_retries: u32,
+}
+
+/// Parses an optional UUID field, recording a violation when it is malformed.
+pub(crate) fn parse_uuid(field: &str, raw: &str, violations: &mut Vec<FieldViolation>) -> Option<Uuid> {
+    match Uuid::parse_str(raw) {
+        Ok(id) => Some(id),
+        Err(_) => {
+            violations.push(FieldViolation { field: field.into(), description: "must be a UUID".into() });
+            None
+        }
+    }
+}
+
+fn valid_webhook_type(t: &str) -> bool {
+    t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+impl NewDelivery {
+    /// Validates every field and reports all violations at once.
+    pub fn parse(input: DispatchInput, limits: &Limits, default_max_retries: u32) -> Result<Self> {
+        let mut v = Vec::new();
+        let mut violation =
+            |field: &str, description: String| v.push(FieldViolation { field: field.into(), description });
+
+        if input.organization_id.is_empty() {
+            violation("organization_id", "is required".into());
+        }
+        let url =
+            WebhookUrl::parse(&input.webhook_url, limits.max_url_len).map_err(|e| violation("webhook_url", e)).ok();
+        if input.webhook_type.is_empty() {
+            violation("webhook_type", "is required".into());
+        } else if input.webhook_type.len() > limits.max_webhook_type_len {
+            violation("webhook_type", format!("must be at most {} bytes", limits.max_webhook_type_len));
+        } else if !valid_webhook_type(&input.webhook_type) {
+            violation("webhook_type", "may contain only letters, digits and \"._:-\"".into());
+        }
+        let body = serde_json::Value::Object(input.payload.unwrap_or_default()).to_string();
+        if body.len() > limits.max_payload_bytes {
+            violation(
+                "payload",
+                format!("must be at most {} bytes as JSON, is {}", limits.max_payload_bytes, body.len()),
+            );
+        }
+        let metadata = input.metadata.map(serde_json::Value::Object);
+        if let Some(m) = &metadata {
+            let len = m.to_string().len();
+            if len > limits.max_metadata_bytes {
+                violation("metadata", format!("must be at most {} bytes as JSON, is {len}", limits.max_metadata_bytes));
+            }
+        }
+        if input.idempotency_key.len() > limits.max_idempotency_key_len {
+            violation("idempotency_key", format!("must be at most {} bytes", limits.max_idempotency_key_len));
+        }
+        let max_retries = input.max_retries.unwrap_or(default_max_retries);
+        if max_retries > limits.max_retries {
+            violation("max_retries", format!("must be at most {}", limits.max_retries));
+        }
+
+        let organization_id = if input.organization_id.is_empty() {
+            None
+        } else {
+            parse_uuid("organization_id", &input.organization_id, &mut v)
+        };
+        let workspace_id = input.workspace_id.as_deref().and_then(|s| parse_uuid("workspace_id", s, &mut v));
+        let subscription_id = input.subscription_id.as_deref().and_then(|s| parse_uuid("subscription_id", s, &mut v));
+
+        match (organization_id, url) {
+            (Some(organization_id), Some(webhook_url)) if v.is_empty() => Ok(Self {
+                request_id: Uuid::new_v4(),
+                organization_id,
+                workspace_id,
+                subscription_id,
+                call_id: input.call_id,
+                assistant_id: input.assistant_id,
+                webhook_url,
+                webhook_type: input.webhook_type,
+                body,
+                metadata,
+                idempotency_key: Some(input.idempotency_key).filter(|k| !k.is_empty()),
+                max_retries,
+            }),
+            _ => Err(Error::invalid_fields(v)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> DispatchInput {
+        DispatchInput {
+            organization_id: Uuid::new_v4().to_string(),
+            webhook_url: "https://example.com/hook".into(),
+            webhook_type: "call_started".into(),
+            ..Default::default()
+        }
+    }
+
+    fn fields(err: Error) -> Vec<String> {
+        err.violations.into_iter().map(|v| v.field).collect()
+    }
+
+    #[test]
+    fn a_minimal_dispatch_parses_with_an_empty_object_body() {
+        let d = NewDelivery::parse(input(), &Limits::default(), 3).unwrap();
+        assert_eq!(d.body, "{}");
+        assert_eq!(d.max_retries, 3);
+        assert_eq!(d.idempotency_key, None);
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let bad = DispatchInput {
+            organization_id: "nope".into(),
+            workspace_id: Some("x".into()),
+            subscription_id: Some("y".into()),
+            webhook_url: "ftp://example.com".into(),
+            webhook_type: "has space".into(),
+            idempotency_key: "k".repeat(256),
+            max_retries: Some(51),
+            ..Default::default()
+        };
+        let mut got = fields(NewDelivery::parse(bad, &Limits::default(), 3).unwrap_err());
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "idempotency_key",
+                "max_retries",
+                "organization_id",
+                "subscription_id",
+                "webhook_type",
+                "webhook_url",
+                "workspace_id"
+            ]
+        );
+    }
+
+    #[test]
+    fn payload_limit_is_exclusive_of_one_byte_more() {
+        let limits = Limits { max_payload_bytes: 20, ..Limits::default() };
+        let mut just_under = input();
+        // {"k":"123456789012"} is exactly 20 bytes.
+        just_under.payload = Some(serde_json::from_str(r#"{"k":"123456789012"}"#).unwrap());
+        assert!(NewDelivery::parse(just_under, &limits, 3).is_ok());
+        let mut over = input();
+        over.payload = Some(serde_json::from_str(r#"{"k":"1234567890123"}"#).unwrap());
+        assert_eq!(fields(NewDelivery::parse(over, &limits, 3).unwrap_err()), ["payload"]);
+    }
+
+    #[test]
+    fn urls_need_an_http_scheme_and_a_host() {
+        for bad in ["", "not a url", "file:///etc/passwd", "ftp://x.org/", "http://"] {
+            assert!(WebhookUrl::parse(bad, 2048).is_err(), "{bad}");
+        }
+        assert!(WebhookUrl::parse("http://127.0.0.1:8080/x?y=1", 2048).is_ok());
+    }
+}

@@ -1,0 +1,239 @@
+//! Conversions between the generated proto messages and the service's types.
+//! Parsing happens here, at the edge, and reports bad fields by proto name.
+
+use chrono::{DateTime, Utc};
+use pbjson_types::{ListValue, Struct, Timestamp, Value, value::Kind};
+use serde_json::{Map, Number, Value as Json};
+use uuid::Uuid;
+
+use crate::domain::{AttemptRecord, DispatchInput, ExecutionStatus, LogFilter, LogRecord};
+use crate::error::{Error, FieldViolation, Result};
+use crate::proto::v1 as pb;
+use crate::service::{DetailsQuery, ListQuery, LogDetails};
+
+/// Largest integer an f64 holds exactly; integral numbers up to it are written
+/// without a fraction, so `{"id": 123}` is sent as `123`, not `123.0`.
+const MAX_SAFE_INT: f64 = 9_007_199_254_740_991.0;
+
+fn value_to_json(v: Value) -> Result<Json, String> {
+    Ok(match v.kind {
+        None | Some(Kind::NullValue(_)) => Json::Null,
+        Some(Kind::BoolValue(b)) => Json::Bool(b),
+        Some(Kind::StringValue(s)) => Json::String(s),
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() <= MAX_SAFE_INT => Json::Number((n as i64).into()),
+        Some(Kind::NumberValue(n)) => {
+            Json::Number(Number::from_f64(n).ok_or("numbers must be finite (no NaN or infinity)")?)
+        }
+        Some(Kind::StructValue(s)) => Json::Object(struct_to_json(s)?),
+        Some(Kind::ListValue(l)) => Json::Array(l.values.into_iter().map(value_to_json).collect::<Result<_, _>>()?),
+    })
+}
+
+pub fn struct_to_json(s: Struct) -> Result<Map<String, Json>, String> {
+    s.fields.into_iter().map(|(k, v)| Ok((k, value_to_json(v)?))).collect()
+}
+
+fn json_to_value(j: Json) -> Value {
+    let kind = match j {
+        Json::Null => Kind::NullValue(0),
+        Json::Bool(b) => Kind::BoolValue(b),
+        Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Json::String(s) => Kind::StringValue(s),
+        Json::Array(a) => Kind::ListValue(ListValue { values: a.into_iter().map(json_to_value).collect() }),
+        Json::Object(o) => Kind::StructValue(json_to_struct(o)),
+    };
+    Value { kind: Some(kind) }
+}
+
+pub fn json_to_struct(o: Map<String, Json>) -> Struct {
+    Struct { fields: o.into_iter().map(|(k, v)| (k, json_to_value(v))).collect() }
+}
+
+fn opt_uuid(field: &str, raw: Option<&str>, v: &mut Vec<FieldViolation>) -> Option<Uuid> {
+    let raw = raw.filter(|s| !s.is_empty())?;
+    crate::domain::parse_uuid(field, raw, v)
+}
+
+fn timestamp(field: &str, ts: Option<Timestamp>, v: &mut Vec<FieldViolation>) -> Option<DateTime<Utc>> {
+    let ts = ts?;
+    match DateTime::<Utc>::try_from(ts) {
+        Ok(t) => Some(t),
+        Err(_) => {
+            v.push(FieldViolation { field: field.into(), description: "is not a valid timestamp".into() });
+            None
+        }
+    }
+}
+
+pub fn status_to_proto(s: ExecutionStatus) -> pb::ExecutionStatus {
+    match s {
+        ExecutionStatus::Pending => pb::ExecutionStatus::Pending,
+        ExecutionStatus::Succeeded => pb::ExecutionStatus::Succeeded,
+        ExecutionStatus::Failed => pb::ExecutionStatus::Failed,
+    }
+}
+
+impl TryFrom<pb::DispatchRequest> for DispatchInput {
+    type Error = Error;
+
+    fn try_from(r: pb::DispatchRequest) -> Result<Self> {
+        let payload = r.payload.map(struct_to_json).transpose().map_err(|e| Error::invalid("payload", e))?;
+        let metadata = r.metadata.map(struct_to_json).transpose().map_err(|e| Error::invalid("metadata", e))?;
+        Ok(DispatchInput {
+            organization_id: r.organization_id,
+            workspace_id: r.workspace_id,
+            subscription_id: r.subscription_id,
+            call_id: r.call_id,
+            assistant_id: r.assistant_id,
+            webhook_url: r.webhook_url,
+            webhook_type: r.webhook_type,
+            payload,
+            metadata,
+            idempotency_key: r.idempotency_key,
+            max_retries: r.max_retries,
+        })
+    }
+}
+
+impl TryFrom<pb::ListWebhookLogsRequest> for ListQuery {
+    type Error = Error;
+
+    fn try_from(r: pb::ListWebhookLogsRequest) -> Result<Self> {
+        let mut v = Vec::new();
+        let status = match pb::ExecutionStatus::try_from(r.execution_status) {
+            Ok(pb::ExecutionStatus::Unspecified) => None,
+            Ok(pb::ExecutionStatus::Pending) => Some(ExecutionStatus::Pending),
+            Ok(pb::ExecutionStatus::Succeeded) => Some(ExecutionStatus::Succeeded),
+            Ok(pb::ExecutionStatus::Failed) => Some(ExecutionStatus::Failed),
+            Err(_) => {
+                v.push(FieldViolation {
+                    field: "execution_status".into(),
+                    description: "is not a known status".into(),
+                });
+                None
+            }
+        };
+        let filter = LogFilter {
+            organization_id: opt_uuid("organization_id", Some(&r.organization_id), &mut v),
+            workspace_id: opt_uuid("workspace_id", r.workspace_id.as_deref(), &mut v),
+            subscription_id: opt_uuid("subscription_id", r.subscription_id.as_deref(), &mut v),
+            call_id: r.call_id,
+            webhook_type: Some(r.webhook_type).filter(|t| !t.is_empty()),
+            status,
+            created_after: timestamp("created_after", r.created_after, &mut v),
+            created_before: timestamp("created_before", r.created_before, &mut v),
+        };
+        if !v.is_empty() {
+            return Err(Error::invalid_fields(v));
+        }
+        Ok(ListQuery { filter, page_size: r.page_size, page_token: r.page_token })
+    }
+}
+
+impl TryFrom<pb::GetLogDetailsRequest> for DetailsQuery {
+    type Error = Error;
+
+    fn try_from(r: pb::GetLogDetailsRequest) -> Result<Self> {
+        let mut v = Vec::new();
+        if r.request_id.is_empty() {
+            return Err(Error::invalid("request_id", "is required"));
+        }
+        let request_id = crate::domain::parse_uuid("request_id", &r.request_id, &mut v);
+        let q = DetailsQuery {
+            request_id: request_id.unwrap_or_default(),
+            organization_id: opt_uuid("organization_id", Some(&r.organization_id), &mut v),
+            workspace_id: opt_uuid("workspace_id", r.workspace_id.as_deref(), &mut v),
+            subscription_id: opt_uuid("subscription_id", r.subscription_id.as_deref(), &mut v),
+        };
+        if !v.is_empty() {
+            return Err(Error::invalid_fields(v));
+        }
+        Ok(q)
+    }
+}
+
+fn parse_object(raw: &str) -> Option<Struct> {
+    match serde_json::from_str::<Json>(raw) {
+        Ok(Json::Object(o)) => Some(json_to_struct(o)),
+        _ => None,
+    }
+}
+
+impl From<LogRecord> for pb::WebhookLog {
+    fn from(l: LogRecord) -> Self {
+        let last = l.last_attempt.as_ref();
+        pb::WebhookLog {
+            log_id: l.log_id,
+            request_id: l.request_id.to_string(),
+            organization_id: l.organization_id.to_string(),
+            workspace_id: l.workspace_id.map(|u| u.to_string()),
+            subscription_id: l.subscription_id.map(|u| u.to_string()),
+            call_id: l.call_id,
+            assistant_id: l.assistant_id,
+            webhook_url: l.webhook_url,
+            webhook_type: l.webhook_type,
+            payload: parse_object(&l.body),
+            metadata: match l.metadata {
+                Some(Json::Object(o)) => Some(json_to_struct(o)),
+                _ => None,
+            },
+            execution_status: status_to_proto(l.status).into(),
+            attempt_count: l.attempt_count,
+            max_retries: l.max_retries,
+            http_status_code: last.and_then(|a| a.status_code),
+            response_body: last.map(|a| a.response_body.clone()),
+            response_time_ms: last.map(|a| a.response_time_ms),
+            error_message: last.and_then(|a| a.error_message.clone()),
+            error_category: last.and_then(|a| a.error_category.clone()),
+            last_attempted_at: last.map(|a| a.attempted_at.into()),
+            next_attempt_at: l.next_attempt_at.filter(|_| l.status == ExecutionStatus::Pending).map(Into::into),
+            created_at: Some(l.created_at.into()),
+            updated_at: Some(l.updated_at.into()),
+        }
+    }
+}
+
+fn attempt_to_proto(a: AttemptRecord, request_body: &str) -> pb::DeliveryAttempt {
+    let status = if a.success { ExecutionStatus::Succeeded } else { ExecutionStatus::Failed };
+    pb::DeliveryAttempt {
+        attempt_number: a.attempt_number,
+        http_status_code: a.status_code,
+        execution_status: status_to_proto(status).into(),
+        created_at: Some(a.attempted_at.into()),
+        request_body: request_body.to_owned(),
+        response_body: a.response_body,
+        response_truncated: a.response_truncated,
+        response_time_ms: a.response_time_ms,
+        error_message: a.error_message,
+        error_category: a.error_category,
+    }
+}
+
+impl From<LogDetails> for pb::GetLogDetailsResponse {
+    fn from(d: LogDetails) -> Self {
+        let attempts = d.attempts.into_iter().map(|a| attempt_to_proto(a, &d.log.body)).collect();
+        pb::GetLogDetailsResponse { attempts, log: Some(d.log.into()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integral_numbers_stay_integers_and_fractions_stay_fractions() {
+        let j: Map<String, Json> =
+            serde_json::from_str(r#"{"a":123,"b":1.5,"c":[true,null,"x"],"d":{"e":-7}}"#).unwrap();
+        let back = struct_to_json(json_to_struct(j.clone())).unwrap();
+        assert_eq!(back, j);
+        assert_eq!(Json::Object(back).to_string(), r#"{"a":123,"b":1.5,"c":[true,null,"x"],"d":{"e":-7}}"#);
+    }
+
+    #[test]
+    fn nan_is_refused() {
+        let s = Struct {
+            fields: [("n".to_string(), Value { kind: Some(Kind::NumberValue(f64::NAN)) })].into_iter().collect(),
+        };
+        assert!(struct_to_json(s).is_err());
+    }
+}

@@ -1,0 +1,70 @@
+//! The gRPC transport: converts messages, calls the service, maps errors.
+//! Also builds health and reflection, which stay open to every caller.
+
+mod convert;
+
+pub use convert::{json_to_struct, struct_to_json};
+
+use tonic::{Request, Response, Status};
+
+use crate::domain::DispatchInput;
+use crate::proto::v1 as pb;
+use crate::proto::v1::webhook_service_server::{WebhookService as WebhookServiceRpc, WebhookServiceServer};
+use crate::service::{DetailsQuery, ListQuery, WebhookService};
+
+/// The `hookpost.v1.WebhookService` implementation.
+#[derive(Clone)]
+pub struct GrpcApi {
+    service: WebhookService,
+}
+
+impl GrpcApi {
+    pub fn new(service: WebhookService) -> Self {
+        Self { service }
+    }
+
+    /// The tonic service, with a message limit above every field limit so an
+    /// oversized field is reported by name rather than as a transport error.
+    pub fn into_server(self, max_message_bytes: usize) -> WebhookServiceServer<Self> {
+        WebhookServiceServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(usize::MAX)
+    }
+}
+
+#[tonic::async_trait]
+impl WebhookServiceRpc for GrpcApi {
+    #[tracing::instrument(skip_all, name = "Dispatch")]
+    async fn dispatch(&self, request: Request<pb::DispatchRequest>) -> Result<Response<pb::DispatchResponse>, Status> {
+        let input = DispatchInput::try_from(request.into_inner())?;
+        let d = self.service.dispatch(input).await?;
+        Ok(Response::new(pb::DispatchResponse {
+            request_id: d.request_id.to_string(),
+            log_id: d.log_id,
+            duplicate: d.duplicate,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, name = "ListWebhookLogs")]
+    async fn list_webhook_logs(
+        &self,
+        request: Request<pb::ListWebhookLogsRequest>,
+    ) -> Result<Response<pb::ListWebhookLogsResponse>, Status> {
+        let query = ListQuery::try_from(request.into_inner())?;
+        let page = self.service.list_logs(query).await?;
+        Ok(Response::new(pb::ListWebhookLogsResponse {
+            logs: page.logs.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, name = "GetLogDetails")]
+    async fn get_log_details(
+        &self,
+        request: Request<pb::GetLogDetailsRequest>,
+    ) -> Result<Response<pb::GetLogDetailsResponse>, Status> {
+        let query = DetailsQuery::try_from(request.into_inner())?;
+        let details = self.service.log_details(query).await?;
+        Ok(Response::new(details.into()))
+    }
+}

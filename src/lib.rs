@@ -1,0 +1,30 @@
+//! hookpost: durable webhook delivery over gRPC, with a log of every attempt.
+//!
+//! Data flows one way: transport → service → store / delivery engine.
+//!
+//! - [`proto`]: the generated `hookpost.v1` contract (from `proto/`).
+//! - [`grpc`]: the tonic transport; converts messages and calls the service.
+//! - [`service`]: the use cases (dispatch, list logs, log details), free of
+//!   transport types.
+//! - [`domain`]: types parsed once at the edge (`NewDelivery`, `LogFilter`...).
+//! - [`store`]: the attempt store trait and its Postgres implementation; the
+//!   requests table doubles as the delivery queue.
+//! - [`delivery`]: the engine that claims due webhooks, POSTs them, records
+//!   each attempt and schedules retries (a pure backoff function).
+//! - [`pagination`]: opaque, checked keyset page tokens.
+//! - [`error`]: one error type and one code table for gRPC and HTTP.
+//! - [`config`] / [`app`]: the CLI and the wiring (`Application::build`, `run`).
+
+pub mod app;
+pub mod config;
+pub mod delivery;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod pagination;
+pub mod proto;
+pub mod service;
+pub mod store;
+
+pub use app::Application;
+pub use config::Config;

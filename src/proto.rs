@@ -1,0 +1,10 @@
+//! Generated code for the `hookpost.v1` contract in `proto/`.
+#![allow(clippy::all, missing_docs)]
+
+pub mod v1 {
+    tonic::include_proto!("hookpost.v1");
+    include!(concat!(env!("OUT_DIR"), "/hookpost.v1.serde.rs"));
+}
+
+/// The encoded `FileDescriptorSet` of the contract, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hookpost_descriptor");

@@ -1,0 +1,110 @@
+//! The use cases, free of any transport type: gRPC and REST both call these.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::domain::{AttemptRecord, DispatchInput, Dispatched, Limits, LogFilter, LogRecord, NewDelivery};
+use crate::error::{Error, Result};
+use crate::pagination;
+use crate::store::Store;
+
+pub const DEFAULT_PAGE_SIZE: u32 = 10;
+pub const MAX_PAGE_SIZE: u32 = 100;
+
+/// A page request: filters plus AIP-158 `page_size` / `page_token`.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub filter: LogFilter,
+    /// 0 means the default; above the maximum is coerced to it.
+    pub page_size: i32,
+    pub page_token: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogPage {
+    pub logs: Vec<LogRecord>,
+    /// `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// Which request to detail, and the scope it must lie in (else NOT_FOUND).
+#[derive(Debug, Clone, Default)]
+pub struct DetailsQuery {
+    pub request_id: Uuid,
+    pub organization_id: Option<Uuid>,
+    pub workspace_id: Option<Uuid>,
+    pub subscription_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogDetails {
+    pub log: LogRecord,
+    /// Newest first.
+    pub attempts: Vec<AttemptRecord>,
+}
+
+#[derive(Clone)]
+pub struct WebhookService {
+    store: Arc<dyn Store>,
+    limits: Limits,
+    default_max_retries: u32,
+    /// Wakes this process's delivery workers the moment a webhook is stored.
+    wake: Arc<Notify>,
+}
+
+impl WebhookService {
+    pub fn new(store: Arc<dyn Store>, limits: Limits, default_max_retries: u32, wake: Arc<Notify>) -> Self {
+        Self { store, limits, default_max_retries, wake }
+    }
+
+    pub async fn dispatch(&self, input: DispatchInput) -> Result<Dispatched> {
+        let delivery = NewDelivery::parse(input, &self.limits, self.default_max_retries)?;
+        let dispatched = self.store.insert_delivery(&delivery).await?;
+        if !dispatched.duplicate {
+            self.wake.notify_one();
+        }
+        tracing::debug!(request_id = %dispatched.request_id, duplicate = dispatched.duplicate, "dispatched");
+        Ok(dispatched)
+    }
+
+    pub async fn list_logs(&self, q: ListQuery) -> Result<LogPage> {
+        let page_size = match q.page_size {
+            n if n < 0 => return Err(Error::invalid("page_size", "must not be negative")),
+            0 => DEFAULT_PAGE_SIZE,
+            n => (n as u32).min(MAX_PAGE_SIZE),
+        };
+        let after = match q.page_token.as_str() {
+            "" => None,
+            token => Some(pagination::decode(token, &q.filter, "page_token")?),
+        };
+        // One extra row tells whether another page follows, without a COUNT.
+        let mut logs = self.store.list_logs(&q.filter, after, page_size + 1).await?;
+        let next_page_token = if logs.len() > page_size as usize {
+            logs.truncate(page_size as usize);
+            logs.last().map(|last| pagination::encode(last.cursor(), &q.filter))
+        } else {
+            None
+        };
+        Ok(LogPage { logs, next_page_token })
+    }
+
+    pub async fn log_details(&self, q: DetailsQuery) -> Result<LogDetails> {
+        let not_found = || Error::not_found(format!("no webhook log with request ID {}", q.request_id));
+        let (log, attempts) = self.store.log_details(q.request_id).await?.ok_or_else(not_found)?;
+        // Outside the caller's scope answers exactly like a missing request.
+        let in_scope = q.organization_id.is_none_or(|o| o == log.organization_id)
+            && q.workspace_id.is_none_or(|w| Some(w) == log.workspace_id)
+            && q.subscription_id.is_none_or(|s| Some(s) == log.subscription_id);
+        if !in_scope {
+            return Err(not_found());
+        }
+        Ok(LogDetails { log, attempts })
+    }
+
+    /// Readiness: the store answers.
+    pub async fn ready(&self) -> Result<()> {
+        self.store.ping().await
+    }
+}

@@ -1,0 +1,63 @@
+//! The attempt store: requests (the delivery queue) and their attempts.
+//!
+//! One trait, so that the service and the delivery engine never know which
+//! database they run on. Postgres is the production implementation.
+
+mod postgres;
+
+pub use postgres::PostgresStore;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::domain::{AttemptRecord, ClaimedDelivery, Cursor, Dispatched, LogFilter, LogRecord, NewDelivery, NextStep};
+use crate::error::Result;
+
+/// An attempt's outcome, as the engine hands it to the store.
+#[derive(Debug, Clone)]
+pub struct NewAttempt {
+    pub attempted_at: DateTime<Utc>,
+    pub success: bool,
+    pub status_code: Option<i32>,
+    pub response_body: String,
+    pub response_truncated: bool,
+    pub response_time_ms: i64,
+    pub error_category: Option<&'static str>,
+    pub error_message: Option<String>,
+    pub next: NextStep,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a webhook durably (committed before returning). A repeated
+    /// idempotency key in the same organization returns the earlier request.
+    async fn insert_delivery(&self, delivery: &NewDelivery) -> Result<Dispatched>;
+
+    /// Up to `limit` logs matching `filter`, newest first, strictly after
+    /// `after` in that order.
+    async fn list_logs(&self, filter: &LogFilter, after: Option<Cursor>, limit: u32) -> Result<Vec<LogRecord>>;
+
+    /// A request and all its attempts, newest first.
+    async fn log_details(&self, request_id: Uuid) -> Result<Option<(LogRecord, Vec<AttemptRecord>)>>;
+
+    /// Claims up to `limit` due deliveries for `lease`: until it ends, no other
+    /// worker claims them; after it, they are due again.
+    async fn claim_due(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedDelivery>>;
+
+    /// Records one attempt and the request's new state in one transaction.
+    /// Returns false when the claim had been lost (the lease expired and
+    /// another worker took the request); the attempt is recorded either way.
+    async fn record_attempt(&self, claim: &ClaimedDelivery, attempt: &NewAttempt) -> Result<bool>;
+
+    /// Gives claimed deliveries back without an attempt, due at `due_at`.
+    async fn release(&self, claims: &[ClaimedDelivery], due_at: DateTime<Utc>) -> Result<()>;
+
+    /// The earliest time a pending delivery becomes due, if any.
+    async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>>;
+
+    /// Cheap round trip, for health checks.
+    async fn ping(&self) -> Result<()>;
+}

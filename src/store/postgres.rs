@@ -1,0 +1,322 @@
+//! The Postgres attempt store: the production store.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{QueryBuilder, Row};
+use uuid::Uuid;
+
+use super::{NewAttempt, Store};
+use crate::domain::{
+    AttemptRecord, ClaimedDelivery, Cursor, Dispatched, ExecutionStatus, LogFilter, LogRecord, NewDelivery, NextStep,
+};
+use crate::error::{Error, Result};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+/// The columns of a log listing: the request and its latest attempt (`a`).
+const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
+     r.call_id, r.assistant_id, r.webhook_url, r.webhook_type, r.body, r.metadata, r.status, \
+     r.attempt_count, r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, \
+     a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, \
+     a.response_truncated, a.response_time_ms, a.error_category, a.error_message \
+     FROM webhook_requests r \
+     LEFT JOIN LATERAL (SELECT * FROM webhook_attempts la WHERE la.request_pk = r.id \
+         ORDER BY la.attempt_number DESC LIMIT 1) a ON true";
+
+const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
+     response_truncated, response_time_ms, error_category, error_message";
+
+impl PostgresStore {
+    /// Connects with a pool of at most `max_connections`, without migrating.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            // A dead database must surface as UNAVAILABLE quickly, not hang callers.
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .context("connecting to Postgres")?;
+        Ok(Self { pool })
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR.run(&self.pool).await.context("applying the Postgres migrations")
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn status_from_db(s: &str) -> Result<ExecutionStatus> {
+    ExecutionStatus::parse(s).ok_or_else(|| Error::internal(anyhow::anyhow!("unknown status {s:?} in store")))
+}
+
+fn to_u32(v: i32) -> u32 {
+    u32::try_from(v).unwrap_or(0)
+}
+
+fn attempt_from_row(row: &PgRow) -> Result<AttemptRecord> {
+    Ok(AttemptRecord {
+        attempt_number: to_u32(row.try_get("attempt_number")?),
+        attempted_at: row.try_get("attempted_at")?,
+        success: row.try_get("success")?,
+        status_code: row.try_get("status_code")?,
+        response_body: row.try_get("response_body")?,
+        response_truncated: row.try_get("response_truncated")?,
+        response_time_ms: row.try_get("response_time_ms")?,
+        error_category: row.try_get("error_category")?,
+        error_message: row.try_get("error_message")?,
+    })
+}
+
+fn log_from_row(row: &PgRow) -> Result<LogRecord> {
+    let last_attempt = match row.try_get::<Option<i32>, _>("attempt_number")? {
+        Some(_) => Some(attempt_from_row(row)?),
+        None => None,
+    };
+    Ok(LogRecord {
+        log_id: row.try_get("id")?,
+        request_id: row.try_get("request_id")?,
+        organization_id: row.try_get("organization_id")?,
+        workspace_id: row.try_get("workspace_id")?,
+        subscription_id: row.try_get("subscription_id")?,
+        call_id: row.try_get("call_id")?,
+        assistant_id: row.try_get("assistant_id")?,
+        webhook_url: row.try_get("webhook_url")?,
+        webhook_type: row.try_get("webhook_type")?,
+        body: row.try_get("body")?,
+        metadata: row.try_get("metadata")?,
+        status: status_from_db(row.try_get("status")?)?,
+        attempt_count: to_u32(row.try_get("attempt_count")?),
+        max_retries: to_u32(row.try_get("max_retries")?),
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        last_attempt,
+    })
+}
+
+fn claim_from_row(row: &PgRow) -> Result<ClaimedDelivery> {
+    Ok(ClaimedDelivery {
+        log_id: row.try_get("id")?,
+        request_id: row.try_get("request_id")?,
+        lease_id: row.try_get("lease_id")?,
+        webhook_url: row.try_get("webhook_url")?,
+        webhook_type: row.try_get("webhook_type")?,
+        body: row.try_get("body")?,
+        attempt_count: to_u32(row.try_get("attempt_count")?),
+        max_retries: to_u32(row.try_get("max_retries")?),
+    })
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    #[tracing::instrument(skip_all, fields(request_id = %d.request_id))]
+    async fn insert_delivery(&self, d: &NewDelivery) -> Result<Dispatched> {
+        // The unique constraint decides a duplicate, so concurrent Dispatches with
+        // one key cannot both insert: the loser waits for the winner's commit,
+        // then sees DO NOTHING and reads the winner's row.
+        let inserted = sqlx::query(
+            "INSERT INTO webhook_requests (request_id, organization_id, workspace_id, subscription_id, \
+               call_id, assistant_id, webhook_url, webhook_type, body, metadata, idempotency_key, \
+               max_retries, next_attempt_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now()) \
+             ON CONFLICT (organization_id, idempotency_key) DO NOTHING \
+             RETURNING id",
+        )
+        .bind(d.request_id)
+        .bind(d.organization_id)
+        .bind(d.workspace_id)
+        .bind(d.subscription_id)
+        .bind(d.call_id)
+        .bind(d.assistant_id)
+        .bind(d.webhook_url.as_str())
+        .bind(&d.webhook_type)
+        .bind(&d.body)
+        .bind(&d.metadata)
+        .bind(&d.idempotency_key)
+        .bind(i32::try_from(d.max_retries).unwrap_or(i32::MAX))
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = inserted {
+            return Ok(Dispatched { request_id: d.request_id, log_id: row.try_get("id")?, duplicate: false });
+        }
+        let row = sqlx::query(
+            "SELECT id, request_id FROM webhook_requests WHERE organization_id = $1 AND idempotency_key = $2",
+        )
+        .bind(d.organization_id)
+        .bind(&d.idempotency_key)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Dispatched { request_id: row.try_get("request_id")?, log_id: row.try_get("id")?, duplicate: true })
+    }
+
+    async fn list_logs(&self, f: &LogFilter, after: Option<Cursor>, limit: u32) -> Result<Vec<LogRecord>> {
+        let mut q = QueryBuilder::new(LOG_SELECT);
+        q.push(" WHERE true");
+        if let Some(v) = f.organization_id {
+            q.push(" AND r.organization_id = ").push_bind(v);
+        }
+        if let Some(v) = f.workspace_id {
+            q.push(" AND r.workspace_id = ").push_bind(v);
+        }
+        if let Some(v) = f.subscription_id {
+            q.push(" AND r.subscription_id = ").push_bind(v);
+        }
+        if let Some(v) = f.call_id {
+            q.push(" AND r.call_id = ").push_bind(v);
+        }
+        if let Some(v) = &f.webhook_type {
+            q.push(" AND r.webhook_type = ").push_bind(v.clone());
+        }
+        if let Some(v) = f.status {
+            q.push(" AND r.status = ").push_bind(v.as_str());
+        }
+        if let Some(v) = f.created_after {
+            q.push(" AND r.created_at >= ").push_bind(v);
+        }
+        if let Some(v) = f.created_before {
+            q.push(" AND r.created_at < ").push_bind(v);
+        }
+        if let Some(c) = after {
+            // A row comparison keeps this a single index range scan.
+            q.push(" AND (r.created_at, r.id) < (").push_bind(c.created_at).push(", ").push_bind(c.log_id).push(")");
+        }
+        q.push(" ORDER BY r.created_at DESC, r.id DESC LIMIT ").push_bind(i64::from(limit));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(log_from_row).collect()
+    }
+
+    async fn log_details(&self, request_id: Uuid) -> Result<Option<(LogRecord, Vec<AttemptRecord>)>> {
+        let sql = format!("{LOG_SELECT} WHERE r.request_id = $1");
+        let Some(row) = sqlx::query(&sql).bind(request_id).fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        let log = log_from_row(&row)?;
+        let sql = format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM webhook_attempts WHERE request_pk = $1 ORDER BY attempt_number DESC"
+        );
+        let rows = sqlx::query(&sql).bind(log.log_id).fetch_all(&self.pool).await?;
+        let attempts = rows.iter().map(attempt_from_row).collect::<Result<_>>()?;
+        Ok(Some((log, attempts)))
+    }
+
+    async fn claim_due(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedDelivery>> {
+        let rows = sqlx::query(
+            "WITH due AS ( \
+               SELECT id FROM webhook_requests \
+               WHERE status = 'pending' AND next_attempt_at <= now() \
+               ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             UPDATE webhook_requests r \
+             SET next_attempt_at = now() + make_interval(secs => $2::float8 / 1000), \
+                 lease_id = gen_random_uuid() \
+             FROM due WHERE r.id = due.id \
+             RETURNING r.id, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
+                       r.attempt_count, r.max_retries",
+        )
+        .bind(i64::from(limit))
+        .bind(millis(lease))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(claim_from_row).collect()
+    }
+
+    #[tracing::instrument(skip_all, fields(request_id = %claim.request_id))]
+    async fn record_attempt(&self, claim: &ClaimedDelivery, a: &NewAttempt) -> Result<bool> {
+        let (status, next_at) = match a.next {
+            NextStep::Succeeded => (ExecutionStatus::Succeeded, None),
+            NextStep::Failed => (ExecutionStatus::Failed, None),
+            NextStep::RetryAt(at) => (ExecutionStatus::Pending, Some(at)),
+        };
+        // One statement, so one implicit transaction: the attempt row and the
+        // request's new state land together or not at all. FOR UPDATE reads the
+        // latest version of the request, so the attempt number is never reused.
+        // A worker whose lease was lost still records its attempt (it happened)
+        // but leaves the state to the worker that holds the claim now.
+        let row = sqlx::query(
+            "WITH old AS ( \
+               SELECT id, attempt_count, (lease_id = $2 AND status = 'pending') AS held \
+               FROM webhook_requests WHERE id = $1 FOR UPDATE), \
+             upd AS ( \
+               UPDATE webhook_requests r SET \
+                 attempt_count = old.attempt_count + 1, \
+                 status = CASE WHEN old.held THEN $3 ELSE r.status END, \
+                 next_attempt_at = CASE WHEN old.held THEN $4 ELSE r.next_attempt_at END, \
+                 lease_id = CASE WHEN old.held THEN NULL ELSE r.lease_id END, \
+                 updated_at = now() \
+               FROM old WHERE r.id = old.id \
+               RETURNING r.id, r.attempt_count), \
+             ins AS ( \
+               INSERT INTO webhook_attempts (request_pk, attempt_number, attempted_at, success, \
+                 status_code, response_body, response_truncated, response_time_ms, error_category, \
+                 error_message) \
+               SELECT id, attempt_count, $5, $6, $7, $8, $9, $10, $11, $12 FROM upd) \
+             SELECT held FROM old",
+        )
+        .bind(claim.log_id)
+        .bind(claim.lease_id)
+        .bind(status.as_str())
+        .bind(next_at)
+        .bind(a.attempted_at)
+        .bind(a.success)
+        .bind(a.status_code)
+        .bind(&a.response_body)
+        .bind(a.response_truncated)
+        .bind(a.response_time_ms)
+        .bind(a.error_category)
+        .bind(&a.error_message)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(row.try_get("held")?),
+            // The request is gone (purged); nothing left to record against.
+            None => Ok(false),
+        }
+    }
+
+    async fn release(&self, claims: &[ClaimedDelivery], due_at: DateTime<Utc>) -> Result<()> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = claims.iter().map(|c| c.log_id).collect();
+        let leases: Vec<Uuid> = claims.iter().map(|c| c.lease_id).collect();
+        sqlx::query(
+            "UPDATE webhook_requests r SET next_attempt_at = $3, lease_id = NULL \
+             FROM unnest($1::bigint[], $2::uuid[]) AS c(id, lease_id) \
+             WHERE r.id = c.id AND r.lease_id = c.lease_id AND r.status = 'pending'",
+        )
+        .bind(&ids)
+        .bind(&leases)
+        .bind(due_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
+        let row = sqlx::query("SELECT min(next_attempt_at) AS due FROM webhook_requests WHERE status = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("due")?)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
