@@ -34,7 +34,7 @@ const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let pg = PostgresStore::connect(&config.database_url, config.db_pool_size).await?;
+        let pg = PostgresStore::connect(&config.database_url, config.db_pool_size, config.db_acquire_timeout).await?;
         pg.migrate().await?;
         tracing::info!(store = "postgres", "store ready");
         let store: Arc<dyn Store> = Arc::new(pg);

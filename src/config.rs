@@ -60,6 +60,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKPOST_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 
+    /// Longest wait for a database connection before a call fails UNAVAILABLE.
+    #[arg(long, env = "HOOKPOST_DB_ACQUIRE_TIMEOUT", value_parser = duration, default_value = "5s")]
+    pub db_acquire_timeout: Duration,
+
     /// Retries after the first attempt, unless a Dispatch sets max_retries.
     #[arg(long, env = "HOOKPOST_MAX_RETRIES", default_value_t = 3)]
     pub max_retries: u32,
@@ -119,6 +123,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub database_url: String,
     pub db_pool_size: u32,
+    pub db_acquire_timeout: Duration,
     pub default_max_retries: u32,
     pub limits: Limits,
     pub delivery: DeliveryConfig,
@@ -131,6 +136,7 @@ impl Config {
             listen,
             database_url: database_url.into(),
             db_pool_size: 16,
+            db_acquire_timeout: Duration::from_secs(5),
             default_max_retries: 3,
             limits: Limits::default(),
             delivery: DeliveryConfig::default(),
@@ -157,6 +163,7 @@ impl TryFrom<ServeArgs> for Config {
             listen: a.listen,
             database_url: a.database.database_url,
             db_pool_size: a.db_pool_size,
+            db_acquire_timeout: a.db_acquire_timeout,
             default_max_retries: a.max_retries,
             limits,
             delivery: DeliveryConfig {

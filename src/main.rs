@@ -14,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
             app.run(shutdown_signal()).await
         }
         Command::Migrate(db) => {
-            PostgresStore::connect(&db.database_url, 1).await?.migrate().await?;
+            PostgresStore::connect(&db.database_url, 1, std::time::Duration::from_secs(30)).await?.migrate().await?;
             println!("migrations applied");
             Ok(())
         }

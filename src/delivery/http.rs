@@ -131,10 +131,9 @@ impl HttpDeliverer {
                     };
                     result.category = Some(category);
                     let mut message = format!("receiver answered HTTP {status}");
-                    if category == FailureCategory::Redirect {
-                        if let Some(loc) = response.headers().get("location").and_then(|v| v.to_str().ok()) {
-                            message.push_str(&format!(" to {loc} (redirects are not followed)"));
-                        }
+                    let location = response.headers().get("location").and_then(|v| v.to_str().ok());
+                    if let (FailureCategory::Redirect, Some(loc)) = (category, location) {
+                        message.push_str(&format!(" to {loc} (redirects are not followed)"));
                     }
                     result.error_message = Some(match result.error_message.take() {
                         Some(body_err) => format!("{message}; {body_err}"),

@@ -37,12 +37,13 @@ const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_cod
 
 impl PostgresStore {
     /// Connects with a pool of at most `max_connections`, without migrating.
-    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+    /// `acquire_timeout` bounds how long a caller waits for a connection, so a
+    /// dead database surfaces as UNAVAILABLE quickly rather than a hang.
+    pub async fn connect(url: &str, max_connections: u32, acquire_timeout: Duration) -> anyhow::Result<Self> {
         let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            // A dead database must surface as UNAVAILABLE quickly, not hang callers.
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await
             .context("connecting to Postgres")?;

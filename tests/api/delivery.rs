@@ -1,0 +1,212 @@
+use std::time::Duration;
+
+use hookpost::proto::v1 as pb;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn statuses(d: &pb::GetLogDetailsResponse) -> Vec<Option<i32>> {
+    d.attempts.iter().map(|a| a.http_status_code).collect()
+}
+
+#[tokio::test]
+async fn the_webhook_is_posted_as_stored_with_identifying_headers() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
+    let got = receiver.wait_for(1, SETTLE).await;
+    let req = &got[0];
+    assert_eq!(req.path, "/hook");
+    assert_eq!(req.body, r#"{"assistant_id":123,"event":"call_started"}"#);
+    assert_eq!(req.headers["content-type"], "application/json");
+    assert!(req.headers["user-agent"].to_str().unwrap().starts_with("hookpost/"));
+    assert_eq!(req.headers["webhook-id"].to_str().unwrap(), res.request_id);
+    assert_eq!(req.headers["x-hookpost-event"], "call_started");
+    assert_eq!(req.headers["x-hookpost-attempt"], "1");
+
+    let d = app.settled(&res.request_id, SETTLE).await;
+    let log = d.log.clone().unwrap();
+    assert_eq!(log.execution_status(), pb::ExecutionStatus::Succeeded);
+    assert_eq!(log.attempt_count, 1);
+    assert_eq!(log.http_status_code, Some(200));
+    assert_eq!(d.attempts.len(), 1);
+    assert_eq!(d.attempts[0].request_body, req.body);
+    assert_eq!(d.attempts[0].response_body, r#"{"received": true}"#);
+    assert_eq!(d.attempts[0].attempt_number, 1);
+}
+
+#[tokio::test]
+async fn two_500s_then_a_200_make_three_attempts_and_succeed() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(500), Reply::status(500).body("still down"), Reply::ok()]);
+    let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
+    let d = app.settled(&res.request_id, SETTLE).await;
+    let log = d.log.clone().unwrap();
+    assert_eq!(log.execution_status(), pb::ExecutionStatus::Succeeded);
+    assert_eq!(log.attempt_count, 3);
+    assert_eq!(log.http_status_code, Some(200));
+    // Newest first.
+    assert_eq!(statuses(&d), [Some(200), Some(500), Some(500)]);
+    assert_eq!(d.attempts.iter().map(|a| a.attempt_number).collect::<Vec<_>>(), [3, 2, 1]);
+    assert_eq!(d.attempts[1].error_category.as_deref(), Some("http_5xx"));
+    assert_eq!(d.attempts[1].response_body, "still down");
+    assert_eq!(d.attempts[1].execution_status(), pb::ExecutionStatus::Failed);
+    let attempts: Vec<_> = receiver.received().iter().map(|r| r.headers["x-hookpost-attempt"].clone()).collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+}
+
+#[tokio::test]
+async fn a_400_fails_at_once_without_retry() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(400).body("bad event")]);
+    let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
+    let d = app.settled(&res.request_id, SETTLE).await;
+    let log = d.log.clone().unwrap();
+    assert_eq!(log.execution_status(), pb::ExecutionStatus::Failed);
+    assert_eq!(log.attempt_count, 1);
+    assert_eq!(statuses(&d), [Some(400)]);
+    assert_eq!(d.attempts[0].error_category.as_deref(), Some("http_4xx"));
+    assert_eq!(receiver.received().len(), 1);
+}
+
+#[tokio::test]
+async fn retries_stop_after_max_retries_and_the_log_agrees_with_the_attempts() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.script((0..10).map(|_| Reply::status(503)));
+    let req = pb::DispatchRequest { max_retries: Some(1), ..dispatch_to(&receiver.url(), Uuid::new_v4()) };
+    let res = app.dispatch(req).await.unwrap();
+    let d = app.settled(&res.request_id, SETTLE).await;
+    let log = d.log.clone().unwrap();
+    assert_eq!(log.execution_status(), pb::ExecutionStatus::Failed);
+    assert_eq!(log.attempt_count, 2);
+    assert_eq!(log.max_retries, 1);
+    assert_eq!(statuses(&d), [Some(503), Some(503)]);
+    assert!(log.next_attempt_at.is_none());
+}
+
+#[tokio::test]
+async fn a_receiver_hanging_past_the_timeout_is_a_timeout_and_is_retried() {
+    let app = spawn_app_with(|c| c.delivery.attempt_timeout = Duration::from_millis(500)).await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::ok().after(Duration::from_secs(3))]);
+    let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
+    let d = app.settled(&res.request_id, SETTLE).await;
+    assert_eq!(d.log.unwrap().execution_status(), pb::ExecutionStatus::Succeeded);
+    assert_eq!(d.attempts.len(), 2);
+    let hung = &d.attempts[1];
+    assert_eq!(hung.error_category.as_deref(), Some("timeout"));
+    assert_eq!(hung.http_status_code, None);
+    assert!(hung.error_message.as_deref().unwrap().contains("timed out"), "{:?}", hung.error_message);
+    assert!(hung.response_time_ms >= 500);
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_delays_the_next_attempt() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(429).header("retry-after", "2")]);
+    let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
+    let d = app.settled(&res.request_id, SETTLE).await;
+    assert_eq!(statuses(&d), [Some(200), Some(429)]);
+    let got = receiver.received();
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= Duration::from_secs(2), "retried after {gap:?}, before Retry-After");
+}
+
+#[tokio::test]
+async fn a_large_response_body_is_kept_to_10_kib_and_flagged() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::ok().body("é".repeat(25 * 1024))]); // 50 KiB of 2-byte characters
+    let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
+    let d = app.settled(&res.request_id, SETTLE).await;
+    let a = &d.attempts[0];
+    assert!(a.response_truncated);
+    assert_eq!(a.response_body.len(), 10 * 1024);
+    assert_eq!(d.log.unwrap().execution_status(), pb::ExecutionStatus::Succeeded);
+
+    let small = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
+    assert!(!app.settled(&small.request_id, SETTLE).await.attempts[0].response_truncated);
+}
+
+#[tokio::test]
+async fn a_redirect_fails_and_is_not_followed() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let elsewhere = format!("http://{}/elsewhere", receiver.addr);
+    receiver.script([Reply::status(302).header("location", elsewhere)]);
+    let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
+    let d = app.settled(&res.request_id, SETTLE).await;
+    assert_eq!(d.log.as_ref().unwrap().execution_status(), pb::ExecutionStatus::Failed);
+    assert_eq!(statuses(&d), [Some(302)]);
+    assert_eq!(d.attempts[0].error_category.as_deref(), Some("redirect"));
+    assert!(d.attempts[0].error_message.as_deref().unwrap().contains("/elsewhere"));
+    assert!(receiver.received().iter().all(|r| r.path == "/hook"));
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_connect_failure_and_is_retried() {
+    let app = spawn_app().await;
+    // A loopback port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let req = pb::DispatchRequest {
+        max_retries: Some(1),
+        ..dispatch_to(&format!("http://127.0.0.1:{port}/hook"), Uuid::new_v4())
+    };
+    let res = app.dispatch(req).await.unwrap();
+    let d = app.settled(&res.request_id, SETTLE).await;
+    assert_eq!(d.attempts.len(), 2);
+    assert!(d.attempts.iter().all(|a| a.error_category.as_deref() == Some("connect")));
+    assert_eq!(d.log.as_ref().unwrap().execution_status(), pb::ExecutionStatus::Failed);
+}
+
+#[tokio::test]
+async fn shutdown_lets_the_in_flight_attempt_finish_and_records_it() {
+    let mut app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::ok().after(Duration::from_millis(800))]);
+    let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
+    receiver.wait_for(1, SETTLE).await;
+    app.stop().await;
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempt_count FROM webhook_requests WHERE request_id = $1::uuid")
+            .bind(&res.request_id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempts), ("succeeded", 1));
+}
+
+#[tokio::test]
+async fn a_database_outage_is_unavailable_and_nothing_in_flight_is_lost() {
+    let database_url = fresh_database().await;
+    let proxy = DbProxy::start(&database_url).await;
+    let mut config = test_config(&proxy.url(&database_url));
+    config.db_acquire_timeout = Duration::from_millis(500);
+    let app = spawn_app_on(config, &database_url).await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::ok().after(Duration::from_millis(700))]);
+    let org = Uuid::new_v4();
+    let in_flight = app.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap();
+    receiver.wait_for(1, SETTLE).await;
+
+    proxy.cut();
+    // The attempt completes while the database is away; a new Dispatch is refused.
+    let err = app.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let err = app.details(&in_flight.request_id).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+
+    proxy.restore();
+    let d = app.settled(&in_flight.request_id, SETTLE).await;
+    assert_eq!(d.log.unwrap().execution_status(), pb::ExecutionStatus::Succeeded);
+    assert_eq!(d.attempts.len(), 1);
+    // And work flows again.
+    let after = app.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap();
+    assert_eq!(app.settled(&after.request_id, SETTLE).await.attempts.len(), 1);
+}

@@ -1,0 +1,323 @@
+//! Test scaffolding: a fresh database per test, the real server on port 0, a
+//! local HTTP receiver whose answers each test scripts, and a TCP proxy that can
+//! cut the server off from Postgres.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use hookpost::Config;
+use hookpost::proto::v1 as pb;
+use hookpost::proto::v1::webhook_service_client::WebhookServiceClient;
+use serde_json::json;
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+/// The server every test database is created on.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Creates an empty database and returns its URL.
+pub async fn fresh_database() -> String {
+    let admin = admin_url();
+    // Named after the test run (set by scripts/test) so a run can drop its own.
+    let run = std::env::var("HOOKPOST_TEST_RUN").unwrap_or_else(|_| "local".into());
+    let name = format!("hookpost_test_{run}_{}", Uuid::new_v4().simple());
+    let mut conn = PgConnection::connect(&admin).await.expect("connect to the test Postgres");
+    conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str()).await.expect("create test database");
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path(&name);
+    url.to_string()
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub struct TestApp {
+    pub client: WebhookServiceClient<Channel>,
+    pub db: PgPool,
+    shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Test defaults: a small pool, fast retries, short timeouts.
+pub fn test_config(database_url: &str) -> Config {
+    let mut c = Config::new(database_url, "127.0.0.1:0".parse().unwrap());
+    c.db_pool_size = 4;
+    c.delivery.retry.base = Duration::from_millis(100);
+    c.delivery.retry.max = Duration::from_millis(400);
+    c.delivery.attempt_timeout = Duration::from_secs(5);
+    c.delivery.lease_margin = Duration::from_secs(1);
+    c.delivery.poll_interval = Duration::from_millis(50);
+    c
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let database_url = fresh_database().await;
+    let mut config = test_config(&database_url);
+    configure(&mut config);
+    spawn_app_on(config, &database_url).await
+}
+
+pub async fn spawn_app_on(config: Config, database_url: &str) -> TestApp {
+    let app = hookpost::Application::build(config).await.expect("build the application");
+    let addr = app.local_addr();
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let handle = tokio::spawn(app.run(async move { stop.cancelled().await }));
+    let client = WebhookServiceClient::connect(format!("http://{addr}")).await.expect("connect to hookpost");
+    let db = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(database_url).await.unwrap();
+    TestApp { client, db, shutdown, handle: Some(handle) }
+}
+
+impl TestApp {
+    /// Stops the server the way SIGTERM does and waits for it to drain.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("server task panicked").expect("server failed");
+        }
+    }
+
+    pub async fn dispatch(&self, req: pb::DispatchRequest) -> Result<pb::DispatchResponse, tonic::Status> {
+        self.client.clone().dispatch(req).await.map(|r| r.into_inner())
+    }
+
+    pub async fn list(&self, req: pb::ListWebhookLogsRequest) -> Result<pb::ListWebhookLogsResponse, tonic::Status> {
+        self.client.clone().list_webhook_logs(req).await.map(|r| r.into_inner())
+    }
+
+    pub async fn details(&self, request_id: &str) -> Result<pb::GetLogDetailsResponse, tonic::Status> {
+        let req = pb::GetLogDetailsRequest { request_id: request_id.into(), ..Default::default() };
+        self.client.clone().get_log_details(req).await.map(|r| r.into_inner())
+    }
+
+    /// Waits until the request is no longer pending and returns its details.
+    pub async fn settled(&self, request_id: &str, deadline: Duration) -> pb::GetLogDetailsResponse {
+        eventually(deadline, "the webhook to settle", || async {
+            let d = self.details(request_id).await.ok()?;
+            let status = d.log.as_ref()?.execution_status();
+            (status != pb::ExecutionStatus::Pending).then_some(d)
+        })
+        .await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A Dispatch with sensible defaults for `url`.
+pub fn dispatch_to(url: &str, organization_id: Uuid) -> pb::DispatchRequest {
+    pb::DispatchRequest {
+        organization_id: organization_id.to_string(),
+        webhook_url: url.to_string(),
+        webhook_type: "call_started".into(),
+        payload: Some(hookpost::grpc::json_to_struct(
+            json!({"event": "call_started", "assistant_id": 123}).as_object().unwrap().clone(),
+        )),
+        ..Default::default()
+    }
+}
+
+/// Field names of a `google.rpc.BadRequest` carried by a status.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let mut fields: Vec<String> =
+        details.bad_request().map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect()).unwrap_or_default();
+    fields.sort();
+    fields
+}
+
+// ---------------------------------------------------------------- receiver
+
+/// One scripted answer of the receiver.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+    /// Held this long before answering (to model a slow or hanging receiver).
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self { status, headers: Vec::new(), body: String::new(), delay: Duration::ZERO }
+    }
+    pub fn ok() -> Self {
+        Self { body: r#"{"received": true}"#.into(), ..Self::status(200) }
+    }
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+    pub fn body(mut self, body: impl Into<String>) -> Self {
+        self.body = body.into();
+        self
+    }
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: String,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    script: Mutex<VecDeque<Reply>>,
+    received: Mutex<Vec<Received>>,
+    arrived: Notify,
+}
+
+/// A real HTTP server on 127.0.0.1 that answers from a script (then 200).
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<ReceiverState>,
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: String,
+) -> impl IntoResponse {
+    state.received.lock().unwrap().push(Received { path: uri.path().to_string(), headers, body, at: Instant::now() });
+    state.arrived.notify_waiters();
+    let reply = state.script.lock().unwrap().pop_front().unwrap_or_else(Reply::ok);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut h = HeaderMap::new();
+    for (k, v) in reply.headers {
+        h.insert(k, v.parse().unwrap());
+    }
+    (StatusCode::from_u16(reply.status).unwrap(), h, reply.body)
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let state = Arc::new(ReceiverState::default());
+        let app = axum::Router::new().fallback(receive).with_state(state.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// Answers the next requests with these replies, in order.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script.lock().unwrap().extend(replies);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests have arrived.
+    pub async fn wait_for(&self, n: usize, deadline: Duration) -> Vec<Received> {
+        eventually(deadline, &format!("{n} request(s) at the receiver"), || async {
+            let got = self.received();
+            (got.len() >= n).then_some(got)
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------- db proxy
+
+/// A TCP proxy in front of Postgres that a test can cut and restore, to model
+/// the database going away while hookpost runs.
+pub struct DbProxy {
+    pub port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<Notify>,
+}
+
+impl DbProxy {
+    pub async fn start(database_url: &str) -> Self {
+        let url = url::Url::parse(database_url).unwrap();
+        let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cut = Arc::new(Notify::new());
+        let (up2, cut2) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused in effect
+                }
+                let target = target.clone();
+                let cut = cut2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Self { port, up, cut }
+    }
+
+    /// `database_url` with its port pointing at the proxy.
+    pub fn url(&self, database_url: &str) -> String {
+        let mut url = url::Url::parse(database_url).unwrap();
+        url.set_port(Some(self.port)).unwrap();
+        url.to_string()
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,193 @@
+//! Tests that need real `hookpost serve` processes: killed, stopped, or two at
+//! once on one database.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hookpost::proto::v1 as pb;
+use hookpost::proto::v1::webhook_service_client::WebhookServiceClient;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `hookpost serve` on port 0 and waits for its "listening" line.
+    async fn start(database_url: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hookpost"))
+            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--db-pool-size", "4"])
+            .args(["--backoff-base", "100ms", "--backoff-max", "400ms", "--poll-interval", "50ms"])
+            .args(extra)
+            .env("DATABASE_URL", database_url)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hookpost");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                let listening = v["fields"]["message"].as_str().unwrap_or("").contains("listening");
+                if listening
+                    && let Some(addr) = v["fields"]["addr"].as_str()
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .expect("hookpost did not report its address in time")
+            .expect("hookpost exited before listening");
+        Self { child, addr }
+    }
+
+    async fn client(&self) -> WebhookServiceClient<Channel> {
+        WebhookServiceClient::connect(format!("http://{}", self.addr)).await.unwrap()
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        eventually(Duration::from_secs(30), "the process to exit", || {
+            let exited = self.child.try_wait().unwrap();
+            async move { exited }
+        })
+        .await
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn details(client: &mut WebhookServiceClient<Channel>, request_id: &str) -> Option<pb::GetLogDetailsResponse> {
+    let req = pb::GetLogDetailsRequest { request_id: request_id.into(), ..Default::default() };
+    client.get_log_details(req).await.ok().map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn a_killed_server_delivers_after_restart_and_its_log_is_consistent() {
+    let database_url = fresh_database().await;
+    let receiver = Receiver::start().await;
+    // The first request is held open well past the attempt timeout.
+    receiver.script([Reply::ok().after(Duration::from_secs(20))]);
+    let args = ["--attempt-timeout", "3s", "--lease-margin", "1s"];
+    let mut first = ServerProcess::start(&database_url, &args).await;
+    let res = first.client().await.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap().into_inner();
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    first.kill();
+
+    let second = ServerProcess::start(&database_url, &args).await;
+    let mut client = second.client().await;
+    let got = receiver.wait_for(2, Duration::from_secs(30)).await;
+    assert_eq!(got[1].headers["webhook-id"].to_str().unwrap(), res.request_id);
+    let d = eventually(Duration::from_secs(30), "the redelivery to be recorded", || {
+        let mut client = client.clone();
+        let id = res.request_id.clone();
+        async move {
+            let d = details(&mut client, &id).await?;
+            (d.log.as_ref()?.execution_status() == pb::ExecutionStatus::Succeeded).then_some(d)
+        }
+    })
+    .await;
+    // The killed attempt was never recorded; the redelivery is attempt 1.
+    let log = d.log.unwrap();
+    assert_eq!(log.attempt_count, 1);
+    assert_eq!(d.attempts.len(), 1);
+    assert_eq!(d.attempts[0].http_status_code, Some(200));
+    let _ = client.list_webhook_logs(pb::ListWebhookLogsRequest::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_in_flight_attempt_and_exits_cleanly() {
+    let database_url = fresh_database().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::ok().after(Duration::from_millis(1500))]);
+    let server = ServerProcess::start(&database_url, &[]).await;
+    let mut client = server.client().await;
+    let res = client.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap().into_inner();
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let status = server.terminate().await;
+    assert!(status.success(), "exit status {status:?}");
+
+    let db = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let (state, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempt_count FROM webhook_requests WHERE request_id = $1::uuid")
+            .bind(&res.request_id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), attempts), ("succeeded", 1));
+}
+
+#[tokio::test]
+async fn two_servers_share_500_webhooks_and_deliver_each_exactly_once() {
+    let database_url = fresh_database().await;
+    let receiver = Receiver::start().await;
+    let a = ServerProcess::start(&database_url, &[]).await;
+    let b = ServerProcess::start(&database_url, &[]).await;
+    let (ca, cb) = (a.client().await, b.client().await);
+    let org = Uuid::new_v4();
+    let mut ids = Vec::new();
+    for chunk in 0..10 {
+        let calls = (0..50).map(|i| {
+            let mut c = if (chunk + i) % 2 == 0 { ca.clone() } else { cb.clone() };
+            let req = dispatch_to(&receiver.url(), org);
+            async move { c.dispatch(req).await.unwrap().into_inner().request_id }
+        });
+        ids.extend(futures_util::future::join_all(calls).await);
+    }
+    receiver.wait_for(500, Duration::from_secs(60)).await;
+    let db = sqlx::PgPool::connect(&database_url).await.unwrap();
+    eventually(Duration::from_secs(30), "every delivery to be recorded", || {
+        let db = db.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_requests WHERE status = 'succeeded'")
+                .fetch_one(&db)
+                .await
+                .ok()?;
+            (n == 500).then_some(())
+        }
+    })
+    .await;
+
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for r in receiver.received() {
+        *per_id.entry(r.headers["webhook-id"].to_str().unwrap().to_string()).or_default() += 1;
+    }
+    assert_eq!(per_id.len(), 500);
+    assert!(ids.iter().all(|id| per_id.get(id) == Some(&1)), "a webhook was delivered twice");
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_attempts").fetch_one(&db).await.unwrap();
+    assert_eq!(attempts, 500, "an attempt was recorded twice");
+    let inconsistent: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_requests r WHERE attempt_count <> \
+         (SELECT count(*) FROM webhook_attempts a WHERE a.request_pk = r.id)",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(inconsistent, 0);
+}
