@@ -96,6 +96,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKPOST_POLL_INTERVAL", value_parser = duration, default_value = "200ms")]
     pub poll_interval: Duration,
 
+    /// Serve the API only and deliver nothing (another replica delivers).
+    #[arg(long, env = "HOOKPOST_NO_DELIVERY")]
+    pub no_delivery: bool,
+
     /// Deliveries in flight at once in this process.
     #[arg(long, env = "HOOKPOST_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
@@ -167,6 +171,7 @@ impl TryFrom<ServeArgs> for Config {
             default_max_retries: a.max_retries,
             limits,
             delivery: DeliveryConfig {
+                enabled: !a.no_delivery,
                 concurrency: a.concurrency,
                 per_host_concurrency: a.per_host_concurrency,
                 attempt_timeout: a.attempt_timeout,

@@ -28,6 +28,9 @@ use retry::{RetryPolicy, is_retryable};
 /// How the engine runs; every field is a server option.
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
+    /// False for an API-only replica: dispatches are stored and left for
+    /// replicas that deliver.
+    pub enabled: bool,
     /// Deliveries in flight at once in this process.
     pub concurrency: usize,
     /// Deliveries in flight at once to one host, so that one slow receiver
@@ -52,6 +55,7 @@ pub struct DeliveryConfig {
 impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             concurrency: 64,
             per_host_concurrency: 16,
             attempt_timeout: Duration::from_secs(15),
@@ -102,13 +106,20 @@ impl DeliveryEngine {
     /// Claims and delivers until `shutdown` fires, then drains: in-flight
     /// attempts finish and are recorded (bounded by the drain timeout).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        if !self.config.enabled {
+            tracing::info!("delivery disabled on this replica");
+            return;
+        }
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
+            // Claim in batches: while most slots are busy, wait for a quarter
+            // of them to free up rather than claiming one row at a time.
             let free = self.slots.available_permits();
-            if free == 0 {
+            let min_claim = (self.config.concurrency / 4).clamp(1, self.config.batch_size as usize);
+            if free < min_claim {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    permit = self.slots.acquire() => drop(permit),
+                    permits = self.slots.acquire_many(min_claim as u32) => drop(permits),
                 }
                 continue;
             }

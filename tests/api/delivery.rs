@@ -210,3 +210,29 @@ async fn a_database_outage_is_unavailable_and_nothing_in_flight_is_lost() {
     let after = app.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap();
     assert_eq!(app.settled(&after.request_id, SETTLE).await.attempts.len(), 1);
 }
+
+#[tokio::test]
+async fn a_hanging_receiver_does_not_starve_other_hosts() {
+    let app = spawn_app_with(|c| {
+        c.delivery.concurrency = 4;
+        c.delivery.per_host_concurrency = 2;
+        c.delivery.attempt_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let slow = Receiver::start().await;
+    slow.script((0..8).map(|_| Reply::ok().after(Duration::from_secs(4))));
+    let fast = Receiver::start().await;
+    let org = Uuid::new_v4();
+    for _ in 0..8 {
+        app.dispatch(dispatch_to(&slow.url(), org)).await.unwrap();
+    }
+    slow.wait_for(2, SETTLE).await;
+    // Two slots are held by the slow host; its other six wait their turn while
+    // the fast receiver gets the rest of the capacity.
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(app.dispatch(dispatch_to(&fast.url(), org)).await.unwrap().request_id);
+    }
+    fast.wait_for(10, Duration::from_secs(3)).await;
+    assert_eq!(slow.received().len(), 2, "the slow host never gets more than its cap");
+}
