@@ -66,17 +66,24 @@ impl Application {
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let router =
-            tonic::service::Routes::new(GrpcApi::new(self.service.clone()).into_server(self.max_message_bytes))
-                .add_service(health_service)
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
-                .prepare()
-                .into_axum_router();
+        let grpc_api = GrpcApi::new(self.service.clone());
+        let grpc = tonic::service::Routes::new(grpc_api.clone().into_server(self.max_message_bytes))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .prepare()
+            .into_axum_router();
+        let rest = crate::rest::router(crate::rest::RestState { service: self.service.clone(), grpc: grpc_api })
+            .layer(axum::extract::DefaultBodyLimit::max(self.max_message_bytes))
+            .layer(tower_http::compression::CompressionLayer::new())
+            .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+            .layer(tower_http::trace::TraceLayer::new_for_http())
+            .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(tower_http::request_id::MakeRequestUuid));
+        let router = by_content_type(grpc, rest);
 
         let health_task = tokio::spawn(report_health(self.store.clone(), health, token.clone()));
         let engine_task = tokio::spawn(self.engine.clone().run(token.clone()));
-        tracing::info!(addr = %self.addr, "hookpost listening (gRPC)");
+        tracing::info!(addr = %self.addr, "hookpost listening (gRPC and REST)");
 
         let stop = token.clone();
         tokio::spawn(async move {
@@ -116,4 +123,18 @@ async fn report_health(store: Arc<dyn Store>, health: tonic_health::server::Heal
             _ = tokio::time::sleep(HEALTH_PROBE_INTERVAL) => {}
         }
     }
+}
+
+/// One listener for both protocols: `application/grpc*` requests go to the
+/// gRPC services, everything else to the REST routes (whose 404 is JSON).
+fn by_content_type(grpc: axum::Router, rest: axum::Router) -> axum::Router {
+    use tower::ServiceExt;
+    axum::Router::new().fallback_service(tower::service_fn(move |req: axum::extract::Request| {
+        let is_grpc = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let target = if is_grpc { grpc.clone() } else { rest.clone() };
+        target.oneshot(req)
+    }))
 }

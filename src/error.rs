@@ -35,6 +35,23 @@ impl ErrorCode {
         }
     }
 
+    /// The inverse of [`Self::grpc_code`], for statuses coming back from the
+    /// gRPC layer (the REST gateway calls it in-process).
+    pub fn from_grpc(code: tonic::Code) -> Self {
+        match code {
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => Self::InvalidArgument,
+            tonic::Code::NotFound => Self::NotFound,
+            tonic::Code::AlreadyExists | tonic::Code::Aborted => Self::AlreadyExists,
+            tonic::Code::PermissionDenied => Self::PermissionDenied,
+            tonic::Code::Unauthenticated => Self::Unauthenticated,
+            tonic::Code::ResourceExhausted => Self::ResourceExhausted,
+            tonic::Code::FailedPrecondition => Self::FailedPrecondition,
+            tonic::Code::Unavailable => Self::Unavailable,
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Self::DeadlineExceeded,
+            _ => Self::Internal,
+        }
+    }
+
     pub fn http_status(self) -> u16 {
         match self {
             Self::InvalidArgument | Self::FailedPrecondition => 400,
@@ -192,6 +209,7 @@ mod tests {
         ];
         for (code, grpc, http) in table {
             assert_eq!(code.grpc_code(), grpc);
+            assert_eq!(ErrorCode::from_grpc(grpc), code);
             assert_eq!(code.http_status(), http);
         }
     }

@@ -4,6 +4,8 @@
 //!
 //! - [`proto`]: the generated `hookpost.v1` contract (from `proto/`).
 //! - [`grpc`]: the tonic transport; converts messages and calls the service.
+//! - [`rest`]: the JSON routes of the documented APIs and the grpc-gateway
+//!   routes, on the same listener as gRPC, over the same service.
 //! - [`service`]: the use cases (dispatch, list logs, log details), free of
 //!   transport types.
 //! - [`domain`]: types parsed once at the edge (`NewDelivery`, `LogFilter`...).
@@ -23,6 +25,7 @@ pub mod error;
 pub mod grpc;
 pub mod pagination;
 pub mod proto;
+pub mod rest;
 pub mod service;
 pub mod store;
 

@@ -129,6 +129,7 @@ impl NewDelivery {
         } else if !valid_webhook_type(&input.webhook_type) {
             violation("webhook_type", "may contain only letters, digits and \"._:-\"".into());
         }
+        // Stored as the exact bytes every attempt will send.
         let body = serde_json::Value::Object(input.payload.unwrap_or_default()).to_string();
         if body.len() > limits.max_payload_bytes {
             violation(

@@ -29,8 +29,11 @@ fn value_to_json(v: Value) -> Result<Json, String> {
     })
 }
 
+/// Keys come out sorted: a Struct is a map without order, and the stored body
+/// must not depend on hash order.
 pub fn struct_to_json(s: Struct) -> Result<Map<String, Json>, String> {
-    s.fields.into_iter().map(|(k, v)| Ok((k, value_to_json(v)?))).collect()
+    let sorted: std::collections::BTreeMap<_, _> = s.fields.into_iter().collect();
+    sorted.into_iter().map(|(k, v)| Ok((k, value_to_json(v)?))).collect()
 }
 
 fn json_to_value(j: Json) -> Value {

@@ -57,6 +57,8 @@ where
 }
 
 pub struct TestApp {
+    /// `http://127.0.0.1:<port>`: REST and gRPC share it.
+    pub base_url: String,
     pub client: WebhookServiceClient<Channel>,
     pub db: PgPool,
     shutdown: CancellationToken,
@@ -94,10 +96,17 @@ pub async fn spawn_app_on(config: Config, database_url: &str) -> TestApp {
     let handle = tokio::spawn(app.run(async move { stop.cancelled().await }));
     let client = WebhookServiceClient::connect(format!("http://{addr}")).await.expect("connect to hookpost");
     let db = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(database_url).await.unwrap();
-    TestApp { client, db, shutdown, handle: Some(handle) }
+    TestApp { base_url: format!("http://{addr}"), client, db, shutdown, handle: Some(handle) }
 }
 
 impl TestApp {
+    /// GET a REST route; returns the status and the JSON body.
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let resp = reqwest::get(format!("{}{path}", self.base_url)).await.expect("GET");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.expect("a JSON body"))
+    }
+
     /// Stops the server the way SIGTERM does and waits for it to drain.
     pub async fn stop(&mut self) {
         self.shutdown.cancel();

@@ -6,3 +6,4 @@ mod dispatch;
 mod helpers;
 mod list;
 mod processes;
+mod rest;

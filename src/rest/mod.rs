@@ -1,0 +1,126 @@
+//! The REST adapter, grpc-gateway style: thin translations onto the same
+//! service (and, for the `/v1` gateway routes, the same gRPC methods) that
+//! gRPC callers use. No SQL, no second implementation.
+//!
+//! - [`calls`]: `GET /api/v1/calls/{call_id}/webhook-logs` (per-call logs).
+//! - [`subscriptions`]: webhook-subscription logs and log details.
+//! - [`gateway`]: the RPCs at their `google.api.http` routes, in proto3 JSON.
+
+mod calls;
+mod error;
+mod gateway;
+mod subscriptions;
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
+use axum::response::IntoResponse;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::{RestError, Style};
+
+use crate::error::{Error, ErrorCode};
+use crate::grpc::GrpcApi;
+use crate::service::WebhookService;
+
+#[derive(Clone)]
+pub struct RestState {
+    pub service: WebhookService,
+    pub grpc: GrpcApi,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "hookpost REST API", description = "Webhook logs over JSON; every route maps onto the gRPC service."),
+    components(schemas(calls::CallWebhookLog, subscriptions::SubscriptionLog, subscriptions::SubscriptionLogDetail))
+)]
+struct ApiDoc;
+
+/// The REST routes and the OpenAPI document generated from their handlers.
+pub fn router(state: RestState) -> axum::Router {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(calls::call_webhook_logs))
+        .routes(routes!(subscriptions::list_logs))
+        .routes(routes!(subscriptions::log_details))
+        .routes(routes!(gateway::dispatch))
+        .routes(routes!(gateway::list_webhook_logs))
+        .routes(routes!(gateway::get_log_details))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .with_state(state)
+        .split_for_parts();
+    let api = std::sync::Arc::new(api);
+    router
+        .route("/openapi.json", axum::routing::get(move || async move { Json(api.as_ref().clone()) }))
+        .fallback(not_found)
+}
+
+async fn not_found() -> RestError {
+    RestError::status(Error::not_found("no such route"))
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the store answers.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "the store is unreachable")))]
+async fn readyz(State(state): State<RestState>) -> impl IntoResponse {
+    match state.service.ready().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+    }
+}
+
+/// The API key of a request: `Authorization: Bearer <key>` or
+/// `Authorization: AccessKey <key>` (both schemes appear in the documented APIs).
+pub fn api_key(headers: &HeaderMap, style: Style) -> Result<Option<String>, RestError> {
+    let Some(value) = headers.get(AUTHORIZATION) else { return Ok(None) };
+    let unauthenticated = || {
+        let err =
+            Error::new(ErrorCode::Unauthenticated, "Authorization must be \"Bearer <key>\" or \"AccessKey <key>\"");
+        match style {
+            Style::Detail => RestError::detail(err),
+            Style::Status => RestError::status(err),
+        }
+    };
+    let value = value.to_str().map_err(|_| unauthenticated())?;
+    let (scheme, key) = value.split_once(' ').ok_or_else(unauthenticated)?;
+    let key = key.trim();
+    if !(scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("accesskey")) || key.is_empty() {
+        return Err(unauthenticated());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// Query parameters, each allowed at most once; an unknown or repeated one is a
+/// 400 rather than silently ignored.
+pub fn query_params(raw: Option<&str>, allowed: &[&str], style: Style) -> Result<HashMap<String, String>, RestError> {
+    let mut params = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        if !allowed.contains(&k.as_ref()) {
+            let expected = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
+            return Err(error::bad_param(style, &k, format!("is not a known parameter (expected: {expected})")));
+        }
+        if params.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(error::bad_param(style, &k, "is given more than once"));
+        }
+    }
+    Ok(params)
+}
+
+/// Parses a UUID path or query parameter.
+pub fn uuid_param(style: Style, name: &str, raw: &str) -> Result<uuid::Uuid, RestError> {
+    uuid::Uuid::parse_str(raw).map_err(|_| error::bad_param(style, name, format!("must be a UUID, got {raw:?}")))
+}
+
+/// ISO 8601 / RFC 3339 in UTC with milliseconds, as the documents show.
+pub fn iso_millis(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
