@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::delivery::DeliveryEngine;
 use crate::grpc::GrpcApi;
@@ -39,8 +40,12 @@ impl Application {
         tracing::info!(store = "postgres", "store ready");
         let store: Arc<dyn Store> = Arc::new(pg);
         let wake = Arc::new(Notify::new());
+        let auth = Arc::new(Authenticator::new(store.clone(), config.key_cache_ttl, config.rate_limit));
         let service =
-            WebhookService::new(store.clone(), config.limits.clone(), config.default_max_retries, wake.clone());
+            WebhookService::new(store.clone(), config.limits.clone(), config.default_max_retries, wake.clone(), auth);
+        if config.limits.allow_private_targets {
+            tracing::warn!("--allow-private-targets: the SSRF guard is off; webhooks may reach private networks");
+        }
         let engine = DeliveryEngine::new(store.clone(), config.delivery.clone(), wake)?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;

@@ -33,6 +33,35 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Apply the database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create a key and print it (once: only its hash is stored) as the last line.
+    Create {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// An organization key, confined to this organization (UUID).
+        #[arg(long, conflicts_with = "service", required_unless_present = "service")]
+        organization: Option<uuid::Uuid>,
+        /// A service key, for internal callers acting for any organization.
+        #[arg(long)]
+        service: bool,
+    },
+    /// List keys: prefix, kind, organization, created, revoked.
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Revoke the key with this prefix (hpk_...).
+    Revoke {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        prefix: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +148,32 @@ pub struct ServeArgs {
     /// Largest metadata accepted, in bytes of JSON.
     #[arg(long, env = "HOOKPOST_MAX_METADATA_BYTES", default_value_t = 16 * 1024)]
     pub max_metadata_bytes: usize,
+
+    /// Longest webhook_url accepted, in bytes.
+    #[arg(long, env = "HOOKPOST_MAX_URL_BYTES", default_value_t = 2048)]
+    pub max_url_bytes: usize,
+
+    /// Longest webhook_type accepted, in bytes.
+    #[arg(long, env = "HOOKPOST_MAX_WEBHOOK_TYPE_BYTES", default_value_t = 128)]
+    pub max_webhook_type_bytes: usize,
+
+    /// Longest idempotency_key accepted, in bytes.
+    #[arg(long, env = "HOOKPOST_MAX_IDEMPOTENCY_KEY_BYTES", default_value_t = 255)]
+    pub max_idempotency_key_bytes: usize,
+
+    /// Allow deliveries to loopback, private and other reserved addresses
+    /// (local development and tests only: this lifts the SSRF guard).
+    #[arg(long, env = "HOOKPOST_ALLOW_PRIVATE_TARGETS")]
+    pub allow_private_targets: bool,
+
+    /// Requests per second allowed per API key (token bucket); no limit if unset.
+    #[arg(long, env = "HOOKPOST_RATE_LIMIT")]
+    pub rate_limit: Option<std::num::NonZeroU32>,
+
+    /// How long a looked-up API key is trusted before it is read again (so a
+    /// revocation takes effect within this time).
+    #[arg(long, env = "HOOKPOST_KEY_CACHE_TTL", value_parser = duration, default_value = "10s")]
+    pub key_cache_ttl: Duration,
 }
 
 /// Everything `hookpost serve` needs, validated.
@@ -131,6 +186,8 @@ pub struct Config {
     pub default_max_retries: u32,
     pub limits: Limits,
     pub delivery: DeliveryConfig,
+    pub key_cache_ttl: Duration,
+    pub rate_limit: Option<std::num::NonZeroU32>,
 }
 
 impl Config {
@@ -144,7 +201,15 @@ impl Config {
             default_max_retries: 3,
             limits: Limits::default(),
             delivery: DeliveryConfig::default(),
+            key_cache_ttl: Duration::from_secs(10),
+            rate_limit: None,
         }
+    }
+
+    /// Lifts (or restores) the SSRF guard for both dispatch and delivery.
+    pub fn allow_private_targets(&mut self, allow: bool) {
+        self.limits.allow_private_targets = allow;
+        self.delivery.allow_private_targets = allow;
     }
 }
 
@@ -160,6 +225,10 @@ impl TryFrom<ServeArgs> for Config {
         let limits = Limits {
             max_payload_bytes: a.max_payload_bytes,
             max_metadata_bytes: a.max_metadata_bytes,
+            max_url_len: a.max_url_bytes,
+            max_webhook_type_len: a.max_webhook_type_bytes,
+            max_idempotency_key_len: a.max_idempotency_key_bytes,
+            allow_private_targets: a.allow_private_targets,
             ..Limits::default()
         };
         anyhow::ensure!(a.max_retries <= limits.max_retries, "--max-retries must be at most {}", limits.max_retries);
@@ -180,8 +249,11 @@ impl TryFrom<ServeArgs> for Config {
                 poll_interval: a.poll_interval,
                 retry: RetryPolicy { base: a.backoff_base, max: a.backoff_max, retry_after_max: a.retry_after_max },
                 drain_timeout: a.drain_timeout,
+                allow_private_targets: a.allow_private_targets,
                 ..DeliveryConfig::default()
             },
+            key_cache_ttl: a.key_cache_ttl,
+            rate_limit: a.rate_limit,
         })
     }
 }

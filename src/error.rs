@@ -81,6 +81,8 @@ pub struct Error {
     pub code: ErrorCode,
     pub message: String,
     pub violations: Vec<FieldViolation>,
+    /// When to try again (rate limiting), sent as `Retry-After`.
+    pub retry_after: Option<std::time::Duration>,
     pub source: Option<anyhow::Error>,
 }
 
@@ -88,7 +90,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), violations: Vec::new(), source: None }
+        Self { code, message: message.into(), violations: Vec::new(), retry_after: None, source: None }
     }
 
     /// Bad input in one field.
@@ -100,7 +102,7 @@ impl Error {
     pub fn invalid_fields(violations: Vec<FieldViolation>) -> Self {
         let message =
             violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ");
-        Self { code: ErrorCode::InvalidArgument, message, violations, source: None }
+        Self { code: ErrorCode::InvalidArgument, message, violations, retry_after: None, source: None }
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -112,6 +114,7 @@ impl Error {
             code: ErrorCode::Internal,
             message: "internal error".into(),
             violations: Vec::new(),
+            retry_after: None,
             source: Some(source),
         }
     }
@@ -121,6 +124,7 @@ impl Error {
             code: ErrorCode::Unavailable,
             message: "the store is unavailable, try again".into(),
             violations: Vec::new(),
+            retry_after: None,
             source: Some(source),
         }
     }
@@ -180,14 +184,24 @@ impl From<Error> for tonic::Status {
         use tonic_types::{ErrorDetails, StatusExt};
         err.log();
         let code = err.code.grpc_code();
-        if err.violations.is_empty() {
-            return tonic::Status::new(code, err.message);
-        }
         let mut details = ErrorDetails::new();
         for v in &err.violations {
             details.add_bad_request_violation(v.field.clone(), v.description.clone());
         }
-        tonic::Status::with_error_details(code, err.message, details)
+        if let Some(after) = err.retry_after {
+            details.set_retry_info(Some(after));
+        }
+        let mut status = if err.violations.is_empty() && err.retry_after.is_none() {
+            tonic::Status::new(code, err.message)
+        } else {
+            tonic::Status::with_error_details(code, err.message, details)
+        };
+        if let Some(after) = err.retry_after
+            && let Ok(v) = after.as_secs().max(1).to_string().parse()
+        {
+            status.metadata_mut().insert("retry-after", v);
+        }
+        status
     }
 }
 
@@ -212,6 +226,17 @@ mod tests {
             assert_eq!(ErrorCode::from_grpc(grpc), code);
             assert_eq!(code.http_status(), http);
         }
+    }
+
+    #[test]
+    fn retry_after_travels_in_status_details_and_metadata() {
+        use tonic_types::StatusExt;
+        let mut err = Error::new(ErrorCode::ResourceExhausted, "slow down");
+        err.retry_after = Some(std::time::Duration::from_secs(3));
+        let status = tonic::Status::from(err);
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "3");
+        let info = status.get_error_details().retry_info().cloned().expect("retry info");
+        assert_eq!(info.retry_delay, Some(std::time::Duration::from_secs(3)));
     }
 
     #[test]

@@ -13,11 +13,13 @@
 //!   requests table doubles as the delivery queue.
 //! - [`delivery`]: the engine that claims due webhooks, POSTs them, records
 //!   each attempt and schedules retries (a pure backoff function).
+//! - [`auth`]: API keys (stored hashed), principals, per-key rate limits.
 //! - [`pagination`]: opaque, checked keyset page tokens.
 //! - [`error`]: one error type and one code table for gRPC and HTTP.
 //! - [`config`] / [`app`]: the CLI and the wiring (`Application::build`, `run`).
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod delivery;
 pub mod domain;

@@ -1,6 +1,7 @@
 use clap::Parser;
-use hookpost::config::{Cli, Command, Config, LogFormat};
-use hookpost::store::PostgresStore;
+use hookpost::auth::{self, KeyKind};
+use hookpost::config::{ApiKeyCommand, Cli, Command, Config, LogFormat};
+use hookpost::store::{PostgresStore, Store};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -14,11 +15,58 @@ async fn main() -> anyhow::Result<()> {
             app.run(shutdown_signal()).await
         }
         Command::Migrate(db) => {
-            PostgresStore::connect(&db.database_url, 1, std::time::Duration::from_secs(30)).await?.migrate().await?;
+            open_store(&db.database_url).await?;
             println!("migrations applied");
             Ok(())
         }
+        Command::ApiKey(cmd) => api_key(cmd).await,
     }
+}
+
+async fn open_store(url: &str) -> anyhow::Result<PostgresStore> {
+    let store = PostgresStore::connect(url, 1, std::time::Duration::from_secs(30)).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// `hookpost api-key ...`: the key itself is printed once, as the last line.
+async fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
+    match cmd {
+        ApiKeyCommand::Create { database, organization, service } => {
+            let store = open_store(&database.database_url).await?;
+            let kind = match (organization, service) {
+                (Some(org), false) => KeyKind::Organization(org),
+                (None, true) => KeyKind::Service,
+                _ => anyhow::bail!("give exactly one of --organization <UUID> or --service"),
+            };
+            let key = auth::generate(kind);
+            store.insert_api_key(&key).await?;
+            match kind {
+                KeyKind::Organization(org) => println!("created organization key {} for {org}", key.prefix),
+                KeyKind::Service => println!("created service key {}", key.prefix),
+            }
+            println!("store it now: it cannot be shown again");
+            println!("{}", key.plaintext);
+        }
+        ApiKeyCommand::List { database } => {
+            let store = open_store(&database.database_url).await?;
+            println!("{:<18} {:<13} {:<37} {:<26} revoked", "prefix", "kind", "organization", "created");
+            for k in store.list_api_keys().await? {
+                let (kind, org) = match k.kind {
+                    KeyKind::Organization(o) => ("organization", o.to_string()),
+                    KeyKind::Service => ("service", "-".into()),
+                };
+                let revoked = k.revoked_at.map_or("-".to_string(), |t| t.to_rfc3339());
+                println!("{:<18} {:<13} {:<37} {:<26} {revoked}", k.prefix, kind, org, k.created_at.to_rfc3339());
+            }
+        }
+        ApiKeyCommand::Revoke { database, prefix } => {
+            let store = open_store(&database.database_url).await?;
+            anyhow::ensure!(store.revoke_api_key(&prefix).await?, "no active key with prefix {prefix}");
+            println!("revoked {prefix}");
+        }
+    }
+    Ok(())
 }
 
 fn init_tracing(format: LogFormat) {

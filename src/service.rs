@@ -5,8 +5,9 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::auth::{Authenticator, Principal};
 use crate::domain::{AttemptRecord, DispatchInput, Dispatched, Limits, LogFilter, LogRecord, NewDelivery};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::pagination;
 use crate::store::Store;
 
@@ -52,14 +53,38 @@ pub struct WebhookService {
     default_max_retries: u32,
     /// Wakes this process's delivery workers the moment a webhook is stored.
     wake: Arc<Notify>,
+    auth: Arc<Authenticator>,
 }
 
 impl WebhookService {
-    pub fn new(store: Arc<dyn Store>, limits: Limits, default_max_retries: u32, wake: Arc<Notify>) -> Self {
-        Self { store, limits, default_max_retries, wake }
+    pub fn new(
+        store: Arc<dyn Store>,
+        limits: Limits,
+        default_max_retries: u32,
+        wake: Arc<Notify>,
+        auth: Arc<Authenticator>,
+    ) -> Self {
+        Self { store, limits, default_max_retries, wake, auth }
     }
 
-    pub async fn dispatch(&self, input: DispatchInput) -> Result<Dispatched> {
+    /// Who is calling, from an `authorization` value (`Bearer <key>`).
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal> {
+        self.auth.authenticate(authorization).await
+    }
+
+    /// An organization key dispatches for its own organization (which the
+    /// request may omit); a service key must name one.
+    pub async fn dispatch(&self, who: &Principal, mut input: DispatchInput) -> Result<Dispatched> {
+        if let Some(org) = who.organization() {
+            if input.organization_id.is_empty() {
+                input.organization_id = org.to_string();
+            } else if Uuid::parse_str(&input.organization_id).is_ok_and(|o| o != org) {
+                return Err(Error::new(
+                    ErrorCode::PermissionDenied,
+                    "organization_id differs from the API key's organization",
+                ));
+            }
+        }
         let delivery = NewDelivery::parse(input, &self.limits, self.default_max_retries)?;
         let dispatched = self.store.insert_delivery(&delivery).await?;
         if !dispatched.duplicate {
@@ -69,7 +94,9 @@ impl WebhookService {
         Ok(dispatched)
     }
 
-    pub async fn list_logs(&self, q: ListQuery) -> Result<LogPage> {
+    /// Lists logs; an organization key sees only its own organization, and a
+    /// filter naming another one matches nothing, as if it did not exist.
+    pub async fn list_logs(&self, who: &Principal, mut q: ListQuery) -> Result<LogPage> {
         let page_size = match q.page_size {
             n if n < 0 => return Err(Error::invalid("page_size", "must not be negative")),
             0 => DEFAULT_PAGE_SIZE,
@@ -79,6 +106,12 @@ impl WebhookService {
             "" => None,
             token => Some(pagination::decode(token, &q.filter, "page_token")?),
         };
+        if let Some(org) = who.organization() {
+            match q.filter.organization_id {
+                Some(named) if named != org => return Ok(LogPage { logs: Vec::new(), next_page_token: None }),
+                _ => q.filter.organization_id = Some(org),
+            }
+        }
         // One extra row tells whether another page follows, without a COUNT.
         let mut logs = self.store.list_logs(&q.filter, after, page_size + 1).await?;
         let next_page_token = if logs.len() > page_size as usize {
@@ -90,12 +123,18 @@ impl WebhookService {
         Ok(LogPage { logs, next_page_token })
     }
 
-    pub async fn log_details(&self, q: DetailsQuery) -> Result<LogDetails> {
+    /// One request's attempts. Outside the caller's scope (another
+    /// organization, workspace or subscription) answers exactly like a
+    /// missing request, after the same single lookup.
+    pub async fn log_details(&self, who: &Principal, q: DetailsQuery) -> Result<LogDetails> {
         let not_found = || Error::not_found(format!("no webhook log with request ID {}", q.request_id));
-        let (log, attempts) = self.store.log_details(q.request_id).await?.ok_or_else(not_found)?;
-        // Outside the caller's scope answers exactly like a missing request.
-        let in_scope = q.organization_id.is_none_or(|o| o == log.organization_id)
-            && q.workspace_id.is_none_or(|w| Some(w) == log.workspace_id)
+        let org = match (who.organization(), q.organization_id) {
+            (Some(own), Some(named)) if own != named => return Err(not_found()),
+            (Some(own), _) => Some(own),
+            (None, named) => named,
+        };
+        let (log, attempts) = self.store.log_details(q.request_id, org).await?.ok_or_else(not_found)?;
+        let in_scope = q.workspace_id.is_none_or(|w| Some(w) == log.workspace_id)
             && q.subscription_id.is_none_or(|s| Some(s) == log.subscription_id);
         if !in_scope {
             return Err(not_found());

@@ -14,6 +14,7 @@ use axum::serve::ListenerExt;
 use clap::Parser;
 use hookpost::proto::v1 as pb;
 use hookpost::proto::v1::webhook_service_client::WebhookServiceClient;
+use hookpost::store::Store;
 use hookpost::{Application, Config};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::task::JoinSet;
@@ -97,6 +98,7 @@ async fn drop_database(admin: &str, name: &str) {
 
 struct RunningApp {
     addr: std::net::SocketAddr,
+    key: String,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -108,12 +110,15 @@ async fn start_app(database_url: &str, args: &Args, deliver: bool) -> anyhow::Re
     config.delivery.concurrency = args.concurrency;
     config.delivery.per_host_concurrency = args.concurrency;
     config.delivery.batch_size = args.concurrency as u32;
+    // The receiver is on 127.0.0.1.
+    config.allow_private_targets(true);
     let app = Application::build(config).await?;
     let addr = app.local_addr();
     let stop = CancellationToken::new();
     let s = stop.clone();
     let handle = tokio::spawn(app.run(async move { s.cancelled().await }));
-    Ok(RunningApp { addr, stop, handle })
+    let key = service_key(database_url).await?;
+    Ok(RunningApp { addr, key, stop, handle })
 }
 
 impl RunningApp {
@@ -121,6 +126,21 @@ impl RunningApp {
         self.stop.cancel();
         self.handle.await?
     }
+}
+
+/// Creates a service key in the benchmark database.
+async fn service_key(db_url: &str) -> anyhow::Result<String> {
+    let store = hookpost::store::PostgresStore::connect(db_url, 1, Duration::from_secs(10)).await?;
+    store.migrate().await?;
+    let key = hookpost::auth::generate(hookpost::auth::KeyKind::Service);
+    store.insert_api_key(&key).await?;
+    Ok(key.plaintext)
+}
+
+fn authed<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ASCII key"));
+    req
 }
 
 /// Dispatches `n` webhooks at `concurrency`; returns dispatches per second.
@@ -132,6 +152,7 @@ async fn dispatch_round(app: &RunningApp, url: &str, n: usize, concurrency: usiz
     let mut tasks = JoinSet::new();
     for _ in 0..concurrency {
         let (mut client, next, payload, url) = (client.clone(), next.clone(), payload.clone(), url.to_string());
+        let key = app.key.clone();
         tasks.spawn(async move {
             let org = Uuid::new_v4().to_string();
             while next.fetch_add(1, Ordering::Relaxed) < n as u64 {
@@ -142,7 +163,7 @@ async fn dispatch_round(app: &RunningApp, url: &str, n: usize, concurrency: usiz
                     payload: Some(payload.clone()),
                     ..Default::default()
                 };
-                client.dispatch(req).await?;
+                client.dispatch(authed(req, &key)).await?;
             }
             anyhow::Ok(())
         });
@@ -271,6 +292,7 @@ async fn pickup_latency(
     let worker = start_app(db_url, args, true).await?;
     let api = if same_process { None } else { Some(start_app(db_url, args, false).await?) };
     let target = api.as_ref().unwrap_or(&worker).addr;
+    let target_key = api.as_ref().unwrap_or(&worker).key.clone();
     let mut client = WebhookServiceClient::connect(format!("http://{target}")).await?;
     let mut took = Vec::new();
     for _ in 0..samples {
@@ -278,14 +300,13 @@ async fn pickup_latency(
         tokio::pin!(arrived);
         arrived.as_mut().enable();
         let start = Instant::now();
-        client
-            .dispatch(pb::DispatchRequest {
-                organization_id: Uuid::new_v4().to_string(),
-                webhook_url: receiver.url.clone(),
-                webhook_type: "call_ended".into(),
-                ..Default::default()
-            })
-            .await?;
+        let req = pb::DispatchRequest {
+            organization_id: Uuid::new_v4().to_string(),
+            webhook_url: receiver.url.clone(),
+            webhook_type: "call_ended".into(),
+            ..Default::default()
+        };
+        client.dispatch(authed(req, &target_key)).await?;
         tokio::time::timeout(Duration::from_secs(10), arrived).await.context("webhook never arrived")?;
         took.push(start.elapsed().as_secs_f64());
     }

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
 use super::retry::parse_retry_after;
+use super::ssrf::{BlockedAddress, GuardedResolver, blocked_literal};
 use crate::domain::{ClaimedDelivery, FailureCategory};
 
 /// Response bytes kept in the log.
@@ -19,6 +20,8 @@ pub struct HttpDeliverer {
     /// Response bytes read (and discarded past [`KEPT_BODY_BYTES`]) before the
     /// connection is dropped, so a receiver cannot make us read forever.
     max_read_bytes: usize,
+    /// False unless `--allow-private-targets`: the SSRF guard is on.
+    allow_private: bool,
 }
 
 /// What one attempt produced.
@@ -42,8 +45,13 @@ impl AttemptResult {
 }
 
 impl HttpDeliverer {
-    pub fn new(attempt_timeout: Duration, connect_timeout: Duration, max_read_bytes: usize) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+    pub fn new(
+        attempt_timeout: Duration,
+        connect_timeout: Duration,
+        max_read_bytes: usize,
+        allow_private: bool,
+    ) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("hookpost/", env!("CARGO_PKG_VERSION")))
             // A 3xx is the receiver's answer, recorded as a failed attempt;
             // following it could lead anywhere.
@@ -52,8 +60,12 @@ impl HttpDeliverer {
             .timeout(attempt_timeout)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
-            .build()?;
-        Ok(Self { client, max_read_bytes })
+            // A proxy would resolve names itself, out of the guard's sight.
+            .no_proxy();
+        if !allow_private {
+            builder = builder.dns_resolver(std::sync::Arc::new(GuardedResolver));
+        }
+        Ok(Self { client: builder.build()?, max_read_bytes, allow_private })
     }
 
     #[tracing::instrument(skip_all, fields(request_id = %d.request_id, attempt = d.attempt_count + 1))]
@@ -70,6 +82,13 @@ impl HttpDeliverer {
             error_message: None,
             retry_after: None,
         };
+        if !self.allow_private
+            && let Some(ip) = blocked_literal(&d.webhook_url)
+        {
+            result.category = Some(FailureCategory::Blocked);
+            result.error_message = Some(format!("{ip} is a private or reserved address; delivery refused"));
+            return result;
+        }
         let request = self
             .client
             .post(&d.webhook_url)
@@ -164,15 +183,16 @@ fn chain(err: &reqwest::Error) -> String {
 /// failures are only recognisable by hyper-util's "dns error" wording.
 fn classify(err: &reqwest::Error) -> (FailureCategory, String) {
     let message = chain(err);
-    let mut tls = false;
+    let (mut tls, mut blocked) = (false, false);
     let mut source = err.source();
     while let Some(e) = source {
-        if e.downcast_ref::<rustls::Error>().is_some() {
-            tls = true;
-        }
+        tls |= e.downcast_ref::<rustls::Error>().is_some();
+        blocked |= e.downcast_ref::<BlockedAddress>().is_some();
         source = e.source();
     }
-    let category = if err.is_timeout() {
+    let category = if blocked {
+        FailureCategory::Blocked
+    } else if err.is_timeout() {
         FailureCategory::Timeout
     } else if tls {
         FailureCategory::Tls

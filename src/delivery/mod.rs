@@ -10,6 +10,7 @@
 
 pub mod http;
 pub mod retry;
+pub mod ssrf;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,8 @@ pub struct DeliveryConfig {
     pub drain_timeout: Duration,
     /// Response bytes read before the connection is dropped.
     pub max_response_read: usize,
+    /// Lifts the SSRF guard (local development and tests only).
+    pub allow_private_targets: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -66,6 +69,7 @@ impl Default for DeliveryConfig {
             retry: RetryPolicy::default(),
             drain_timeout: Duration::from_secs(30),
             max_response_read: 1024 * 1024,
+            allow_private_targets: false,
         }
     }
 }
@@ -91,7 +95,12 @@ pub struct DeliveryEngine {
 
 impl DeliveryEngine {
     pub fn new(store: Arc<dyn Store>, config: DeliveryConfig, wake: Arc<Notify>) -> anyhow::Result<Arc<Self>> {
-        let http = HttpDeliverer::new(config.attempt_timeout, config.connect_timeout, config.max_response_read)?;
+        let http = HttpDeliverer::new(
+            config.attempt_timeout,
+            config.connect_timeout,
+            config.max_response_read,
+            config.allow_private_targets,
+        )?;
         Ok(Arc::new(Self {
             store,
             http,

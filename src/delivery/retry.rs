@@ -51,7 +51,7 @@ impl RetryPolicy {
 pub fn is_retryable(status: Option<u16>, category: Option<FailureCategory>) -> bool {
     match status {
         Some(code) => matches!(code, 408 | 425 | 429) || (500..600).contains(&code),
-        None => !matches!(category, Some(FailureCategory::Request)),
+        None => !matches!(category, Some(FailureCategory::Request | FailureCategory::Blocked)),
     }
 }
 
@@ -115,6 +115,7 @@ mod tests {
             assert!(is_retryable(None, Some(cat)));
         }
         assert!(!is_retryable(None, Some(FailureCategory::Request)));
+        assert!(!is_retryable(None, Some(FailureCategory::Blocked)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Domain types, parsed once at the edge: below the service, an invalid
 //! delivery cannot be represented.
 
+pub mod address;
 mod new_delivery;
 
 pub(crate) use new_delivery::parse_uuid;
@@ -111,6 +112,8 @@ pub enum FailureCategory {
     HttpOther,
     /// The URL or the request could not be built or sent for another reason.
     Request,
+    /// The destination is a private or reserved address and the SSRF guard is on.
+    Blocked,
 }
 
 impl FailureCategory {
@@ -125,6 +128,7 @@ impl FailureCategory {
             Self::Http5xx => "http_5xx",
             Self::HttpOther => "http_other",
             Self::Request => "request",
+            Self::Blocked => "blocked",
         }
     }
 }

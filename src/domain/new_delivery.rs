@@ -3,6 +3,7 @@
 
 use uuid::Uuid;
 
+use super::address::is_blocked;
 use crate::error::{Error, FieldViolation, Result};
 
 /// Size limits on what a caller may store. Each is a server option.
@@ -15,6 +16,8 @@ pub struct Limits {
     pub max_idempotency_key_len: usize,
     /// Upper bound on a request's `max_retries`.
     pub max_retries: u32,
+    /// Lifts the SSRF guard (local development and tests only).
+    pub allow_private_targets: bool,
 }
 
 impl Default for Limits {
@@ -26,6 +29,7 @@ impl Default for Limits {
             max_webhook_type_len: 128,
             max_idempotency_key_len: 255,
             max_retries: 50,
+            allow_private_targets: false,
         }
     }
 }
@@ -51,7 +55,7 @@ pub struct DispatchInput {
 pub struct WebhookUrl(url::Url);
 
 impl WebhookUrl {
-    pub fn parse(raw: &str, max_len: usize) -> Result<Self, String> {
+    pub fn parse(raw: &str, max_len: usize, allow_private: bool) -> Result<Self, String> {
         if raw.is_empty() {
             return Err("is required".into());
         }
@@ -62,8 +66,16 @@ impl WebhookUrl {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("scheme must be http or https, not {:?}", url.scheme()));
         }
-        if url.host().is_none() {
-            return Err("must name a host".into());
+        let blocked = match url.host() {
+            None => return Err("must name a host".into()),
+            Some(url::Host::Ipv4(ip)) => is_blocked(ip.into()),
+            Some(url::Host::Ipv6(ip)) => is_blocked(ip.into()),
+            // A name is checked where it matters, on the addresses it resolves
+            // to at connect time (so DNS rebinding cannot slip through).
+            Some(url::Host::Domain(_)) => false,
+        };
+        if blocked && !allow_private {
+            return Err("points to a private or reserved address, which is not allowed".into());
         }
         Ok(Self(url))
     }
@@ -120,8 +132,9 @@ impl NewDelivery {
         if input.organization_id.is_empty() {
             violation("organization_id", "is required".into());
         }
-        let url =
-            WebhookUrl::parse(&input.webhook_url, limits.max_url_len).map_err(|e| violation("webhook_url", e)).ok();
+        let url = WebhookUrl::parse(&input.webhook_url, limits.max_url_len, limits.allow_private_targets)
+            .map_err(|e| violation("webhook_url", e))
+            .ok();
         if input.webhook_type.is_empty() {
             violation("webhook_type", "is required".into());
         } else if input.webhook_type.len() > limits.max_webhook_type_len {
@@ -248,8 +261,35 @@ mod tests {
     #[test]
     fn urls_need_an_http_scheme_and_a_host() {
         for bad in ["", "not a url", "file:///etc/passwd", "ftp://x.org/", "http://"] {
-            assert!(WebhookUrl::parse(bad, 2048).is_err(), "{bad}");
+            assert!(WebhookUrl::parse(bad, 2048, true).is_err(), "{bad}");
         }
-        assert!(WebhookUrl::parse("http://127.0.0.1:8080/x?y=1", 2048).is_ok());
+        assert!(WebhookUrl::parse("https://example.com/x?y=1", 2048, false).is_ok());
+    }
+
+    #[test]
+    fn literal_private_urls_are_refused_unless_allowed() {
+        for bad in [
+            "http://127.0.0.1/",
+            "http://127.1.2.3:8080/x",
+            "http://[::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://0.0.0.0/",
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.1.2.3/",
+        ] {
+            let err = WebhookUrl::parse(bad, 2048, false).unwrap_err();
+            assert!(err.contains("private"), "{bad}: {err}");
+            assert!(WebhookUrl::parse(bad, 2048, true).is_ok(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn url_length_limit_is_inclusive() {
+        let at = format!("https://example.com/{}", "a".repeat(100 - 20));
+        assert_eq!(at.len(), 100);
+        assert!(WebhookUrl::parse(&at, 100, false).is_ok());
+        assert!(WebhookUrl::parse(&format!("{at}b"), 100, false).is_err());
     }
 }

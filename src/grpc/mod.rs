@@ -7,6 +7,7 @@ pub use convert::{json_to_struct, struct_to_json};
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::Principal;
 use crate::domain::DispatchInput;
 use crate::proto::v1 as pb;
 use crate::proto::v1::webhook_service_server::{WebhookService as WebhookServiceRpc, WebhookServiceServer};
@@ -23,6 +24,12 @@ impl GrpcApi {
         Self { service }
     }
 
+    /// The caller, from `authorization: Bearer <key>` metadata.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let value = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        Ok(self.service.authenticate(value).await?)
+    }
+
     /// The tonic service, with a message limit above every field limit so an
     /// oversized field is reported by name rather than as a transport error.
     pub fn into_server(self, max_message_bytes: usize) -> WebhookServiceServer<Self> {
@@ -36,8 +43,9 @@ impl GrpcApi {
 impl WebhookServiceRpc for GrpcApi {
     #[tracing::instrument(skip_all, name = "Dispatch")]
     async fn dispatch(&self, request: Request<pb::DispatchRequest>) -> Result<Response<pb::DispatchResponse>, Status> {
+        let who = self.caller(&request).await?;
         let input = DispatchInput::try_from(request.into_inner())?;
-        let d = self.service.dispatch(input).await?;
+        let d = self.service.dispatch(&who, input).await?;
         Ok(Response::new(pb::DispatchResponse {
             request_id: d.request_id.to_string(),
             log_id: d.log_id,
@@ -50,8 +58,9 @@ impl WebhookServiceRpc for GrpcApi {
         &self,
         request: Request<pb::ListWebhookLogsRequest>,
     ) -> Result<Response<pb::ListWebhookLogsResponse>, Status> {
+        let who = self.caller(&request).await?;
         let query = ListQuery::try_from(request.into_inner())?;
-        let page = self.service.list_logs(query).await?;
+        let page = self.service.list_logs(&who, query).await?;
         Ok(Response::new(pb::ListWebhookLogsResponse {
             logs: page.logs.into_iter().map(Into::into).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -63,8 +72,9 @@ impl WebhookServiceRpc for GrpcApi {
         &self,
         request: Request<pb::GetLogDetailsRequest>,
     ) -> Result<Response<pb::GetLogDetailsResponse>, Status> {
+        let who = self.caller(&request).await?;
         let query = DetailsQuery::try_from(request.into_inner())?;
-        let details = self.service.log_details(query).await?;
+        let details = self.service.log_details(&who, query).await?;
         Ok(Response::new(details.into()))
     }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::error::bad_param;
-use super::{RestError, RestState, Style, api_key, query_params};
+use super::{RestError, RestState, Style, caller, query_params};
 use crate::domain::{ExecutionStatus, LogFilter, LogRecord};
 use crate::error::Error;
 use crate::service::{ListQuery, MAX_PAGE_SIZE};
@@ -88,7 +88,7 @@ pub async fn call_webhook_logs(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<Vec<CallWebhookLog>>, RestError> {
-    let _key = api_key(&headers, Style::Detail)?;
+    let who = caller(&state, &headers, Style::Detail).await?;
     let call_id: i64 = call_id.parse().map_err(|_| bad_param(Style::Detail, "call_id", "must be an integer"))?;
     let params = query_params(raw.as_deref(), &["webhook_type"], Style::Detail)?;
     let filter =
@@ -99,7 +99,7 @@ pub async fn call_webhook_logs(
     loop {
         let page = state
             .service
-            .list_logs(ListQuery { filter: filter.clone(), page_size: MAX_PAGE_SIZE as i32, page_token })
+            .list_logs(&who, ListQuery { filter: filter.clone(), page_size: MAX_PAGE_SIZE as i32, page_token })
             .await
             .map_err(RestError::detail)?;
         logs.extend(page.logs);
@@ -113,7 +113,7 @@ pub async fn call_webhook_logs(
         let any = LogFilter { webhook_type: None, ..filter };
         let page = state
             .service
-            .list_logs(ListQuery { filter: any, page_size: 1, page_token: String::new() })
+            .list_logs(&who, ListQuery { filter: any, page_size: 1, page_token: String::new() })
             .await
             .map_err(RestError::detail)?;
         if !page.logs.is_empty() {

@@ -88,7 +88,13 @@ impl IntoResponse for RestError {
                 body
             }
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(after) = self.err.retry_after
+            && let Ok(v) = after.as_secs().max(1).to_string().parse()
+        {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        response
     }
 }
 
@@ -97,8 +103,8 @@ impl From<tonic::Status> for RestError {
     fn from(status: tonic::Status) -> Self {
         use tonic_types::StatusExt;
         let code = ErrorCode::from_grpc(status.code());
-        let violations: Vec<FieldViolation> = status
-            .get_error_details()
+        let details = status.get_error_details();
+        let violations: Vec<FieldViolation> = details
             .bad_request()
             .map(|b| {
                 b.field_violations
@@ -107,8 +113,9 @@ impl From<tonic::Status> for RestError {
                     .collect()
             })
             .unwrap_or_default();
-        let err =
+        let mut err =
             if violations.is_empty() { Error::new(code, status.message()) } else { Error::invalid_fields(violations) };
+        err.retry_after = details.retry_info().and_then(|r| r.retry_delay);
         Self::status(err)
     }
 }

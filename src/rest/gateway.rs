@@ -11,7 +11,7 @@ use axum::http::header::AUTHORIZATION;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::{RestError, RestState, Style, api_key};
+use super::{RestError, RestState};
 use crate::error::{Error, ErrorCode};
 use crate::proto::v1 as pb;
 use crate::proto::v1::webhook_service_server::WebhookService as _;
@@ -64,7 +64,6 @@ pub async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, RestError> {
-    api_key(&headers, Style::Status)?;
     let message: pb::DispatchRequest =
         serde_json::from_slice(&body).map_err(|e| bad_request(format!("body is not a valid DispatchRequest: {e}")))?;
     let response = state.grpc.dispatch(grpc_request(message, &headers)).await?;
@@ -95,7 +94,6 @@ pub async fn list_webhook_logs(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<Value>, RestError> {
-    api_key(&headers, Style::Status)?;
     let message: pb::ListWebhookLogsRequest = message_from_params(raw.as_deref(), &[])?;
     let response = state.grpc.list_webhook_logs(grpc_request(message, &headers)).await?;
     to_json(response.get_ref())
@@ -120,7 +118,6 @@ pub async fn get_log_details(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<Value>, RestError> {
-    api_key(&headers, Style::Status)?;
     let message: pb::GetLogDetailsRequest = message_from_params(raw.as_deref(), &[("request_id", request_id)])?;
     let response = state.grpc.get_log_details(grpc_request(message, &headers)).await?;
     to_json(response.get_ref())

@@ -23,7 +23,8 @@ use utoipa_axum::routes;
 
 pub use error::{RestError, Style};
 
-use crate::error::{Error, ErrorCode};
+use crate::auth::Principal;
+use crate::error::Error;
 use crate::grpc::GrpcApi;
 use crate::service::WebhookService;
 
@@ -78,25 +79,14 @@ async fn readyz(State(state): State<RestState>) -> impl IntoResponse {
     }
 }
 
-/// The API key of a request: `Authorization: Bearer <key>` or
+/// The caller of a request, from `Authorization: Bearer <key>` or
 /// `Authorization: AccessKey <key>` (both schemes appear in the documented APIs).
-pub fn api_key(headers: &HeaderMap, style: Style) -> Result<Option<String>, RestError> {
-    let Some(value) = headers.get(AUTHORIZATION) else { return Ok(None) };
-    let unauthenticated = || {
-        let err =
-            Error::new(ErrorCode::Unauthenticated, "Authorization must be \"Bearer <key>\" or \"AccessKey <key>\"");
-        match style {
-            Style::Detail => RestError::detail(err),
-            Style::Status => RestError::status(err),
-        }
-    };
-    let value = value.to_str().map_err(|_| unauthenticated())?;
-    let (scheme, key) = value.split_once(' ').ok_or_else(unauthenticated)?;
-    let key = key.trim();
-    if !(scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("accesskey")) || key.is_empty() {
-        return Err(unauthenticated());
-    }
-    Ok(Some(key.to_owned()))
+pub async fn caller(state: &RestState, headers: &HeaderMap, style: Style) -> Result<Principal, RestError> {
+    let value = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    state.service.authenticate(value).await.map_err(|e| match style {
+        Style::Detail => RestError::detail(e),
+        Style::Status => RestError::status(e),
+    })
 }
 
 /// Query parameters, each allowed at most once; an unknown or repeated one is a

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::bad_param;
-use super::{RestError, RestState, Style, api_key, iso_millis, query_params, uuid_param};
+use super::{RestError, RestState, Style, caller, iso_millis, query_params, uuid_param};
 use crate::domain::{ExecutionStatus, LogFilter, LogRecord};
 use crate::error::ErrorCode;
 use crate::service::{DetailsQuery, ListQuery};
@@ -135,7 +135,7 @@ pub async fn list_logs(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<SubscriptionLogPage>, RestError> {
-    let _key = api_key(&headers, Style::Status)?;
+    let who = caller(&state, &headers, Style::Status).await?;
     let scope = scope(path)?;
     let params = query_params(raw.as_deref(), &["limit", "pageToken", "executionStatus"], Style::Status)?;
     let limit = match params.get("limit") {
@@ -166,7 +166,7 @@ pub async fn list_logs(
     };
     let query =
         ListQuery { filter, page_size: limit, page_token: params.get("pageToken").cloned().unwrap_or_default() };
-    let page = state.service.list_logs(query).await.map_err(|e| RestError::status(e).renamed(rest_name))?;
+    let page = state.service.list_logs(&who, query).await.map_err(|e| RestError::status(e).renamed(rest_name))?;
     Ok(Json(SubscriptionLogPage {
         results: page.logs.into_iter().map(summary).collect(),
         next_page_token: page.next_page_token,
@@ -196,7 +196,7 @@ pub async fn log_details(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<SubscriptionLogDetails>, RestError> {
-    let _key = api_key(&headers, Style::Status)?;
+    let who = caller(&state, &headers, Style::Status).await?;
     let scope = scope(path)?;
     let params = query_params(raw.as_deref(), &["requestId"], Style::Status)?;
     let raw_id = params.get("requestId").ok_or_else(|| bad_param(Style::Status, "requestId", "is required"))?;
@@ -207,7 +207,7 @@ pub async fn log_details(
         workspace_id: Some(scope.workspace_id),
         subscription_id: Some(scope.subscription_id),
     };
-    let details = match state.service.log_details(query).await {
+    let details = match state.service.log_details(&who, query).await {
         Ok(d) => d,
         // Documented: no details is an empty list, not an error.
         Err(e) if e.code == ErrorCode::NotFound => return Ok(Json(SubscriptionLogDetails { results: Vec::new() })),

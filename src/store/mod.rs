@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::auth::{ApiKeyRecord, NewApiKey};
 use crate::domain::{AttemptRecord, ClaimedDelivery, Cursor, Dispatched, LogFilter, LogRecord, NewDelivery, NextStep};
 use crate::error::Result;
 
@@ -40,8 +41,13 @@ pub trait Store: Send + Sync + 'static {
     /// `after` in that order.
     async fn list_logs(&self, filter: &LogFilter, after: Option<Cursor>, limit: u32) -> Result<Vec<LogRecord>>;
 
-    /// A request and all its attempts, newest first.
-    async fn log_details(&self, request_id: Uuid) -> Result<Option<(LogRecord, Vec<AttemptRecord>)>>;
+    /// A request and all its attempts, newest first; `None` also when
+    /// `organization_id` is given and the request belongs to another one.
+    async fn log_details(
+        &self,
+        request_id: Uuid,
+        organization_id: Option<Uuid>,
+    ) -> Result<Option<(LogRecord, Vec<AttemptRecord>)>>;
 
     /// Claims up to `limit` due deliveries for `lease`: until it ends, no other
     /// worker claims them; after it, they are due again.
@@ -60,4 +66,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap round trip, for health checks.
     async fn ping(&self) -> Result<()>;
+
+    async fn insert_api_key(&self, key: &NewApiKey) -> Result<()>;
+
+    async fn find_api_key(&self, prefix: &str) -> Result<Option<ApiKeyRecord>>;
+
+    /// Every key, newest first.
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
+
+    /// Revokes a key; false when no unrevoked key has that prefix.
+    async fn revoke_api_key(&self, prefix: &str) -> Result<bool>;
 }

@@ -10,6 +10,7 @@ use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{NewAttempt, Store};
+use crate::auth::{ApiKeyRecord, KeyKind, NewApiKey};
 use crate::domain::{
     AttemptRecord, ClaimedDelivery, Cursor, Dispatched, ExecutionStatus, LogFilter, LogRecord, NewDelivery, NextStep,
 };
@@ -203,9 +204,14 @@ impl Store for PostgresStore {
         rows.iter().map(log_from_row).collect()
     }
 
-    async fn log_details(&self, request_id: Uuid) -> Result<Option<(LogRecord, Vec<AttemptRecord>)>> {
-        let sql = format!("{LOG_SELECT} WHERE r.request_id = $1");
-        let Some(row) = sqlx::query(&sql).bind(request_id).fetch_optional(&self.pool).await? else {
+    async fn log_details(
+        &self,
+        request_id: Uuid,
+        organization_id: Option<Uuid>,
+    ) -> Result<Option<(LogRecord, Vec<AttemptRecord>)>> {
+        let sql = format!("{LOG_SELECT} WHERE r.request_id = $1 AND ($2::uuid IS NULL OR r.organization_id = $2)");
+        let row = sqlx::query(&sql).bind(request_id).bind(organization_id).fetch_optional(&self.pool).await?;
+        let Some(row) = row else {
             return Ok(None);
         };
         let log = log_from_row(&row)?;
@@ -320,4 +326,64 @@ impl Store for PostgresStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+
+    async fn insert_api_key(&self, key: &NewApiKey) -> Result<()> {
+        let (kind, org) = match key.kind {
+            KeyKind::Organization(o) => ("organization", Some(o)),
+            KeyKind::Service => ("service", None),
+        };
+        sqlx::query("INSERT INTO api_keys (prefix, key_hash, kind, organization_id) VALUES ($1, $2, $3, $4)")
+            .bind(&key.prefix)
+            .bind(&key.key_hash)
+            .bind(kind)
+            .bind(org)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn find_api_key(&self, prefix: &str) -> Result<Option<ApiKeyRecord>> {
+        let row = sqlx::query(
+            "SELECT prefix, key_hash, kind, organization_id, created_at, revoked_at FROM api_keys WHERE prefix = $1",
+        )
+        .bind(prefix)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        let rows = sqlx::query(
+            "SELECT prefix, key_hash, kind, organization_id, created_at, revoked_at FROM api_keys \
+             ORDER BY created_at DESC, id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn revoke_api_key(&self, prefix: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE prefix = $1 AND revoked_at IS NULL")
+            .bind(prefix)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+fn key_from_row(row: &PgRow) -> Result<ApiKeyRecord> {
+    let kind = match (row.try_get::<&str, _>("kind")?, row.try_get::<Option<Uuid>, _>("organization_id")?) {
+        ("service", _) => KeyKind::Service,
+        (_, Some(org)) => KeyKind::Organization(org),
+        (other, None) => {
+            return Err(Error::internal(anyhow::anyhow!("api key of kind {other:?} without organization")));
+        }
+    };
+    Ok(ApiKeyRecord {
+        prefix: row.try_get("prefix")?,
+        key_hash: row.try_get("key_hash")?,
+        kind,
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
 }

@@ -12,8 +12,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use hookpost::Config;
+use hookpost::auth::KeyKind;
 use hookpost::proto::v1 as pb;
 use hookpost::proto::v1::webhook_service_client::WebhookServiceClient;
+use hookpost::store::Store;
 use serde_json::json;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tokio::net::{TcpListener, TcpStream};
@@ -61,6 +63,9 @@ pub struct TestApp {
     pub base_url: String,
     pub client: WebhookServiceClient<Channel>,
     pub db: PgPool,
+    pub database_url: String,
+    /// A service key: acts for any organization.
+    pub key: String,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -74,7 +79,19 @@ pub fn test_config(database_url: &str) -> Config {
     c.delivery.attempt_timeout = Duration::from_secs(5);
     c.delivery.lease_margin = Duration::from_secs(1);
     c.delivery.poll_interval = Duration::from_millis(50);
+    // Receivers live on 127.0.0.1; the SSRF tests turn the guard back on.
+    c.allow_private_targets(true);
+    // Revocations must take effect at once in tests.
+    c.key_cache_ttl = Duration::ZERO;
     c
+}
+
+/// Creates an API key in the database at `database_url` and returns it.
+pub async fn create_key(database_url: &str, kind: KeyKind) -> String {
+    let store = hookpost::store::PostgresStore::connect(database_url, 1, Duration::from_secs(10)).await.unwrap();
+    let key = hookpost::auth::generate(kind);
+    store.insert_api_key(&key).await.unwrap();
+    key.plaintext
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -96,15 +113,43 @@ pub async fn spawn_app_on(config: Config, database_url: &str) -> TestApp {
     let handle = tokio::spawn(app.run(async move { stop.cancelled().await }));
     let client = WebhookServiceClient::connect(format!("http://{addr}")).await.expect("connect to hookpost");
     let db = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(database_url).await.unwrap();
-    TestApp { base_url: format!("http://{addr}"), client, db, shutdown, handle: Some(handle) }
+    let key = create_key(database_url, KeyKind::Service).await;
+    TestApp {
+        base_url: format!("http://{addr}"),
+        client,
+        db,
+        database_url: database_url.to_owned(),
+        key,
+        shutdown,
+        handle: Some(handle),
+    }
 }
 
 impl TestApp {
-    /// GET a REST route; returns the status and the JSON body.
+    /// GET a REST route with the service key; returns the status and the JSON body.
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
-        let resp = reqwest::get(format!("{}{path}", self.base_url)).await.expect("GET");
+        self.get_json_as(path, Some(&self.key)).await
+    }
+
+    /// GET a REST route as the holder of `key` (no key: no Authorization).
+    pub async fn get_json_as(&self, path: &str, key: Option<&str>) -> (u16, serde_json::Value) {
+        let mut req = reqwest::Client::new().get(format!("{}{path}", self.base_url));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.expect("GET");
         let status = resp.status().as_u16();
         (status, resp.json().await.expect("a JSON body"))
+    }
+
+    /// A gRPC request carrying the service key.
+    pub fn authed<T>(&self, message: T) -> tonic::Request<T> {
+        with_key(message, &self.key)
+    }
+
+    /// Creates another key for this app's database.
+    pub async fn create_key(&self, kind: KeyKind) -> String {
+        create_key(&self.database_url, kind).await
     }
 
     /// Stops the server the way SIGTERM does and waits for it to drain.
@@ -116,16 +161,16 @@ impl TestApp {
     }
 
     pub async fn dispatch(&self, req: pb::DispatchRequest) -> Result<pb::DispatchResponse, tonic::Status> {
-        self.client.clone().dispatch(req).await.map(|r| r.into_inner())
+        self.client.clone().dispatch(self.authed(req)).await.map(|r| r.into_inner())
     }
 
     pub async fn list(&self, req: pb::ListWebhookLogsRequest) -> Result<pb::ListWebhookLogsResponse, tonic::Status> {
-        self.client.clone().list_webhook_logs(req).await.map(|r| r.into_inner())
+        self.client.clone().list_webhook_logs(self.authed(req)).await.map(|r| r.into_inner())
     }
 
     pub async fn details(&self, request_id: &str) -> Result<pb::GetLogDetailsResponse, tonic::Status> {
         let req = pb::GetLogDetailsRequest { request_id: request_id.into(), ..Default::default() };
-        self.client.clone().get_log_details(req).await.map(|r| r.into_inner())
+        self.client.clone().get_log_details(self.authed(req)).await.map(|r| r.into_inner())
     }
 
     /// Waits until the request is no longer pending and returns its details.
@@ -143,6 +188,13 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A gRPC request with `authorization: Bearer <key>`.
+pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    req
 }
 
 /// A Dispatch with sensible defaults for `url`.

@@ -201,9 +201,9 @@ async fn log_details_of_unknown_malformed_or_out_of_scope_requests() {
         ..Default::default()
     };
     let mut client = app.client.clone();
-    let found = client.get_log_details(scoped(org)).await.unwrap().into_inner();
+    let found = client.get_log_details(app.authed(scoped(org))).await.unwrap().into_inner();
     assert_eq!(found.log.unwrap().request_id, res.request_id);
-    let hidden = client.get_log_details(scoped(Uuid::new_v4())).await.unwrap_err();
+    let hidden = client.get_log_details(app.authed(scoped(Uuid::new_v4()))).await.unwrap_err();
     assert_eq!(hidden.code(), tonic::Code::NotFound);
     // The same answer as for a request that does not exist, but for the ID.
     assert_eq!(hidden.message().replace(&res.request_id, "X"), missing.message().replace(&missing_id, "X"));

@@ -7,3 +7,4 @@ mod helpers;
 mod list;
 mod processes;
 mod rest;
+mod tenancy;

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use hookpost::proto::v1 as pb;
 use hookpost::proto::v1::webhook_service_client::WebhookServiceClient;
+use tonic::codegen::InterceptedService;
+use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
@@ -25,6 +27,7 @@ impl ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hookpost"))
             .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--db-pool-size", "4"])
             .args(["--backoff-base", "100ms", "--backoff-max", "400ms", "--poll-interval", "50ms"])
+            .arg("--allow-private-targets")
             .args(extra)
             .env("DATABASE_URL", database_url)
             .env("RUST_LOG", "info")
@@ -56,8 +59,11 @@ impl ServerProcess {
         Self { child, addr }
     }
 
-    async fn client(&self) -> WebhookServiceClient<Channel> {
-        WebhookServiceClient::connect(format!("http://{}", self.addr)).await.unwrap()
+    /// A client whose every call carries `key`.
+    async fn client(&self, key: &str) -> WebhookServiceClient<InterceptedService<Channel, AuthInterceptor>> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap();
+        let value: MetadataValue<_> = format!("Bearer {key}").parse().unwrap();
+        WebhookServiceClient::with_interceptor(channel, AuthInterceptor(value))
     }
 
     fn kill(&mut self) {
@@ -76,6 +82,30 @@ impl ServerProcess {
     }
 }
 
+#[derive(Clone)]
+struct AuthInterceptor(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// `hookpost api-key create --service` against `database_url`; the key is the
+/// last line of its output.
+fn cli_service_key(database_url: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_hookpost"))
+        .args(["api-key", "create", "--service"])
+        .env("DATABASE_URL", database_url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string()
+}
+
+type Client = WebhookServiceClient<InterceptedService<Channel, AuthInterceptor>>;
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -83,7 +113,7 @@ impl Drop for ServerProcess {
     }
 }
 
-async fn details(client: &mut WebhookServiceClient<Channel>, request_id: &str) -> Option<pb::GetLogDetailsResponse> {
+async fn details(client: &mut Client, request_id: &str) -> Option<pb::GetLogDetailsResponse> {
     let req = pb::GetLogDetailsRequest { request_id: request_id.into(), ..Default::default() };
     client.get_log_details(req).await.ok().map(|r| r.into_inner())
 }
@@ -96,12 +126,14 @@ async fn a_killed_server_delivers_after_restart_and_its_log_is_consistent() {
     receiver.script([Reply::ok().after(Duration::from_secs(20))]);
     let args = ["--attempt-timeout", "3s", "--lease-margin", "1s"];
     let mut first = ServerProcess::start(&database_url, &args).await;
-    let res = first.client().await.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap().into_inner();
+    let key = cli_service_key(&database_url);
+    let res =
+        first.client(&key).await.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap().into_inner();
     receiver.wait_for(1, Duration::from_secs(10)).await;
     first.kill();
 
     let second = ServerProcess::start(&database_url, &args).await;
-    let mut client = second.client().await;
+    let mut client = second.client(&key).await;
     let got = receiver.wait_for(2, Duration::from_secs(30)).await;
     assert_eq!(got[1].headers["webhook-id"].to_str().unwrap(), res.request_id);
     let d = eventually(Duration::from_secs(30), "the redelivery to be recorded", || {
@@ -127,7 +159,7 @@ async fn sigterm_drains_the_in_flight_attempt_and_exits_cleanly() {
     let receiver = Receiver::start().await;
     receiver.script([Reply::ok().after(Duration::from_millis(1500))]);
     let server = ServerProcess::start(&database_url, &[]).await;
-    let mut client = server.client().await;
+    let mut client = server.client(&cli_service_key(&database_url)).await;
     let res = client.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap().into_inner();
     receiver.wait_for(1, Duration::from_secs(10)).await;
     let status = server.terminate().await;
@@ -149,7 +181,8 @@ async fn two_servers_share_500_webhooks_and_deliver_each_exactly_once() {
     let receiver = Receiver::start().await;
     let a = ServerProcess::start(&database_url, &[]).await;
     let b = ServerProcess::start(&database_url, &[]).await;
-    let (ca, cb) = (a.client().await, b.client().await);
+    let key = cli_service_key(&database_url);
+    let (ca, cb) = (a.client(&key).await, b.client(&key).await);
     let org = Uuid::new_v4();
     let mut ids = Vec::new();
     for chunk in 0..10 {

@@ -292,11 +292,11 @@ async fn both_authorization_schemes_are_accepted_and_others_refused() {
     let s = Sub::new();
     let http = reqwest::Client::new();
     let url = format!("{}{}", app.base_url, s.logs());
-    for value in ["Bearer abcd", "AccessKey abcd"] {
-        let resp = http.get(&url).header("authorization", value).send().await.unwrap();
+    for value in [format!("Bearer {}", app.key), format!("AccessKey {}", app.key)] {
+        let resp = http.get(&url).header("authorization", &value).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{value}");
     }
-    let resp = http.get(&url).header("authorization", "Basic abcd").send().await.unwrap();
+    let resp = http.get(&url).header("authorization", format!("Basic {}", app.key)).send().await.unwrap();
     assert_eq!(resp.status(), 401);
 }
 
@@ -308,6 +308,7 @@ async fn the_gateway_routes_speak_proto3_json() {
     let org = Uuid::new_v4();
     let resp = http
         .post(format!("{}/v1/webhooks:dispatch", app.base_url))
+        .bearer_auth(&app.key)
         .json(&json!({
             "organizationId": org.to_string(),
             "callId": "101",
@@ -336,6 +337,7 @@ async fn the_gateway_routes_speak_proto3_json() {
     // Errors: grpc-gateway's status body, with field violations.
     let resp = http
         .post(format!("{}/v1/webhooks:dispatch", app.base_url))
+        .bearer_auth(&app.key)
         .json(&json!({"organizationId": "nope", "webhookUrl": "ftp://x", "webhookType": "t"}))
         .send()
         .await
@@ -347,7 +349,13 @@ async fn the_gateway_routes_speak_proto3_json() {
         body["details"][0]["fieldViolations"].as_array().unwrap().iter().map(|v| v["field"].clone()).collect();
     fields.sort_by_key(|f| f.to_string());
     assert_eq!(fields, [json!("organization_id"), json!("webhook_url")]);
-    let resp = http.post(format!("{}/v1/webhooks:dispatch", app.base_url)).body("{not json").send().await.unwrap();
+    let resp = http
+        .post(format!("{}/v1/webhooks:dispatch", app.base_url))
+        .bearer_auth(&app.key)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     let (status, _) = app.get_json(&format!("/v1/webhook-logs/{}", Uuid::new_v4())).await;
     assert_eq!(status, 404);
@@ -391,7 +399,8 @@ async fn openapi_lists_exactly_the_served_routes() {
             .replace("{webhookSubscriptionId}", &Uuid::new_v4().to_string());
         for method in item.as_object().unwrap().keys() {
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let resp = http.request(m, format!("{}{concrete}", app.base_url)).send().await.unwrap();
+            let resp =
+                http.request(m, format!("{}{concrete}", app.base_url)).bearer_auth(&app.key).send().await.unwrap();
             let status = resp.status().as_u16();
             let body = resp.text().await.unwrap();
             assert_ne!(status, 405, "{method} {path}");
