@@ -28,6 +28,8 @@ pub struct Application {
     store: Arc<dyn Store>,
     engine: Arc<DeliveryEngine>,
     max_message_bytes: usize,
+    retention: Duration,
+    maintenance_interval: Duration,
 }
 
 /// How often the health reporter checks the store.
@@ -50,7 +52,18 @@ impl Application {
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let max_message_bytes = 4 * (config.limits.max_payload_bytes + config.limits.max_metadata_bytes) + (1 << 20);
-        Ok(Self { listener, addr, service, store, engine, max_message_bytes })
+        // Partitions for today must exist before the first Dispatch.
+        store.prepare(chrono::Utc::now()).await?;
+        Ok(Self {
+            listener,
+            addr,
+            service,
+            store,
+            engine,
+            max_message_bytes,
+            retention: config.retention,
+            maintenance_interval: config.maintenance_interval,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -88,6 +101,8 @@ impl Application {
 
         let health_task = tokio::spawn(report_health(self.store.clone(), health, token.clone()));
         let engine_task = tokio::spawn(self.engine.clone().run(token.clone()));
+        let maintenance_task =
+            tokio::spawn(maintain(self.store.clone(), self.retention, self.maintenance_interval, token.clone()));
         tracing::info!(addr = %self.addr, "hookpost listening (gRPC and REST)");
 
         let stop = token.clone();
@@ -99,9 +114,36 @@ impl Application {
         token.cancel();
         engine_task.await.context("delivery engine panicked")?;
         health_task.abort();
+        maintenance_task.abort();
         served.context("serving")?;
         tracing::info!("hookpost stopped");
         Ok(())
+    }
+}
+
+/// Creates partitions ahead and applies retention, now and every `interval`.
+async fn maintain(store: Arc<dyn Store>, retention: Duration, interval: Duration, token: CancellationToken) {
+    loop {
+        let now = chrono::Utc::now();
+        if let Err(err) = store.prepare(now).await {
+            tracing::warn!(error = %err, "preparing partitions failed");
+        }
+        let cutoff = now - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
+        match store.purge(cutoff, false).await {
+            Ok(r) if !r.days.is_empty() || !r.kept_pending.is_empty() => tracing::info!(
+                requests = r.requests,
+                attempts = r.attempts,
+                days = ?r.days,
+                kept_pending = ?r.kept_pending,
+                "retention applied"
+            ),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "retention purge failed"),
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
     }
 }
 

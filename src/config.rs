@@ -36,6 +36,17 @@ pub enum Command {
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     ApiKey(ApiKeyCommand),
+    /// Remove logs older than the retention window (whole days on Postgres).
+    Purge {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Logs older than this go (30d, 7d, 12h...).
+        #[arg(long, env = "HOOKPOST_RETENTION", value_parser = duration, default_value = "30d")]
+        retention: Duration,
+        /// Report what would go, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,6 +181,15 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKPOST_RATE_LIMIT")]
     pub rate_limit: Option<std::num::NonZeroU32>,
 
+    /// Logs (requests and their attempts) older than this are removed
+    /// automatically (30d, 7d, 12h...). Pending deliveries are never removed.
+    #[arg(long, env = "HOOKPOST_RETENTION", value_parser = duration, default_value = "30d")]
+    pub retention: Duration,
+
+    /// How often retention and partition upkeep run.
+    #[arg(long, env = "HOOKPOST_MAINTENANCE_INTERVAL", value_parser = duration, default_value = "1h")]
+    pub maintenance_interval: Duration,
+
     /// How long a looked-up API key is trusted before it is read again (so a
     /// revocation takes effect within this time).
     #[arg(long, env = "HOOKPOST_KEY_CACHE_TTL", value_parser = duration, default_value = "10s")]
@@ -188,6 +208,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub key_cache_ttl: Duration,
     pub rate_limit: Option<std::num::NonZeroU32>,
+    pub retention: Duration,
+    pub maintenance_interval: Duration,
 }
 
 impl Config {
@@ -203,6 +225,8 @@ impl Config {
             delivery: DeliveryConfig::default(),
             key_cache_ttl: Duration::from_secs(10),
             rate_limit: None,
+            retention: Duration::from_secs(30 * 24 * 3600),
+            maintenance_interval: Duration::from_secs(3600),
         }
     }
 
@@ -254,6 +278,8 @@ impl TryFrom<ServeArgs> for Config {
             },
             key_cache_ttl: a.key_cache_ttl,
             rate_limit: a.rate_limit,
+            retention: a.retention,
+            maintenance_interval: a.maintenance_interval,
         })
     }
 }
@@ -267,6 +293,8 @@ mod tests {
         assert_eq!(duration("200ms").unwrap(), Duration::from_millis(200));
         assert_eq!(duration("2s").unwrap(), Duration::from_secs(2));
         assert_eq!(duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(duration("30d").unwrap(), Duration::from_secs(30 * 86400));
+        assert_eq!(duration("12h").unwrap(), Duration::from_secs(12 * 3600));
         assert!(duration("soon").unwrap_err().contains("200ms"));
     }
 

@@ -20,6 +20,23 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::ApiKey(cmd) => api_key(cmd).await,
+        Command::Purge { database, retention, dry_run } => {
+            let store = open_store(&database.database_url).await?;
+            let cutoff = chrono::Utc::now() - chrono::TimeDelta::from_std(retention)?;
+            let r = store.purge(cutoff, dry_run).await?;
+            let verb = if dry_run { "would remove" } else { "removed" };
+            println!(
+                "{verb} {} requests and {} attempts created before {}",
+                r.requests,
+                r.attempts,
+                cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            println!("days: {}", if r.days.is_empty() { "none".to_string() } else { r.days.join(", ") });
+            if !r.kept_pending.is_empty() {
+                println!("kept (deliveries still pending): {}", r.kept_pending.join(", "));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -70,7 +87,7 @@ async fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -151,6 +151,8 @@ pub struct AttemptRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedDelivery {
     pub log_id: i64,
+    /// The request's creation time (its partition key in the store).
+    pub created_at: DateTime<Utc>,
     pub request_id: Uuid,
     pub lease_id: Uuid,
     pub webhook_url: String,
@@ -167,4 +169,15 @@ pub enum NextStep {
     Succeeded,
     Failed,
     RetryAt(DateTime<Utc>),
+}
+
+/// What a purge removed, or would remove with `--dry-run`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Whole days removed (or removable), as `YYYY-MM-DD`.
+    pub days: Vec<String>,
+    pub requests: u64,
+    pub attempts: u64,
+    /// Expired days kept because a delivery in them is still pending.
+    pub kept_pending: Vec<String>,
 }

@@ -14,7 +14,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::auth::{ApiKeyRecord, NewApiKey};
-use crate::domain::{AttemptRecord, ClaimedDelivery, Cursor, Dispatched, LogFilter, LogRecord, NewDelivery, NextStep};
+use crate::domain::{
+    AttemptRecord, ClaimedDelivery, Cursor, Dispatched, LogFilter, LogRecord, NewDelivery, NextStep, PurgeReport,
+};
 use crate::error::Result;
 
 /// An attempt's outcome, as the engine hands it to the store.
@@ -29,6 +31,13 @@ pub struct NewAttempt {
     pub error_category: Option<&'static str>,
     pub error_message: Option<String>,
     pub next: NextStep,
+}
+
+/// The delivery queue at a glance, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub pending: u64,
+    pub oldest_pending_created_at: Option<DateTime<Utc>>,
 }
 
 #[async_trait]
@@ -66,6 +75,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap round trip, for health checks.
     async fn ping(&self) -> Result<()>;
+
+    /// Prepares storage for the days around `now` (Postgres: creates the day
+    /// partitions ahead of time).
+    async fn prepare(&self, now: DateTime<Utc>) -> Result<()>;
+
+    /// Removes logs (requests and their attempts) created before `cutoff`,
+    /// never one still pending. With `dry_run`, only reports.
+    async fn purge(&self, cutoff: DateTime<Utc>, dry_run: bool) -> Result<PurgeReport>;
+
+    /// Pending deliveries and the creation time of the oldest one.
+    async fn queue_stats(&self) -> Result<QueueStats>;
 
     async fn insert_api_key(&self, key: &NewApiKey) -> Result<()>;
 

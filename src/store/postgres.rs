@@ -4,15 +4,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{NewAttempt, Store};
+use super::{NewAttempt, QueueStats, Store};
 use crate::auth::{ApiKeyRecord, KeyKind, NewApiKey};
 use crate::domain::{
     AttemptRecord, ClaimedDelivery, Cursor, Dispatched, ExecutionStatus, LogFilter, LogRecord, NewDelivery, NextStep,
+    PurgeReport,
 };
 use crate::error::{Error, Result};
 
@@ -112,6 +113,7 @@ fn log_from_row(row: &PgRow) -> Result<LogRecord> {
 fn claim_from_row(row: &PgRow) -> Result<ClaimedDelivery> {
     Ok(ClaimedDelivery {
         log_id: row.try_get("id")?,
+        created_at: row.try_get("created_at")?,
         request_id: row.try_get("request_id")?,
         lease_id: row.try_get("lease_id")?,
         webhook_url: row.try_get("webhook_url")?,
@@ -130,16 +132,24 @@ fn millis(d: Duration) -> i64 {
 impl Store for PostgresStore {
     #[tracing::instrument(skip_all, fields(request_id = %d.request_id))]
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<Dispatched> {
-        // The unique constraint decides a duplicate, so concurrent Dispatches with
-        // one key cannot both insert: the loser waits for the winner's commit,
-        // then sees DO NOTHING and reads the winner's row.
-        let inserted = sqlx::query(
-            "INSERT INTO webhook_requests (request_id, organization_id, workspace_id, subscription_id, \
-               call_id, assistant_id, webhook_url, webhook_type, body, metadata, idempotency_key, \
-               max_retries, next_attempt_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now()) \
-             ON CONFLICT (organization_id, idempotency_key) DO NOTHING \
-             RETURNING id",
+        // Without a key: one INSERT. With one, the key row and the request are
+        // inserted by one statement; the key's primary key decides a duplicate,
+        // so concurrent Dispatches with one key cannot both insert: the loser
+        // waits for the winner's commit, gets DO NOTHING, and reads the winner's.
+        let row = sqlx::query(
+            "WITH key AS ( \
+               INSERT INTO idempotency_keys (organization_id, idempotency_key, request_id, log_id, created_at) \
+               SELECT $2, $11, $1, nextval('webhook_requests_log_id_seq'), now() WHERE $11::text IS NOT NULL \
+               ON CONFLICT DO NOTHING RETURNING log_id), \
+             ins AS ( \
+               INSERT INTO webhook_requests (id, request_id, organization_id, workspace_id, subscription_id, \
+                 call_id, assistant_id, webhook_url, webhook_type, body, metadata, idempotency_key, \
+                 max_retries, next_attempt_at) \
+               SELECT COALESCE((SELECT log_id FROM key), nextval('webhook_requests_log_id_seq')), \
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() \
+               WHERE $11::text IS NULL OR EXISTS (SELECT 1 FROM key) \
+               RETURNING id) \
+             SELECT id FROM ins",
         )
         .bind(d.request_id)
         .bind(d.organization_id)
@@ -155,17 +165,17 @@ impl Store for PostgresStore {
         .bind(i32::try_from(d.max_retries).unwrap_or(i32::MAX))
         .fetch_optional(&self.pool)
         .await?;
-        if let Some(row) = inserted {
+        if let Some(row) = row {
             return Ok(Dispatched { request_id: d.request_id, log_id: row.try_get("id")?, duplicate: false });
         }
         let row = sqlx::query(
-            "SELECT id, request_id FROM webhook_requests WHERE organization_id = $1 AND idempotency_key = $2",
+            "SELECT log_id, request_id FROM idempotency_keys WHERE organization_id = $1 AND idempotency_key = $2",
         )
         .bind(d.organization_id)
         .bind(&d.idempotency_key)
         .fetch_one(&self.pool)
         .await?;
-        Ok(Dispatched { request_id: row.try_get("request_id")?, log_id: row.try_get("id")?, duplicate: true })
+        Ok(Dispatched { request_id: row.try_get("request_id")?, log_id: row.try_get("log_id")?, duplicate: true })
     }
 
     async fn list_logs(&self, f: &LogFilter, after: Option<Cursor>, limit: u32) -> Result<Vec<LogRecord>> {
@@ -216,9 +226,10 @@ impl Store for PostgresStore {
         };
         let log = log_from_row(&row)?;
         let sql = format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM webhook_attempts WHERE request_pk = $1 ORDER BY attempt_number DESC"
+            "SELECT {ATTEMPT_COLUMNS} FROM webhook_attempts WHERE request_pk = $1 AND request_created_at = $2 \
+             ORDER BY attempt_number DESC"
         );
-        let rows = sqlx::query(&sql).bind(log.log_id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql).bind(log.log_id).bind(log.created_at).fetch_all(&self.pool).await?;
         let attempts = rows.iter().map(attempt_from_row).collect::<Result<_>>()?;
         Ok(Some((log, attempts)))
     }
@@ -226,14 +237,14 @@ impl Store for PostgresStore {
     async fn claim_due(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedDelivery>> {
         let rows = sqlx::query(
             "WITH due AS ( \
-               SELECT id FROM webhook_requests \
+               SELECT id, created_at FROM webhook_requests \
                WHERE status = 'pending' AND next_attempt_at <= now() \
                ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
              UPDATE webhook_requests r \
              SET next_attempt_at = now() + make_interval(secs => $2::float8 / 1000), \
                  lease_id = gen_random_uuid() \
-             FROM due WHERE r.id = due.id \
-             RETURNING r.id, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
+             FROM due WHERE r.id = due.id AND r.created_at = due.created_at \
+             RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
                        r.attempt_count, r.max_retries",
         )
         .bind(i64::from(limit))
@@ -258,7 +269,7 @@ impl Store for PostgresStore {
         let row = sqlx::query(
             "WITH old AS ( \
                SELECT id, attempt_count, (lease_id = $2 AND status = 'pending') AS held \
-               FROM webhook_requests WHERE id = $1 FOR UPDATE), \
+               FROM webhook_requests WHERE id = $1 AND created_at = $13 FOR UPDATE), \
              upd AS ( \
                UPDATE webhook_requests r SET \
                  attempt_count = old.attempt_count + 1, \
@@ -266,13 +277,13 @@ impl Store for PostgresStore {
                  next_attempt_at = CASE WHEN old.held THEN $4 ELSE r.next_attempt_at END, \
                  lease_id = CASE WHEN old.held THEN NULL ELSE r.lease_id END, \
                  updated_at = now() \
-               FROM old WHERE r.id = old.id \
-               RETURNING r.id, r.attempt_count), \
+               FROM old WHERE r.id = old.id AND r.created_at = $13 \
+               RETURNING r.id, r.created_at, r.attempt_count), \
              ins AS ( \
-               INSERT INTO webhook_attempts (request_pk, attempt_number, attempted_at, success, \
-                 status_code, response_body, response_truncated, response_time_ms, error_category, \
+               INSERT INTO webhook_attempts (request_pk, request_created_at, attempt_number, attempted_at, \
+                 success, status_code, response_body, response_truncated, response_time_ms, error_category, \
                  error_message) \
-               SELECT id, attempt_count, $5, $6, $7, $8, $9, $10, $11, $12 FROM upd) \
+               SELECT id, created_at, attempt_count, $5, $6, $7, $8, $9, $10, $11, $12 FROM upd) \
              SELECT held FROM old",
         )
         .bind(claim.log_id)
@@ -287,6 +298,7 @@ impl Store for PostgresStore {
         .bind(a.response_time_ms)
         .bind(a.error_category)
         .bind(&a.error_message)
+        .bind(claim.created_at)
         .fetch_optional(&self.pool)
         .await?;
         match row {
@@ -302,14 +314,17 @@ impl Store for PostgresStore {
         }
         let ids: Vec<i64> = claims.iter().map(|c| c.log_id).collect();
         let leases: Vec<Uuid> = claims.iter().map(|c| c.lease_id).collect();
+        let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.created_at).collect();
         sqlx::query(
             "UPDATE webhook_requests r SET next_attempt_at = $3, lease_id = NULL \
-             FROM unnest($1::bigint[], $2::uuid[]) AS c(id, lease_id) \
-             WHERE r.id = c.id AND r.lease_id = c.lease_id AND r.status = 'pending'",
+             FROM unnest($1::bigint[], $2::uuid[], $4::timestamptz[]) AS c(id, lease_id, created_at) \
+             WHERE r.id = c.id AND r.created_at = c.created_at AND r.lease_id = c.lease_id \
+               AND r.status = 'pending'",
         )
         .bind(&ids)
         .bind(&leases)
         .bind(due_at)
+        .bind(&created)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -325,6 +340,86 @@ impl Store for PostgresStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn prepare(&self, now: DateTime<Utc>) -> Result<()> {
+        let today = now.date_naive();
+        self.ensure_partitions(today - chrono::Days::new(1), today + chrono::Days::new(PARTITION_DAYS_AHEAD)).await
+    }
+
+    async fn purge(&self, cutoff: DateTime<Utc>, dry_run: bool) -> Result<PurgeReport> {
+        let mut report = PurgeReport::default();
+        for day in self.partition_days().await? {
+            let end = day_start(day + chrono::Days::new(1));
+            if end > cutoff {
+                continue; // not wholly expired
+            }
+            let requests = partition_name("webhook_requests", day);
+            let attempts = partition_name("webhook_attempts", day);
+            let row = sqlx::query(&format!(
+                "SELECT count(*) AS n, count(*) FILTER (WHERE status = 'pending') AS pending FROM {requests}"
+            ))
+            .fetch_one(&self.pool)
+            .await?;
+            let (n, pending): (i64, i64) = (row.try_get("n")?, row.try_get("pending")?);
+            let label = day.format("%Y-%m-%d").to_string();
+            if pending > 0 {
+                // A delivery still in progress keeps its day; it becomes
+                // droppable once its last retry is recorded.
+                report.kept_pending.push(label);
+                continue;
+            }
+            let a: i64 =
+                match sqlx::query_scalar(&format!("SELECT count(*) FROM {attempts}")).fetch_one(&self.pool).await {
+                    Ok(a) => a,
+                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => 0,
+                    Err(e) => return Err(e.into()),
+                };
+            report.days.push(label);
+            report.requests += n as u64;
+            report.attempts += a as u64;
+            if dry_run {
+                continue;
+            }
+            // DETACH CONCURRENTLY does not block dispatches and deliveries on
+            // the parent tables while a day goes.
+            for (parent, part) in [("webhook_attempts", &attempts), ("webhook_requests", &requests)] {
+                let detach = format!("ALTER TABLE {parent} DETACH PARTITION {part} CONCURRENTLY");
+                if let Err(e) = sqlx::query(&detach).execute(&self.pool).await {
+                    // Already detached (an earlier purge stopped halfway) or gone.
+                    tracing::debug!(partition = %part, error = %e, "detach skipped");
+                }
+                sqlx::query(&format!("DROP TABLE IF EXISTS {part}")).execute(&self.pool).await?;
+            }
+        }
+        if !dry_run {
+            // Idempotency keys of removed requests: batched, the table is small.
+            loop {
+                let done = sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE ctid IN \
+                     (SELECT ctid FROM idempotency_keys WHERE created_at < $1 LIMIT 10000)",
+                )
+                .bind(cutoff)
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() < 10000 {
+                    break;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n, min(created_at) AS oldest FROM webhook_requests WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(QueueStats {
+            pending: row.try_get::<i64, _>("n")? as u64,
+            oldest_pending_created_at: row.try_get("oldest")?,
+        })
     }
 
     async fn insert_api_key(&self, key: &NewApiKey) -> Result<()> {
@@ -368,6 +463,63 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+/// Days of partitions created ahead of today.
+const PARTITION_DAYS_AHEAD: u64 = 7;
+
+fn partition_name(table: &str, day: NaiveDate) -> String {
+    format!("{table}_p{}", day.format("%Y%m%d"))
+}
+
+fn day_start(day: NaiveDate) -> DateTime<Utc> {
+    day.and_time(NaiveTime::MIN).and_utc()
+}
+
+impl PostgresStore {
+    /// Creates the day partitions of both tables from `first` to `last`.
+    pub async fn ensure_partitions(&self, first: NaiveDate, last: NaiveDate) -> Result<()> {
+        let mut day = first;
+        while day <= last {
+            let (from, to) = (day_start(day), day_start(day + chrono::Days::new(1)));
+            for (parent, part) in [
+                ("webhook_requests", partition_name("webhook_requests", day)),
+                ("webhook_attempts", partition_name("webhook_attempts", day)),
+            ] {
+                let sql = format!(
+                    "CREATE TABLE IF NOT EXISTS {part} PARTITION OF {parent} FOR VALUES FROM ('{}') TO ('{}')",
+                    from.to_rfc3339(),
+                    to.to_rfc3339()
+                );
+                if let Err(e) = sqlx::query(&sql).execute(&self.pool).await {
+                    // Another replica may be creating the same partition.
+                    let raced = matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") || d.code().as_deref() == Some("42P07"));
+                    if !raced {
+                        return Err(e.into());
+                    }
+                }
+            }
+            day = day + chrono::Days::new(1);
+        }
+        Ok(())
+    }
+
+    /// The days that have a partition of webhook_requests, oldest first.
+    async fn partition_days(&self) -> Result<Vec<NaiveDate>> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'webhook_requests'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut days: Vec<NaiveDate> = names
+            .iter()
+            .filter_map(|n| n.strip_prefix("webhook_requests_p"))
+            .filter_map(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok())
+            .collect();
+        days.sort();
+        Ok(days)
     }
 }
 

@@ -5,6 +5,7 @@ mod delivery;
 mod dispatch;
 mod helpers;
 mod list;
+mod ops;
 mod processes;
 mod rest;
 mod tenancy;

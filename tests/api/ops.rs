@@ -1,0 +1,191 @@
+//! Operations: retention by partition, across day boundaries.
+
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::{DateTime, Days, Utc};
+use hookpost::proto::v1 as pb;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+/// Inserts a request created at `at` (and, unless pending, one attempt), as if
+/// it had been dispatched then. Pending ones are due far in the future, so the
+/// engine leaves them alone.
+async fn backdated(app: &TestApp, org: Uuid, at: DateTime<Utc>, pending: bool, key: Option<&str>) -> Uuid {
+    let id = Uuid::new_v4();
+    let (status, attempts) = if pending { ("pending", 0) } else { ("succeeded", 1) };
+    let log_id: i64 = sqlx::query_scalar(
+        "INSERT INTO webhook_requests (request_id, organization_id, webhook_url, webhook_type, body, \
+           idempotency_key, max_retries, status, attempt_count, next_attempt_at, created_at, updated_at) \
+         VALUES ($1, $2, 'http://127.0.0.1:9/h', 'call_started', '{}', $3, 3, $4, $5, \
+           CASE WHEN $4 = 'pending' THEN now() + interval '1 year' END, $6, $6) RETURNING id",
+    )
+    .bind(id)
+    .bind(org)
+    .bind(key)
+    .bind(status)
+    .bind(attempts)
+    .bind(at)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    if !pending {
+        sqlx::query(
+            "INSERT INTO webhook_attempts (request_pk, request_created_at, attempt_number, attempted_at, success, \
+               status_code, response_time_ms) VALUES ($1, $2, 1, $2, true, 200, 5)",
+        )
+        .bind(log_id)
+        .bind(at)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    }
+    if let Some(key) = key {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (organization_id, idempotency_key, request_id, log_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(org)
+        .bind(key)
+        .bind(id)
+        .bind(log_id)
+        .bind(at)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    }
+    id
+}
+
+fn purge(app: &TestApp, extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_hookpost"))
+        .args(["purge", "--retention", "1d"])
+        .args(extra)
+        .env("DATABASE_URL", &app.database_url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&app.db).await.unwrap()
+}
+
+#[tokio::test]
+async fn retention_drops_expired_days_keeps_pending_work_and_logs_still_answer() {
+    let app = spawn_app().await;
+    let store = hookpost::store::PostgresStore::connect(&app.database_url, 1, Duration::from_secs(5)).await.unwrap();
+    let now = Utc::now();
+    let today = now.date_naive();
+    store.ensure_partitions(today - Days::new(5), today).await.unwrap();
+    let org = Uuid::new_v4();
+    let day = |n: u64| now - Days::new(n);
+    let mut expired = Vec::new();
+    for _ in 0..3 {
+        expired.push(backdated(&app, org, day(4), false, None).await);
+        expired.push(backdated(&app, org, day(2), false, None).await);
+    }
+    let old_key = backdated(&app, org, day(4), false, Some("order-1")).await;
+    let pending_old = backdated(&app, org, day(3), true, None).await;
+    let done_beside_pending = backdated(&app, org, day(3), false, None).await;
+    let recent = backdated(&app, org, day(0) - chrono::TimeDelta::hours(1), false, None).await;
+    let receiver = Receiver::start().await;
+    let fresh = app.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap().request_id;
+    app.settled(&fresh, Duration::from_secs(20)).await;
+    let before = count(&app, "SELECT count(*) FROM webhook_requests").await;
+    assert_eq!(before, 11);
+
+    let dry = purge(&app, &["--dry-run"]);
+    assert!(dry.contains("would remove 7 requests and 7 attempts"), "{dry}");
+    assert!(dry.contains(&day(4).format("%Y-%m-%d").to_string()), "{dry}");
+    assert!(dry.contains(&format!("kept (deliveries still pending): {}", day(3).format("%Y-%m-%d"))), "{dry}");
+    assert_eq!(count(&app, "SELECT count(*) FROM webhook_requests").await, before, "a dry run removes nothing");
+
+    let done = purge(&app, &[]);
+    assert!(done.contains("removed 7 requests and 7 attempts"), "{done}");
+    assert_eq!(count(&app, "SELECT count(*) FROM webhook_requests").await, 4);
+    assert_eq!(count(&app, "SELECT count(*) FROM webhook_attempts").await, 3);
+    // Whole partitions went: no DELETE left dead rows behind.
+    let parts = count(
+        &app,
+        &format!(
+            "SELECT count(*) FROM pg_class WHERE relname IN ('webhook_requests_p{}', 'webhook_requests_p{}')",
+            day(4).format("%Y%m%d"),
+            day(2).format("%Y%m%d")
+        ),
+    )
+    .await;
+    assert_eq!(parts, 0);
+    assert_eq!(count(&app, "SELECT count(*) FROM idempotency_keys").await, 0);
+
+    // Logs still answer: the survivors page correctly, the purged are gone.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = app
+            .list(pb::ListWebhookLogsRequest {
+                organization_id: org.to_string(),
+                page_size: 1,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        seen.extend(page.logs.into_iter().map(|l| l.request_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut expected =
+        vec![fresh.clone(), recent.to_string(), done_beside_pending.to_string(), pending_old.to_string()];
+    expected.sort();
+    let mut got = seen.clone();
+    got.sort();
+    assert_eq!(got, expected);
+    assert_eq!(seen[0], fresh, "newest first across days");
+    assert_eq!(
+        app.details(&pending_old.to_string()).await.unwrap().log.unwrap().execution_status(),
+        pb::ExecutionStatus::Pending
+    );
+    assert_eq!(app.details(&done_beside_pending.to_string()).await.unwrap().attempts.len(), 1);
+    for id in expired.iter().chain([&old_key]) {
+        assert_eq!(app.details(&id.to_string()).await.unwrap_err().code(), tonic::Code::NotFound);
+    }
+    // The expired key can be used again.
+    let again = pb::DispatchRequest { idempotency_key: "order-1".into(), ..dispatch_to(&receiver.url(), org) };
+    assert!(!app.dispatch(again).await.unwrap().duplicate);
+}
+
+#[tokio::test]
+async fn idempotency_and_request_lookups_work_across_a_day_boundary() {
+    let app = spawn_app().await;
+    let org = Uuid::new_v4();
+    let yesterday = Utc::now() - Days::new(1);
+    let old = backdated(&app, org, yesterday, false, Some("call-101-started")).await;
+    let req =
+        pb::DispatchRequest { idempotency_key: "call-101-started".into(), ..dispatch_to("http://127.0.0.1:9/", org) };
+    let res = app.dispatch(req).await.unwrap();
+    assert!(res.duplicate);
+    assert_eq!(res.request_id, old.to_string());
+    let d = app.details(&old.to_string()).await.unwrap();
+    assert_eq!(d.attempts.len(), 1);
+    // Paging across the boundary: today's first, then yesterday's.
+    let today = app
+        .dispatch(pb::DispatchRequest { max_retries: Some(0), ..dispatch_to("http://127.0.0.1:9/", org) })
+        .await
+        .unwrap();
+    let q = |token: String| pb::ListWebhookLogsRequest {
+        organization_id: org.to_string(),
+        page_size: 1,
+        page_token: token,
+        ..Default::default()
+    };
+    let first = app.list(q(String::new())).await.unwrap();
+    assert_eq!(first.logs[0].request_id, today.request_id);
+    let second = app.list(q(first.next_page_token)).await.unwrap();
+    assert_eq!(second.logs[0].request_id, old.to_string());
+    assert!(second.next_page_token.is_empty());
+}
