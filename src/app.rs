@@ -17,6 +17,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::delivery::DeliveryEngine;
 use crate::grpc::GrpcApi;
+use crate::metrics::{Metrics, PoolLabels, TableLabels};
 use crate::proto::v1::webhook_service_server::WebhookServiceServer;
 use crate::service::WebhookService;
 use crate::store::{PostgresStore, Store};
@@ -30,6 +31,7 @@ pub struct Application {
     max_message_bytes: usize,
     retention: Duration,
     maintenance_interval: Duration,
+    metrics: Arc<Metrics>,
 }
 
 /// How often the health reporter checks the store.
@@ -42,13 +44,20 @@ impl Application {
         tracing::info!(store = "postgres", "store ready");
         let store: Arc<dyn Store> = Arc::new(pg);
         let wake = Arc::new(Notify::new());
+        let metrics = Arc::new(Metrics::new());
         let auth = Arc::new(Authenticator::new(store.clone(), config.key_cache_ttl, config.rate_limit));
-        let service =
-            WebhookService::new(store.clone(), config.limits.clone(), config.default_max_retries, wake.clone(), auth);
+        let service = WebhookService::new(
+            store.clone(),
+            config.limits.clone(),
+            config.default_max_retries,
+            wake.clone(),
+            auth,
+            metrics.clone(),
+        );
         if config.limits.allow_private_targets {
             tracing::warn!("--allow-private-targets: the SSRF guard is off; webhooks may reach private networks");
         }
-        let engine = DeliveryEngine::new(store.clone(), config.delivery.clone(), wake)?;
+        let engine = DeliveryEngine::new(store.clone(), config.delivery.clone(), wake, metrics.clone())?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let max_message_bytes = 4 * (config.limits.max_payload_bytes + config.limits.max_metadata_bytes) + (1 << 20);
@@ -63,6 +72,7 @@ impl Application {
             max_message_bytes,
             retention: config.retention,
             maintenance_interval: config.maintenance_interval,
+            metrics,
         })
     }
 
@@ -84,25 +94,35 @@ impl Application {
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let grpc_api = GrpcApi::new(self.service.clone());
+        let grpc_api = GrpcApi::new(self.service.clone(), self.metrics.clone());
         let grpc = tonic::service::Routes::new(grpc_api.clone().into_server(self.max_message_bytes))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .prepare()
             .into_axum_router();
-        let rest = crate::rest::router(crate::rest::RestState { service: self.service.clone(), grpc: grpc_api })
-            .layer(axum::extract::DefaultBodyLimit::max(self.max_message_bytes))
-            .layer(tower_http::compression::CompressionLayer::new())
-            .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
-            .layer(tower_http::trace::TraceLayer::new_for_http())
-            .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(tower_http::request_id::MakeRequestUuid));
+        let rest = crate::rest::router(crate::rest::RestState {
+            service: self.service.clone(),
+            grpc: grpc_api,
+            metrics: self.metrics.clone(),
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(self.max_message_bytes))
+        .layer(tower_http::compression::CompressionLayer::new())
+        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(tower_http::request_id::MakeRequestUuid));
         let router = by_content_type(grpc, rest);
 
         let health_task = tokio::spawn(report_health(self.store.clone(), health, token.clone()));
         let engine_task = tokio::spawn(self.engine.clone().run(token.clone()));
-        let maintenance_task =
-            tokio::spawn(maintain(self.store.clone(), self.retention, self.maintenance_interval, token.clone()));
+        let maintenance_task = tokio::spawn(maintain(
+            self.store.clone(),
+            self.metrics.clone(),
+            self.retention,
+            self.maintenance_interval,
+            token.clone(),
+        ));
+        let sampler_task = tokio::spawn(sample_queue(self.store.clone(), self.metrics.clone(), token.clone()));
         tracing::info!(addr = %self.addr, "hookpost listening (gRPC and REST)");
 
         let stop = token.clone();
@@ -115,6 +135,7 @@ impl Application {
         engine_task.await.context("delivery engine panicked")?;
         health_task.abort();
         maintenance_task.abort();
+        sampler_task.abort();
         served.context("serving")?;
         tracing::info!("hookpost stopped");
         Ok(())
@@ -122,14 +143,25 @@ impl Application {
 }
 
 /// Creates partitions ahead and applies retention, now and every `interval`.
-async fn maintain(store: Arc<dyn Store>, retention: Duration, interval: Duration, token: CancellationToken) {
+async fn maintain(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    retention: Duration,
+    interval: Duration,
+    token: CancellationToken,
+) {
     loop {
         let now = chrono::Utc::now();
         if let Err(err) = store.prepare(now).await {
             tracing::warn!(error = %err, "preparing partitions failed");
         }
         let cutoff = now - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
-        match store.purge(cutoff, false).await {
+        let purged = store.purge(cutoff, false).await;
+        if let Ok(r) = &purged {
+            metrics.purged_rows.get_or_create(&TableLabels { table: "webhook_requests" }).inc_by(r.requests);
+            metrics.purged_rows.get_or_create(&TableLabels { table: "webhook_attempts" }).inc_by(r.attempts);
+        }
+        match purged {
             Ok(r) if !r.days.is_empty() || !r.kept_pending.is_empty() => tracing::info!(
                 requests = r.requests,
                 attempts = r.attempts,
@@ -143,6 +175,30 @@ async fn maintain(store: Arc<dyn Store>, retention: Duration, interval: Duration
         tokio::select! {
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// How often the queue gauges are refreshed from the store.
+const QUEUE_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Refreshes the gauges that only the store knows: queue depth, oldest
+/// pending age, pool usage.
+async fn sample_queue(store: Arc<dyn Store>, metrics: Arc<Metrics>, token: CancellationToken) {
+    loop {
+        if let Ok(stats) = store.queue_stats().await {
+            metrics.pending.set(stats.pending as i64);
+            let age = stats
+                .oldest_pending_created_at
+                .map_or(0.0, |t| (chrono::Utc::now() - t).to_std().map_or(0.0, |d| d.as_secs_f64()));
+            metrics.oldest_pending_age.set(age);
+        }
+        let (in_use, idle) = store.pool_usage();
+        metrics.db_pool.get_or_create(&PoolLabels { state: "in_use" }).set(i64::from(in_use));
+        metrics.db_pool.get_or_create(&PoolLabels { state: "idle" }).set(i64::from(idle));
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(QUEUE_SAMPLE_INTERVAL) => {}
         }
     }
 }

@@ -14,6 +14,7 @@
 //! - [`delivery`]: the engine that claims due webhooks, POSTs them, records
 //!   each attempt and schedules retries (a pure backoff function).
 //! - [`auth`]: API keys (stored hashed), principals, per-key rate limits.
+//! - [`metrics`]: Prometheus metrics, one registry per application.
 //! - [`pagination`]: opaque, checked keyset page tokens.
 //! - [`error`]: one error type and one code table for gRPC and HTTP.
 //! - [`config`] / [`app`]: the CLI and the wiring (`Application::build`, `run`).
@@ -25,6 +26,7 @@ pub mod delivery;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod pagination;
 pub mod proto;
 pub mod rest;

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use crate::auth::{Authenticator, Principal};
 use crate::domain::{AttemptRecord, DispatchInput, Dispatched, Limits, LogFilter, LogRecord, NewDelivery};
 use crate::error::{Error, ErrorCode, Result};
+use crate::metrics::{Metrics, OutcomeLabels};
 use crate::pagination;
 use crate::store::Store;
 
@@ -54,6 +55,7 @@ pub struct WebhookService {
     /// Wakes this process's delivery workers the moment a webhook is stored.
     wake: Arc<Notify>,
     auth: Arc<Authenticator>,
+    metrics: Arc<Metrics>,
 }
 
 impl WebhookService {
@@ -63,8 +65,9 @@ impl WebhookService {
         default_max_retries: u32,
         wake: Arc<Notify>,
         auth: Arc<Authenticator>,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        Self { store, limits, default_max_retries, wake, auth }
+        Self { store, limits, default_max_retries, wake, auth, metrics }
     }
 
     /// Who is calling, from an `authorization` value (`Bearer <key>`).
@@ -87,6 +90,8 @@ impl WebhookService {
         }
         let delivery = NewDelivery::parse(input, &self.limits, self.default_max_retries)?;
         let dispatched = self.store.insert_delivery(&delivery).await?;
+        let outcome = if dispatched.duplicate { "duplicate" } else { "stored" };
+        self.metrics.dispatches.get_or_create(&OutcomeLabels { outcome }).inc();
         if !dispatched.duplicate {
             self.wake.notify_one();
         }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::domain::{ClaimedDelivery, NextStep};
+use crate::metrics::{AttemptLabels, Metrics};
 use crate::store::{NewAttempt, Store};
 use http::{AttemptResult, HttpDeliverer};
 use retry::{RetryPolicy, is_retryable};
@@ -91,10 +92,16 @@ pub struct DeliveryEngine {
     slots: Arc<Semaphore>,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
     tracker: TaskTracker,
+    metrics: Arc<Metrics>,
 }
 
 impl DeliveryEngine {
-    pub fn new(store: Arc<dyn Store>, config: DeliveryConfig, wake: Arc<Notify>) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: DeliveryConfig,
+        wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Self>> {
         let http = HttpDeliverer::new(
             config.attempt_timeout,
             config.connect_timeout,
@@ -109,6 +116,7 @@ impl DeliveryEngine {
             wake,
             hosts: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
+            metrics,
         }))
     }
 
@@ -210,8 +218,20 @@ impl DeliveryEngine {
     }
 
     async fn deliver(&self, claim: ClaimedDelivery) {
+        self.metrics.in_flight.inc();
+        let started = std::time::Instant::now();
         let result = self.http.attempt(&claim).await;
+        self.metrics.in_flight.dec();
+        self.metrics.attempt_duration.observe(started.elapsed().as_secs_f64());
+        let labels = AttemptLabels {
+            outcome: if result.success() { "success" } else { "failure" },
+            category: result.category.map_or("none", |c| c.as_str()),
+        };
+        self.metrics.attempts.get_or_create(&labels).inc();
         let attempt = self.settle(&claim, result);
+        if matches!(attempt.next, NextStep::RetryAt(_)) {
+            self.metrics.retries_scheduled.inc();
+        }
         tracing::debug!(request_id = %claim.request_id, next = ?attempt.next, "attempt done");
         // The attempt happened, so keep trying to record it while the store is
         // down; if the process dies first, the lease expires and the webhook is

@@ -5,10 +5,15 @@ mod convert;
 
 pub use convert::{json_to_struct, struct_to_json};
 
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
 use tonic::{Request, Response, Status};
 
 use crate::auth::Principal;
 use crate::domain::DispatchInput;
+use crate::metrics::Metrics;
 use crate::proto::v1 as pb;
 use crate::proto::v1::webhook_service_server::{WebhookService as WebhookServiceRpc, WebhookServiceServer};
 use crate::service::{DetailsQuery, ListQuery, WebhookService};
@@ -17,11 +22,25 @@ use crate::service::{DetailsQuery, ListQuery, WebhookService};
 #[derive(Clone)]
 pub struct GrpcApi {
     service: WebhookService,
+    metrics: Arc<Metrics>,
 }
 
 impl GrpcApi {
-    pub fn new(service: WebhookService) -> Self {
-        Self { service }
+    pub fn new(service: WebhookService, metrics: Arc<Metrics>) -> Self {
+        Self { service, metrics }
+    }
+
+    /// Counts and times one RPC (gateway calls included: they are RPCs too).
+    async fn observed<T>(
+        &self,
+        method: &'static str,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = call.await;
+        let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        self.metrics.observe_rpc(method, code, started.elapsed());
+        result
     }
 
     /// The caller, from `authorization: Bearer <key>` metadata.
@@ -41,16 +60,20 @@ impl GrpcApi {
 
 #[tonic::async_trait]
 impl WebhookServiceRpc for GrpcApi {
-    #[tracing::instrument(skip_all, name = "Dispatch")]
+    #[tracing::instrument(skip_all, name = "Dispatch", fields(request_id = tracing::field::Empty))]
     async fn dispatch(&self, request: Request<pb::DispatchRequest>) -> Result<Response<pb::DispatchResponse>, Status> {
-        let who = self.caller(&request).await?;
-        let input = DispatchInput::try_from(request.into_inner())?;
-        let d = self.service.dispatch(&who, input).await?;
-        Ok(Response::new(pb::DispatchResponse {
-            request_id: d.request_id.to_string(),
-            log_id: d.log_id,
-            duplicate: d.duplicate,
-        }))
+        self.observed("Dispatch", async {
+            let who = self.caller(&request).await?;
+            let input = DispatchInput::try_from(request.into_inner())?;
+            let d = self.service.dispatch(&who, input).await?;
+            tracing::Span::current().record("request_id", tracing::field::display(d.request_id));
+            Ok(Response::new(pb::DispatchResponse {
+                request_id: d.request_id.to_string(),
+                log_id: d.log_id,
+                duplicate: d.duplicate,
+            }))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, name = "ListWebhookLogs")]
@@ -58,23 +81,30 @@ impl WebhookServiceRpc for GrpcApi {
         &self,
         request: Request<pb::ListWebhookLogsRequest>,
     ) -> Result<Response<pb::ListWebhookLogsResponse>, Status> {
-        let who = self.caller(&request).await?;
-        let query = ListQuery::try_from(request.into_inner())?;
-        let page = self.service.list_logs(&who, query).await?;
-        Ok(Response::new(pb::ListWebhookLogsResponse {
-            logs: page.logs.into_iter().map(Into::into).collect(),
-            next_page_token: page.next_page_token.unwrap_or_default(),
-        }))
+        self.observed("ListWebhookLogs", async {
+            let who = self.caller(&request).await?;
+            let query = ListQuery::try_from(request.into_inner())?;
+            let page = self.service.list_logs(&who, query).await?;
+            Ok(Response::new(pb::ListWebhookLogsResponse {
+                logs: page.logs.into_iter().map(Into::into).collect(),
+                next_page_token: page.next_page_token.unwrap_or_default(),
+            }))
+        })
+        .await
     }
 
-    #[tracing::instrument(skip_all, name = "GetLogDetails")]
+    #[tracing::instrument(skip_all, name = "GetLogDetails", fields(request_id = tracing::field::Empty))]
     async fn get_log_details(
         &self,
         request: Request<pb::GetLogDetailsRequest>,
     ) -> Result<Response<pb::GetLogDetailsResponse>, Status> {
-        let who = self.caller(&request).await?;
-        let query = DetailsQuery::try_from(request.into_inner())?;
-        let details = self.service.log_details(&who, query).await?;
-        Ok(Response::new(details.into()))
+        self.observed("GetLogDetails", async {
+            let who = self.caller(&request).await?;
+            tracing::Span::current().record("request_id", request.get_ref().request_id.as_str());
+            let query = DetailsQuery::try_from(request.into_inner())?;
+            let details = self.service.log_details(&who, query).await?;
+            Ok(Response::new(details.into()))
+        })
+        .await
     }
 }

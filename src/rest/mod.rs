@@ -12,6 +12,7 @@ mod gateway;
 mod subscriptions;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
@@ -26,12 +27,14 @@ pub use error::{RestError, Style};
 use crate::auth::Principal;
 use crate::error::Error;
 use crate::grpc::GrpcApi;
+use crate::metrics::Metrics;
 use crate::service::WebhookService;
 
 #[derive(Clone)]
 pub struct RestState {
     pub service: WebhookService,
     pub grpc: GrpcApi,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(OpenApi)]
@@ -52,12 +55,38 @@ pub fn router(state: RestState) -> axum::Router {
         .routes(routes!(gateway::get_log_details))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
-        .with_state(state)
+        .with_state(state.clone())
         .split_for_parts();
-    let api = std::sync::Arc::new(api);
+    let api = Arc::new(api);
+    let metrics = state.metrics.clone();
     router
+        .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), observe_http))
         .route("/openapi.json", axum::routing::get(move || async move { Json(api.as_ref().clone()) }))
+        .route("/metrics", axum::routing::get(move || async move { render_metrics(&metrics) }))
         .fallback(not_found)
+}
+
+/// Prometheus scrape endpoint (open, like health: it carries no tenant data).
+fn render_metrics(metrics: &Metrics) -> axum::response::Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(axum::http::header::CONTENT_TYPE, content_type)], metrics.render()).into_response()
+}
+
+/// Counts and times each request under its route template (never the raw
+/// path, which would carry IDs).
+async fn observe_http(
+    State(metrics): State<Arc<Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics.observe_http(&route, response.status().as_u16(), started.elapsed());
+    response
 }
 
 async fn not_found() -> RestError {

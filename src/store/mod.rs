@@ -87,6 +87,11 @@ pub trait Store: Send + Sync + 'static {
     /// Pending deliveries and the creation time of the oldest one.
     async fn queue_stats(&self) -> Result<QueueStats>;
 
+    /// Connections of the store's pool: (in use, idle).
+    fn pool_usage(&self) -> (u32, u32) {
+        (0, 0)
+    }
+
     async fn insert_api_key(&self, key: &NewApiKey) -> Result<()>;
 
     async fn find_api_key(&self, prefix: &str) -> Result<Option<ApiKeyRecord>>;

@@ -410,6 +410,11 @@ impl Store for PostgresStore {
         Ok(report)
     }
 
+    fn pool_usage(&self) -> (u32, u32) {
+        let idle = self.pool.num_idle() as u32;
+        (self.pool.size().saturating_sub(idle), idle)
+    }
+
     async fn queue_stats(&self) -> Result<QueueStats> {
         let row = sqlx::query(
             "SELECT count(*) AS n, min(created_at) AS oldest FROM webhook_requests WHERE status = 'pending'",

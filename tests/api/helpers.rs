@@ -382,3 +382,88 @@ impl DbProxy {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+// ---------------------------------------------------------------- own cluster
+
+/// A Postgres cluster of the test's own (initdb + pg_ctl), for tests that stop
+/// the database: the shared server is never stopped. scripts/test exports
+/// HOOKPOST_PG_BIN (installing Debian's postgresql when needed).
+pub struct ThrowawayPostgres {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    pub port: u16,
+    as_postgres: bool,
+}
+
+impl ThrowawayPostgres {
+    pub fn start() -> Self {
+        let bin = std::env::var("HOOKPOST_PG_BIN").map(std::path::PathBuf::from).ok().or_else(|| {
+            let mut dirs: Vec<_> =
+                std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().map(|e| e.path().join("bin")).collect();
+            dirs.sort();
+            dirs.pop()
+        });
+        let bin = bin.filter(|b| b.join("initdb").exists()).expect(
+            "no initdb found: set HOOKPOST_PG_BIN to a PostgreSQL bin directory (scripts/test does, installing postgresql)",
+        );
+        let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+        let as_postgres = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+        let dir = std::env::temp_dir().join(format!("hookpost-test-pg-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if as_postgres {
+            let ok = std::process::Command::new("chown").args(["postgres"]).arg(&dir).status().unwrap();
+            assert!(ok.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let pg = Self { bin, dir, port, as_postgres };
+        let data = pg.dir.join("data");
+        pg.run("initdb", &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust"]);
+        pg.start_server();
+        pg
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        let out = cmd.args(args).stdin(std::process::Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "{tool} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn start_server(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=30",
+            self.port,
+            self.dir.display()
+        );
+        let data = self.dir.join("data");
+        let log = self.dir.join("log");
+        self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-o", &opts, "-w", "start"]);
+    }
+
+    pub fn stop_server(&self) {
+        let data = self.dir.join("data");
+        self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for ThrowawayPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = std::process::Command::new(if self.as_postgres { "runuser" } else { "true" })
+            .args(if self.as_postgres { vec!["-u", "postgres", "--"] } else { vec![] })
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -189,3 +189,92 @@ async fn idempotency_and_request_lookups_work_across_a_day_boundary() {
     assert_eq!(second.logs[0].request_id, old.to_string());
     assert!(second.next_page_token.is_empty());
 }
+
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+async fn scrape(app: &TestApp) -> (prometheus_parse::Scrape, String) {
+    let text = reqwest::get(format!("{}/metrics", app.base_url)).await.unwrap().text().await.unwrap();
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
+    (parsed, text)
+}
+
+/// One series' value read from the raw text: prometheus-parse splits label
+/// values at the first `}`, and route templates contain braces.
+fn raw_value(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(503)]);
+    let (before, before_text) = scrape(&app).await;
+    let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
+    app.settled(&res.request_id, Duration::from_secs(20)).await;
+    let (status, _) = app.get_json("/api/v1/calls/5/webhook-logs").await;
+    assert_eq!(status, 404);
+    let (after, after_text) = scrape(&app).await;
+
+    let moved = |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels) - sample(&before, name, labels);
+    assert_eq!(moved("hookpost_dispatches_total", &[("outcome", "stored")]), 1.0);
+    assert_eq!(moved("hookpost_attempts_total", &[("outcome", "failure"), ("category", "http_5xx")]), 1.0);
+    assert_eq!(moved("hookpost_attempts_total", &[("outcome", "success"), ("category", "none")]), 1.0);
+    assert_eq!(moved("hookpost_retries_scheduled_total", &[]), 1.0);
+    assert!(moved("hookpost_attempt_duration_seconds_count", &[]) >= 2.0);
+    assert!(moved("hookpost_grpc_requests_total", &[("method", "Dispatch"), ("code", "Ok")]) >= 1.0);
+    let series = r#"hookpost_http_requests_total{route="/api/v1/calls/{call_id}/webhook-logs",status="404"} "#;
+    assert_eq!(raw_value(&after_text, series) - raw_value(&before_text, series), 1.0);
+    for gauge in ["hookpost_deliveries_pending", "hookpost_oldest_pending_age_seconds", "hookpost_deliveries_in_flight"]
+    {
+        assert!(after.samples.iter().any(|s| s.metric == gauge), "{gauge} missing");
+    }
+    assert!(after.samples.iter().any(|s| s.metric == "hookpost_db_pool_connections"));
+    // No unbounded labels: nothing carries an ID or a URL.
+    assert!(!after_text.contains("127.0.0.1") && !after_text.contains(&res.request_id));
+}
+
+#[tokio::test]
+async fn health_follows_the_database_down_and_back_up() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let pg = ThrowawayPostgres::start();
+    let mut config = test_config(&pg.url());
+    config.db_acquire_timeout = Duration::from_millis(500);
+    let app = spawn_app_on(config, &pg.url()).await;
+    let channel = tonic::transport::Channel::from_shared(app.base_url.clone()).unwrap().connect().await.unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = |want: ServingStatus| {
+        let mut h = health.clone();
+        async move {
+            let req = tonic_health::pb::HealthCheckRequest { service: "hookpost.v1.WebhookService".into() };
+            let got = h.check(req).await.ok()?.into_inner().status;
+            (got == want as i32).then_some(())
+        }
+    };
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{}{path}", app.base_url)).send();
+
+    eventually(Duration::from_secs(10), "SERVING", || status(ServingStatus::Serving)).await;
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+
+    pg.stop_server();
+    eventually(Duration::from_secs(20), "NOT_SERVING", || status(ServingStatus::NotServing)).await;
+    assert_eq!(get("/readyz").await.unwrap().status(), 503);
+    assert_eq!(get("/healthz").await.unwrap().status(), 200, "the process is alive");
+
+    pg.start_server();
+    eventually(Duration::from_secs(20), "SERVING again", || status(ServingStatus::Serving)).await;
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+}
