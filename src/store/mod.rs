@@ -3,7 +3,7 @@
 //! One trait, so that the service and the delivery engine never know which
 //! database they run on. Postgres is the production implementation.
 
-mod postgres;
+pub mod postgres;
 
 pub use postgres::PostgresStore;
 

@@ -17,22 +17,74 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 
+/// The statements behind the store's hot paths, public so that the
+/// benchmark's pgbench baselines run exactly the same SQL.
+pub mod sql {
+    /// The columns of a log listing: the request and its latest attempt (`a`).
+    pub const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
+         r.call_id, r.assistant_id, r.webhook_url, r.webhook_type, r.body, r.metadata, r.status, \
+         r.attempt_count, r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, \
+         a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, \
+         a.response_truncated, a.response_time_ms, a.error_category, a.error_message \
+         FROM webhook_requests r \
+         LEFT JOIN LATERAL (SELECT * FROM webhook_attempts la \
+             WHERE la.request_pk = r.id AND la.request_created_at = r.created_at \
+             ORDER BY la.attempt_number DESC LIMIT 1) a ON true";
+
+    /// Dispatch: the idempotency key row (if any) and the request, one statement.
+    pub const INSERT_DELIVERY: &str = "WITH key AS ( \
+                   INSERT INTO idempotency_keys (organization_id, idempotency_key, request_id, log_id, created_at) \
+                   SELECT $2, $11, $1, nextval('webhook_requests_log_id_seq'), now() WHERE $11::text IS NOT NULL \
+                   ON CONFLICT DO NOTHING RETURNING log_id), \
+                 ins AS ( \
+                   INSERT INTO webhook_requests (id, request_id, organization_id, workspace_id, subscription_id, \
+                     call_id, assistant_id, webhook_url, webhook_type, body, metadata, idempotency_key, \
+                     max_retries, next_attempt_at) \
+                   SELECT COALESCE((SELECT log_id FROM key), nextval('webhook_requests_log_id_seq')), \
+                     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() \
+                   WHERE $11::text IS NULL OR EXISTS (SELECT 1 FROM key) \
+                   RETURNING id) \
+                 SELECT id FROM ins";
+
+    /// Claims up to $1 due deliveries for a lease of $2 milliseconds.
+    pub const CLAIM_DUE: &str = "WITH due AS ( \
+                   SELECT id, created_at FROM webhook_requests \
+                   WHERE status = 'pending' AND next_attempt_at <= now() \
+                   ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 UPDATE webhook_requests r \
+                 SET next_attempt_at = now() + make_interval(secs => $2::float8 / 1000), \
+                     lease_id = gen_random_uuid() \
+                 FROM due WHERE r.id = due.id AND r.created_at = due.created_at \
+                 RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
+                           r.attempt_count, r.max_retries";
+
+    /// Records one attempt and the request's new state, one statement.
+    pub const RECORD_ATTEMPT: &str = "WITH old AS ( \
+                   SELECT id, attempt_count, (lease_id = $2 AND status = 'pending') AS held \
+                   FROM webhook_requests WHERE id = $1 AND created_at = $13 FOR UPDATE), \
+                 upd AS ( \
+                   UPDATE webhook_requests r SET \
+                     attempt_count = old.attempt_count + 1, \
+                     status = CASE WHEN old.held THEN $3 ELSE r.status END, \
+                     next_attempt_at = CASE WHEN old.held THEN $4 ELSE r.next_attempt_at END, \
+                     lease_id = CASE WHEN old.held THEN NULL ELSE r.lease_id END, \
+                     updated_at = now() \
+                   FROM old WHERE r.id = old.id AND r.created_at = $13 \
+                   RETURNING r.id, r.created_at, r.attempt_count), \
+                 ins AS ( \
+                   INSERT INTO webhook_attempts (request_pk, request_created_at, attempt_number, attempted_at, \
+                     success, status_code, response_body, response_truncated, response_time_ms, error_category, \
+                     error_message) \
+                   SELECT id, created_at, attempt_count, $5, $6, $7, $8, $9, $10, $11, $12 FROM upd) \
+                 SELECT held FROM old";
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
 }
-
-/// The columns of a log listing: the request and its latest attempt (`a`).
-const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
-     r.call_id, r.assistant_id, r.webhook_url, r.webhook_type, r.body, r.metadata, r.status, \
-     r.attempt_count, r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, \
-     a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, \
-     a.response_truncated, a.response_time_ms, a.error_category, a.error_message \
-     FROM webhook_requests r \
-     LEFT JOIN LATERAL (SELECT * FROM webhook_attempts la WHERE la.request_pk = r.id \
-         ORDER BY la.attempt_number DESC LIMIT 1) a ON true";
 
 const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
      response_truncated, response_time_ms, error_category, error_message";
@@ -136,35 +188,21 @@ impl Store for PostgresStore {
         // inserted by one statement; the key's primary key decides a duplicate,
         // so concurrent Dispatches with one key cannot both insert: the loser
         // waits for the winner's commit, gets DO NOTHING, and reads the winner's.
-        let row = sqlx::query(
-            "WITH key AS ( \
-               INSERT INTO idempotency_keys (organization_id, idempotency_key, request_id, log_id, created_at) \
-               SELECT $2, $11, $1, nextval('webhook_requests_log_id_seq'), now() WHERE $11::text IS NOT NULL \
-               ON CONFLICT DO NOTHING RETURNING log_id), \
-             ins AS ( \
-               INSERT INTO webhook_requests (id, request_id, organization_id, workspace_id, subscription_id, \
-                 call_id, assistant_id, webhook_url, webhook_type, body, metadata, idempotency_key, \
-                 max_retries, next_attempt_at) \
-               SELECT COALESCE((SELECT log_id FROM key), nextval('webhook_requests_log_id_seq')), \
-                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() \
-               WHERE $11::text IS NULL OR EXISTS (SELECT 1 FROM key) \
-               RETURNING id) \
-             SELECT id FROM ins",
-        )
-        .bind(d.request_id)
-        .bind(d.organization_id)
-        .bind(d.workspace_id)
-        .bind(d.subscription_id)
-        .bind(d.call_id)
-        .bind(d.assistant_id)
-        .bind(d.webhook_url.as_str())
-        .bind(&d.webhook_type)
-        .bind(&d.body)
-        .bind(&d.metadata)
-        .bind(&d.idempotency_key)
-        .bind(i32::try_from(d.max_retries).unwrap_or(i32::MAX))
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(sql::INSERT_DELIVERY)
+            .bind(d.request_id)
+            .bind(d.organization_id)
+            .bind(d.workspace_id)
+            .bind(d.subscription_id)
+            .bind(d.call_id)
+            .bind(d.assistant_id)
+            .bind(d.webhook_url.as_str())
+            .bind(&d.webhook_type)
+            .bind(&d.body)
+            .bind(&d.metadata)
+            .bind(&d.idempotency_key)
+            .bind(i32::try_from(d.max_retries).unwrap_or(i32::MAX))
+            .fetch_optional(&self.pool)
+            .await?;
         if let Some(row) = row {
             return Ok(Dispatched { request_id: d.request_id, log_id: row.try_get("id")?, duplicate: false });
         }
@@ -179,7 +217,7 @@ impl Store for PostgresStore {
     }
 
     async fn list_logs(&self, f: &LogFilter, after: Option<Cursor>, limit: u32) -> Result<Vec<LogRecord>> {
-        let mut q = QueryBuilder::new(LOG_SELECT);
+        let mut q = QueryBuilder::new(sql::LOG_SELECT);
         q.push(" WHERE true");
         if let Some(v) = f.organization_id {
             q.push(" AND r.organization_id = ").push_bind(v);
@@ -219,7 +257,8 @@ impl Store for PostgresStore {
         request_id: Uuid,
         organization_id: Option<Uuid>,
     ) -> Result<Option<(LogRecord, Vec<AttemptRecord>)>> {
-        let sql = format!("{LOG_SELECT} WHERE r.request_id = $1 AND ($2::uuid IS NULL OR r.organization_id = $2)");
+        let sql =
+            format!("{} WHERE r.request_id = $1 AND ($2::uuid IS NULL OR r.organization_id = $2)", sql::LOG_SELECT);
         let row = sqlx::query(&sql).bind(request_id).bind(organization_id).fetch_optional(&self.pool).await?;
         let Some(row) = row else {
             return Ok(None);
@@ -235,22 +274,7 @@ impl Store for PostgresStore {
     }
 
     async fn claim_due(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedDelivery>> {
-        let rows = sqlx::query(
-            "WITH due AS ( \
-               SELECT id, created_at FROM webhook_requests \
-               WHERE status = 'pending' AND next_attempt_at <= now() \
-               ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             UPDATE webhook_requests r \
-             SET next_attempt_at = now() + make_interval(secs => $2::float8 / 1000), \
-                 lease_id = gen_random_uuid() \
-             FROM due WHERE r.id = due.id AND r.created_at = due.created_at \
-             RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
-                       r.attempt_count, r.max_retries",
-        )
-        .bind(i64::from(limit))
-        .bind(millis(lease))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(sql::CLAIM_DUE).bind(i64::from(limit)).bind(millis(lease)).fetch_all(&self.pool).await?;
         rows.iter().map(claim_from_row).collect()
     }
 
@@ -266,41 +290,22 @@ impl Store for PostgresStore {
         // latest version of the request, so the attempt number is never reused.
         // A worker whose lease was lost still records its attempt (it happened)
         // but leaves the state to the worker that holds the claim now.
-        let row = sqlx::query(
-            "WITH old AS ( \
-               SELECT id, attempt_count, (lease_id = $2 AND status = 'pending') AS held \
-               FROM webhook_requests WHERE id = $1 AND created_at = $13 FOR UPDATE), \
-             upd AS ( \
-               UPDATE webhook_requests r SET \
-                 attempt_count = old.attempt_count + 1, \
-                 status = CASE WHEN old.held THEN $3 ELSE r.status END, \
-                 next_attempt_at = CASE WHEN old.held THEN $4 ELSE r.next_attempt_at END, \
-                 lease_id = CASE WHEN old.held THEN NULL ELSE r.lease_id END, \
-                 updated_at = now() \
-               FROM old WHERE r.id = old.id AND r.created_at = $13 \
-               RETURNING r.id, r.created_at, r.attempt_count), \
-             ins AS ( \
-               INSERT INTO webhook_attempts (request_pk, request_created_at, attempt_number, attempted_at, \
-                 success, status_code, response_body, response_truncated, response_time_ms, error_category, \
-                 error_message) \
-               SELECT id, created_at, attempt_count, $5, $6, $7, $8, $9, $10, $11, $12 FROM upd) \
-             SELECT held FROM old",
-        )
-        .bind(claim.log_id)
-        .bind(claim.lease_id)
-        .bind(status.as_str())
-        .bind(next_at)
-        .bind(a.attempted_at)
-        .bind(a.success)
-        .bind(a.status_code)
-        .bind(&a.response_body)
-        .bind(a.response_truncated)
-        .bind(a.response_time_ms)
-        .bind(a.error_category)
-        .bind(&a.error_message)
-        .bind(claim.created_at)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(sql::RECORD_ATTEMPT)
+            .bind(claim.log_id)
+            .bind(claim.lease_id)
+            .bind(status.as_str())
+            .bind(next_at)
+            .bind(a.attempted_at)
+            .bind(a.success)
+            .bind(a.status_code)
+            .bind(&a.response_body)
+            .bind(a.response_truncated)
+            .bind(a.response_time_ms)
+            .bind(a.error_category)
+            .bind(&a.error_message)
+            .bind(claim.created_at)
+            .fetch_optional(&self.pool)
+            .await?;
         match row {
             Some(row) => Ok(row.try_get("held")?),
             // The request is gone (purged); nothing left to record against.
