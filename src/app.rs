@@ -20,7 +20,7 @@ use crate::grpc::GrpcApi;
 use crate::metrics::{Metrics, PoolLabels, TableLabels};
 use crate::proto::v1::webhook_service_server::WebhookServiceServer;
 use crate::service::WebhookService;
-use crate::store::{PostgresStore, Store};
+use crate::store::{self, Store};
 
 pub struct Application {
     listener: TcpListener,
@@ -32,6 +32,7 @@ pub struct Application {
     retention: Duration,
     maintenance_interval: Duration,
     metrics: Arc<Metrics>,
+    dev_key: Option<String>,
 }
 
 /// How often the health reporter checks the store.
@@ -39,10 +40,13 @@ const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let pg = PostgresStore::connect(&config.database_url, config.db_pool_size, config.db_acquire_timeout).await?;
-        pg.migrate().await?;
-        tracing::info!(store = "postgres", "store ready");
-        let store: Arc<dyn Store> = Arc::new(pg);
+        let (store, kind) = store::open(&config.database_url, config.db_pool_size, config.db_acquire_timeout).await?;
+        let location = match kind {
+            "sqlite" => config.database_url.trim_start_matches("sqlite://").to_owned(),
+            _ => redact(&config.database_url),
+        };
+        tracing::info!(store = kind, at = %location, "store ready");
+        let dev_key = development_key(store.as_ref(), kind, config.listen).await?;
         let wake = Arc::new(Notify::new());
         let metrics = Arc::new(Metrics::new());
         let auth = Arc::new(Authenticator::new(store.clone(), config.key_cache_ttl, config.rate_limit));
@@ -73,11 +77,19 @@ impl Application {
             retention: config.retention,
             maintenance_interval: config.maintenance_interval,
             metrics,
+            dev_key,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A service key created at start-up for local development: only on the
+    /// embedded store, only on a loopback address, only while no key exists.
+    /// Shown once; only its hash is stored.
+    pub fn development_key(&self) -> Option<&str> {
+        self.dev_key.as_deref()
     }
 
     /// Serves until `shutdown` completes, then stops accepting, drains the
@@ -130,7 +142,15 @@ impl Application {
             shutdown.await;
             stop.cancel();
         });
-        let served = axum::serve(self.listener, router).with_graceful_shutdown(token.clone().cancelled_owned()).await;
+        use axum::serve::ListenerExt;
+        // Without TCP_NODELAY, a response written in several frames waits on
+        // Nagle + delayed ACK: ~40 ms per multi-frame gRPC or REST answer.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %err, "setting TCP_NODELAY failed");
+            }
+        });
+        let served = axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned()).await;
         token.cancel();
         engine_task.await.context("delivery engine panicked")?;
         health_task.abort();
@@ -177,6 +197,27 @@ async fn maintain(
             _ = tokio::time::sleep(interval) => {}
         }
     }
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(unparsable URL)".into(),
+    }
+}
+
+async fn development_key(store: &dyn Store, kind: &str, listen: SocketAddr) -> anyhow::Result<Option<String>> {
+    if kind != "sqlite" || !listen.ip().is_loopback() || !store.list_api_keys().await?.is_empty() {
+        return Ok(None);
+    }
+    let key = crate::auth::generate(crate::auth::KeyKind::Service);
+    store.insert_api_key(&key).await?;
+    Ok(Some(key.plaintext))
 }
 
 /// How often the queue gauges are refreshed from the store.

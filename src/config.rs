@@ -77,9 +77,33 @@ pub enum ApiKeyCommand {
 
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
-    /// Postgres URL, e.g. postgres://user@127.0.0.1:5432/hookpost.
+    /// Postgres URL (postgres://user@host:5432/db) for production; without
+    /// one, the embedded SQLite store in --data-dir is used.
     #[arg(long, env = "DATABASE_URL")]
-    pub database_url: String,
+    pub database_url: Option<String>,
+
+    /// Where the embedded store keeps its file (when no database URL is given).
+    #[arg(long, env = "HOOKPOST_DATA_DIR", default_value = "./data")]
+    pub data_dir: std::path::PathBuf,
+}
+
+impl DatabaseArgs {
+    /// The store's URL: the database URL, or the embedded store's file.
+    pub fn url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("hookpost.db").display()),
+        }
+    }
+
+    /// Creates the data directory when the embedded store is used.
+    pub fn prepare(&self) -> anyhow::Result<()> {
+        if self.database_url.is_none() {
+            std::fs::create_dir_all(&self.data_dir)
+                .map_err(|e| anyhow::anyhow!("creating the data directory {}: {e}", self.data_dir.display()))?;
+        }
+        Ok(())
+    }
 }
 
 /// Parses `200ms`, `2s`, `1h`, `30d` and the like.
@@ -256,9 +280,10 @@ impl TryFrom<ServeArgs> for Config {
             ..Limits::default()
         };
         anyhow::ensure!(a.max_retries <= limits.max_retries, "--max-retries must be at most {}", limits.max_retries);
+        a.database.prepare()?;
         Ok(Self {
             listen: a.listen,
-            database_url: a.database.database_url,
+            database_url: a.database.url(),
             db_pool_size: a.db_pool_size,
             db_acquire_timeout: a.db_acquire_timeout,
             default_max_retries: a.max_retries,

@@ -166,7 +166,9 @@ impl From<sqlx::Error> for Error {
                 // 08: connection exception; 53: insufficient resources;
                 // 57P0x: admin/crash shutdown, cannot connect now; 40001/40P01:
                 // serialization failure or deadlock, safe to retry.
-                code.starts_with("08")
+                // SQLite: BUSY and LOCKED (and their extended codes).
+                matches!(code.as_ref(), "5" | "6" | "261" | "262" | "517" | "773")
+                    || code.starts_with("08")
                     || code.starts_with("53")
                     || code.starts_with("57P")
                     || code == "40001"

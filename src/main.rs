@@ -1,7 +1,9 @@
 use clap::Parser;
 use hookpost::auth::{self, KeyKind};
-use hookpost::config::{ApiKeyCommand, Cli, Command, Config, LogFormat};
-use hookpost::store::{PostgresStore, Store};
+use std::sync::Arc;
+
+use hookpost::config::{ApiKeyCommand, Cli, Command, Config, DatabaseArgs, LogFormat};
+use hookpost::store::{self, Store};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -12,16 +14,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = Config::try_from(*args)?;
             let app = hookpost::Application::build(config).await?;
+            println!("hookpost listening on {} (gRPC and REST)", app.local_addr());
+            if let Some(key) = app.development_key() {
+                println!("development API key (service; shown once, only its hash is stored):");
+                println!("{key}");
+            }
             app.run(shutdown_signal()).await
         }
         Command::Migrate(db) => {
-            open_store(&db.database_url).await?;
+            open_store(&db).await?;
             println!("migrations applied");
             Ok(())
         }
         Command::ApiKey(cmd) => api_key(cmd).await,
         Command::Purge { database, retention, dry_run } => {
-            let store = open_store(&database.database_url).await?;
+            let store = open_store(&database).await?;
             let cutoff = chrono::Utc::now() - chrono::TimeDelta::from_std(retention)?;
             let r = store.purge(cutoff, dry_run).await?;
             let verb = if dry_run { "would remove" } else { "removed" };
@@ -40,17 +47,16 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn open_store(url: &str) -> anyhow::Result<PostgresStore> {
-    let store = PostgresStore::connect(url, 1, std::time::Duration::from_secs(30)).await?;
-    store.migrate().await?;
-    Ok(store)
+async fn open_store(db: &DatabaseArgs) -> anyhow::Result<Arc<dyn Store>> {
+    db.prepare()?;
+    Ok(store::open(&db.url(), 1, std::time::Duration::from_secs(30)).await?.0)
 }
 
 /// `hookpost api-key ...`: the key itself is printed once, as the last line.
 async fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
     match cmd {
         ApiKeyCommand::Create { database, organization, service } => {
-            let store = open_store(&database.database_url).await?;
+            let store = open_store(&database).await?;
             let kind = match (organization, service) {
                 (Some(org), false) => KeyKind::Organization(org),
                 (None, true) => KeyKind::Service,
@@ -66,7 +72,7 @@ async fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
             println!("{}", key.plaintext);
         }
         ApiKeyCommand::List { database } => {
-            let store = open_store(&database.database_url).await?;
+            let store = open_store(&database).await?;
             println!("{:<18} {:<13} {:<37} {:<26} revoked", "prefix", "kind", "organization", "created");
             for k in store.list_api_keys().await? {
                 let (kind, org) = match k.kind {
@@ -78,7 +84,7 @@ async fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
             }
         }
         ApiKeyCommand::Revoke { database, prefix } => {
-            let store = open_store(&database.database_url).await?;
+            let store = open_store(&database).await?;
             anyhow::ensure!(store.revoke_api_key(&prefix).await?, "no active key with prefix {prefix}");
             println!("revoked {prefix}");
         }

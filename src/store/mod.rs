@@ -4,8 +4,31 @@
 //! database they run on. Postgres is the production implementation.
 
 pub mod postgres;
+mod sqlite;
 
 pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Opens and migrates the store a URL names: `postgres://` (or `postgresql://`)
+/// for Postgres, `sqlite://path` for the embedded store. Returns it with a
+/// short name for logs.
+pub async fn open(
+    url: &str,
+    pool_size: u32,
+    acquire_timeout: std::time::Duration,
+) -> anyhow::Result<(std::sync::Arc<dyn Store>, &'static str)> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PostgresStore::connect(url, pool_size, acquire_timeout).await?;
+        store.migrate().await?;
+        Ok((std::sync::Arc::new(store), "postgres"))
+    } else if url.starts_with("sqlite:") {
+        let store = SqliteStore::connect(url, pool_size, acquire_timeout).await?;
+        store.migrate().await?;
+        Ok((std::sync::Arc::new(store), "sqlite"))
+    } else {
+        anyhow::bail!("unsupported database URL (use postgres://... or sqlite://...)")
+    }
+}
 
 use std::time::Duration;
 

@@ -11,9 +11,8 @@ fn statuses(d: &pb::GetLogDetailsResponse) -> Vec<Option<i32>> {
     d.attempts.iter().map(|a| a.http_status_code).collect()
 }
 
-#[tokio::test]
-async fn the_webhook_is_posted_as_stored_with_identifying_headers() {
-    let app = spawn_app().await;
+async fn the_webhook_is_posted_as_stored_with_identifying_headers(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
     let receiver = Receiver::start().await;
     let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
     let got = receiver.wait_for(1, SETTLE).await;
@@ -37,9 +36,8 @@ async fn the_webhook_is_posted_as_stored_with_identifying_headers() {
     assert_eq!(d.attempts[0].attempt_number, 1);
 }
 
-#[tokio::test]
-async fn two_500s_then_a_200_make_three_attempts_and_succeed() {
-    let app = spawn_app().await;
+async fn two_500s_then_a_200_make_three_attempts_and_succeed(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
     let receiver = Receiver::start().await;
     receiver.script([Reply::status(500), Reply::status(500).body("still down"), Reply::ok()]);
     let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
@@ -58,9 +56,8 @@ async fn two_500s_then_a_200_make_three_attempts_and_succeed() {
     assert_eq!(attempts, ["1", "2", "3"]);
 }
 
-#[tokio::test]
-async fn a_400_fails_at_once_without_retry() {
-    let app = spawn_app().await;
+async fn a_400_fails_at_once_without_retry(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
     let receiver = Receiver::start().await;
     receiver.script([Reply::status(400).body("bad event")]);
     let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
@@ -73,9 +70,8 @@ async fn a_400_fails_at_once_without_retry() {
     assert_eq!(receiver.received().len(), 1);
 }
 
-#[tokio::test]
-async fn retries_stop_after_max_retries_and_the_log_agrees_with_the_attempts() {
-    let app = spawn_app().await;
+async fn retries_stop_after_max_retries_and_the_log_agrees_with_the_attempts(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
     let receiver = Receiver::start().await;
     receiver.script((0..10).map(|_| Reply::status(503)));
     let req = pb::DispatchRequest { max_retries: Some(1), ..dispatch_to(&receiver.url(), Uuid::new_v4()) };
@@ -89,9 +85,8 @@ async fn retries_stop_after_max_retries_and_the_log_agrees_with_the_attempts() {
     assert!(log.next_attempt_at.is_none());
 }
 
-#[tokio::test]
-async fn a_receiver_hanging_past_the_timeout_is_a_timeout_and_is_retried() {
-    let app = spawn_app_with(|c| c.delivery.attempt_timeout = Duration::from_millis(500)).await;
+async fn a_receiver_hanging_past_the_timeout_is_a_timeout_and_is_retried(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |c| c.delivery.attempt_timeout = Duration::from_millis(500)).await;
     let receiver = Receiver::start().await;
     receiver.script([Reply::ok().after(Duration::from_secs(3))]);
     let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
@@ -105,9 +100,8 @@ async fn a_receiver_hanging_past_the_timeout_is_a_timeout_and_is_retried() {
     assert!(hung.response_time_ms >= 500);
 }
 
-#[tokio::test]
-async fn a_429_with_retry_after_delays_the_next_attempt() {
-    let app = spawn_app().await;
+async fn a_429_with_retry_after_delays_the_next_attempt(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
     let receiver = Receiver::start().await;
     receiver.script([Reply::status(429).header("retry-after", "2")]);
     let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
@@ -118,9 +112,8 @@ async fn a_429_with_retry_after_delays_the_next_attempt() {
     assert!(gap >= Duration::from_secs(2), "retried after {gap:?}, before Retry-After");
 }
 
-#[tokio::test]
-async fn a_large_response_body_is_kept_to_10_kib_and_flagged() {
-    let app = spawn_app().await;
+async fn a_large_response_body_is_kept_to_10_kib_and_flagged(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
     let receiver = Receiver::start().await;
     receiver.script([Reply::ok().body("é".repeat(25 * 1024))]); // 50 KiB of 2-byte characters
     let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
@@ -134,9 +127,8 @@ async fn a_large_response_body_is_kept_to_10_kib_and_flagged() {
     assert!(!app.settled(&small.request_id, SETTLE).await.attempts[0].response_truncated);
 }
 
-#[tokio::test]
-async fn a_redirect_fails_and_is_not_followed() {
-    let app = spawn_app().await;
+async fn a_redirect_fails_and_is_not_followed(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
     let receiver = Receiver::start().await;
     let elsewhere = format!("http://{}/elsewhere", receiver.addr);
     receiver.script([Reply::status(302).header("location", elsewhere)]);
@@ -149,9 +141,8 @@ async fn a_redirect_fails_and_is_not_followed() {
     assert!(receiver.received().iter().all(|r| r.path == "/hook"));
 }
 
-#[tokio::test]
-async fn a_refused_connection_is_a_connect_failure_and_is_retried() {
-    let app = spawn_app().await;
+async fn a_refused_connection_is_a_connect_failure_and_is_retried(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
     // A loopback port that was free a moment ago: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let req = pb::DispatchRequest {
@@ -165,21 +156,16 @@ async fn a_refused_connection_is_a_connect_failure_and_is_retried() {
     assert_eq!(d.log.as_ref().unwrap().execution_status(), pb::ExecutionStatus::Failed);
 }
 
-#[tokio::test]
-async fn shutdown_lets_the_in_flight_attempt_finish_and_records_it() {
-    let mut app = spawn_app().await;
+async fn shutdown_lets_the_in_flight_attempt_finish_and_records_it(backend: Backend) {
+    let mut app = spawn_app_on_backend(backend, |_| {}).await;
     let receiver = Receiver::start().await;
     receiver.script([Reply::ok().after(Duration::from_millis(800))]);
     let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
     receiver.wait_for(1, SETTLE).await;
     app.stop().await;
-    let (status, attempts): (String, i32) =
-        sqlx::query_as("SELECT status, attempt_count FROM webhook_requests WHERE request_id = $1::uuid")
-            .bind(&res.request_id)
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-    assert_eq!((status.as_str(), attempts), ("succeeded", 1));
+    let store = open_store(&app.database_url).await;
+    let (log, attempts) = store.log_details(res.request_id.parse().unwrap(), None).await.unwrap().unwrap();
+    assert_eq!((log.status, attempts.len()), (hookpost::domain::ExecutionStatus::Succeeded, 1));
 }
 
 #[tokio::test]
@@ -211,9 +197,8 @@ async fn a_database_outage_is_unavailable_and_nothing_in_flight_is_lost() {
     assert_eq!(app.settled(&after.request_id, SETTLE).await.attempts.len(), 1);
 }
 
-#[tokio::test]
-async fn a_hanging_receiver_does_not_starve_other_hosts() {
-    let app = spawn_app_with(|c| {
+async fn a_hanging_receiver_does_not_starve_other_hosts(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |c| {
         c.delivery.concurrency = 4;
         c.delivery.per_host_concurrency = 2;
         c.delivery.attempt_timeout = Duration::from_secs(10);
@@ -236,3 +221,17 @@ async fn a_hanging_receiver_does_not_starve_other_hosts() {
     fast.wait_for(10, Duration::from_secs(3)).await;
     assert_eq!(slow.received().len(), 2, "the slow host never gets more than its cap");
 }
+
+on_both_stores!(
+    the_webhook_is_posted_as_stored_with_identifying_headers,
+    two_500s_then_a_200_make_three_attempts_and_succeed,
+    a_400_fails_at_once_without_retry,
+    retries_stop_after_max_retries_and_the_log_agrees_with_the_attempts,
+    a_receiver_hanging_past_the_timeout_is_a_timeout_and_is_retried,
+    a_429_with_retry_after_delays_the_next_attempt,
+    a_large_response_body_is_kept_to_10_kib_and_flagged,
+    a_redirect_fails_and_is_not_followed,
+    a_refused_connection_is_a_connect_failure_and_is_retried,
+    shutdown_lets_the_in_flight_attempt_finish_and_records_it,
+    a_hanging_receiver_does_not_starve_other_hosts
+);

@@ -20,7 +20,7 @@ async fn dispatch_commits_the_webhook_before_answering() {
 
     let row = sqlx::query("SELECT id, organization_id, call_id, body FROM webhook_requests WHERE request_id = $1")
         .bind(request_id)
-        .fetch_one(&app.db)
+        .fetch_one(app.pg())
         .await
         .unwrap();
     assert_eq!(row.get::<i64, _>("id"), res.log_id);
@@ -46,7 +46,7 @@ async fn a_repeated_idempotency_key_returns_the_first_request_and_stores_nothing
     let other = app.dispatch(pb::DispatchRequest { organization_id: Uuid::new_v4().to_string(), ..req }).await.unwrap();
     assert!(!other.duplicate);
     assert_ne!(other.request_id, first.request_id);
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_requests").fetch_one(&app.db).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_requests").fetch_one(app.pg()).await.unwrap();
     assert_eq!(n, 2);
 }
 
@@ -60,7 +60,7 @@ async fn concurrent_duplicate_dispatches_store_exactly_one_request() {
     let ids: HashSet<_> = results.iter().map(|r| r.request_id.clone()).collect();
     assert_eq!(ids.len(), 1, "every caller gets the same request_id");
     assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1, "exactly one caller stored it");
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_requests").fetch_one(&app.db).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_requests").fetch_one(app.pg()).await.unwrap();
     assert_eq!(n, 1);
 }
 
@@ -86,7 +86,7 @@ async fn bad_fields_are_invalid_argument_naming_each_field() {
     let missing = app.dispatch(pb::DispatchRequest::default()).await.unwrap_err();
     assert_eq!(violated_fields(&missing), ["organization_id", "webhook_type", "webhook_url"]);
 
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_requests").fetch_one(&app.db).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_requests").fetch_one(app.pg()).await.unwrap();
     assert_eq!(n, 0, "nothing is stored for a rejected dispatch");
 }
 

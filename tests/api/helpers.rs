@@ -62,7 +62,8 @@ pub struct TestApp {
     /// `http://127.0.0.1:<port>`: REST and gRPC share it.
     pub base_url: String,
     pub client: WebhookServiceClient<Channel>,
-    pub db: PgPool,
+    /// A pool on the test's database, when it is Postgres.
+    pub db: Option<PgPool>,
     pub database_url: String,
     /// A service key: acts for any organization.
     pub key: String,
@@ -86,9 +87,33 @@ pub fn test_config(database_url: &str) -> Config {
     c
 }
 
-/// Creates an API key in the database at `database_url` and returns it.
+/// The store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A fresh, empty store of `backend`: its URL.
+pub async fn fresh_store(backend: Backend) -> String {
+    match backend {
+        Backend::Postgres => fresh_database().await,
+        Backend::Sqlite => {
+            let dir = std::env::temp_dir().join(format!("hookpost-test-sqlite-{}", Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&dir).unwrap();
+            format!("sqlite://{}/hookpost.db", dir.display())
+        }
+    }
+}
+
+/// Opens (and migrates) the store at `url`, whichever it is.
+pub async fn open_store(url: &str) -> std::sync::Arc<dyn Store> {
+    hookpost::store::open(url, 2, Duration::from_secs(10)).await.unwrap().0
+}
+
+/// Creates an API key in the store at `database_url` and returns it.
 pub async fn create_key(database_url: &str, kind: KeyKind) -> String {
-    let store = hookpost::store::PostgresStore::connect(database_url, 1, Duration::from_secs(10)).await.unwrap();
+    let store = open_store(database_url).await;
     let key = hookpost::auth::generate(kind);
     store.insert_api_key(&key).await.unwrap();
     key.plaintext
@@ -96,6 +121,14 @@ pub async fn create_key(database_url: &str, kind: KeyKind) -> String {
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
+}
+
+/// The real server on a fresh store of `backend`.
+pub async fn spawn_app_on_backend(backend: Backend, configure: impl FnOnce(&mut Config)) -> TestApp {
+    let url = fresh_store(backend).await;
+    let mut config = test_config(&url);
+    configure(&mut config);
+    spawn_app_on(config, &url).await
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
@@ -112,7 +145,10 @@ pub async fn spawn_app_on(config: Config, database_url: &str) -> TestApp {
     let stop = shutdown.clone();
     let handle = tokio::spawn(app.run(async move { stop.cancelled().await }));
     let client = WebhookServiceClient::connect(format!("http://{addr}")).await.expect("connect to hookpost");
-    let db = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(database_url).await.unwrap();
+    let db = match database_url.starts_with("postgres") {
+        true => Some(sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(database_url).await.unwrap()),
+        false => None,
+    };
     let key = create_key(database_url, KeyKind::Service).await;
     TestApp {
         base_url: format!("http://{addr}"),
@@ -126,6 +162,11 @@ pub async fn spawn_app_on(config: Config, database_url: &str) -> TestApp {
 }
 
 impl TestApp {
+    /// The Postgres pool of a Postgres-only test.
+    pub fn pg(&self) -> &PgPool {
+        self.db.as_ref().expect("this test runs on Postgres")
+    }
+
     /// GET a REST route with the service key; returns the status and the JSON body.
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         self.get_json_as(path, Some(&self.key)).await

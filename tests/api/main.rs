@@ -1,6 +1,25 @@
 //! One integration binary: the real server on port 0, a fresh Postgres
-//! database per test, and a real HTTP receiver on 127.0.0.1.
+//! database (or SQLite file) per test, and a real HTTP receiver on 127.0.0.1.
 
+/// Instantiates each named `async fn(Backend)` test for both stores.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(crate::helpers::Backend::Postgres).await
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(crate::helpers::Backend::Sqlite).await
+            })*
+        }
+    };
+}
+
+mod conformance;
 mod delivery;
 mod dispatch;
 mod helpers;

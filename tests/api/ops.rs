@@ -27,7 +27,7 @@ async fn backdated(app: &TestApp, org: Uuid, at: DateTime<Utc>, pending: bool, k
     .bind(status)
     .bind(attempts)
     .bind(at)
-    .fetch_one(&app.db)
+    .fetch_one(app.pg())
     .await
     .unwrap();
     if !pending {
@@ -37,7 +37,7 @@ async fn backdated(app: &TestApp, org: Uuid, at: DateTime<Utc>, pending: bool, k
         )
         .bind(log_id)
         .bind(at)
-        .execute(&app.db)
+        .execute(app.pg())
         .await
         .unwrap();
     }
@@ -51,7 +51,7 @@ async fn backdated(app: &TestApp, org: Uuid, at: DateTime<Utc>, pending: bool, k
         .bind(id)
         .bind(log_id)
         .bind(at)
-        .execute(&app.db)
+        .execute(app.pg())
         .await
         .unwrap();
     }
@@ -70,7 +70,7 @@ fn purge(app: &TestApp, extra: &[&str]) -> String {
 }
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(&app.db).await.unwrap()
+    sqlx::query_scalar(sql).fetch_one(app.pg()).await.unwrap()
 }
 
 #[tokio::test]

@@ -23,13 +23,15 @@ struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `hookpost serve` on port 0 and waits for its "listening" line.
+    /// An empty `database_url` means the embedded store (give `--data-dir`).
     async fn start(database_url: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hookpost"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookpost"));
+        with_store(&mut cmd, database_url);
+        let mut child = cmd
             .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--db-pool-size", "4"])
             .args(["--backoff-base", "100ms", "--backoff-max", "400ms", "--poll-interval", "50ms"])
             .arg("--allow-private-targets")
             .args(extra)
-            .env("DATABASE_URL", database_url)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -92,14 +94,26 @@ impl tonic::service::Interceptor for AuthInterceptor {
     }
 }
 
+/// Points a hookpost command at `database_url`, or at no URL at all (the
+/// embedded store) when it is empty.
+fn with_store(cmd: &mut Command, database_url: &str) {
+    if database_url.is_empty() {
+        cmd.env_remove("DATABASE_URL");
+    } else {
+        cmd.env("DATABASE_URL", database_url);
+    }
+}
+
 /// `hookpost api-key create --service` against `database_url`; the key is the
 /// last line of its output.
 fn cli_service_key(database_url: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_hookpost"))
-        .args(["api-key", "create", "--service"])
-        .env("DATABASE_URL", database_url)
-        .output()
-        .unwrap();
+    cli_service_key_with(database_url, &[])
+}
+
+fn cli_service_key_with(database_url: &str, extra: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookpost"));
+    with_store(&mut cmd, database_url);
+    let out = cmd.args(["api-key", "create", "--service"]).args(extra).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string()
 }
@@ -223,4 +237,39 @@ async fn two_servers_share_500_webhooks_and_deliver_each_exactly_once() {
     .await
     .unwrap();
     assert_eq!(inconsistent, 0);
+}
+
+#[tokio::test]
+async fn the_embedded_store_survives_kill_9_and_delivers_after_restart() {
+    let dir = std::env::temp_dir().join(format!("hookpost-test-data-{}", Uuid::new_v4().simple()));
+    let data_dir = dir.to_str().unwrap().to_owned();
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::ok().after(Duration::from_secs(20))]);
+    let args = ["--data-dir", &data_dir, "--attempt-timeout", "3s", "--lease-margin", "1s"];
+    let key = cli_service_key_with("", &["--data-dir", &data_dir]);
+    let mut first = ServerProcess::start("", &args).await;
+    let res =
+        first.client(&key).await.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap().into_inner();
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    first.kill();
+
+    let second = ServerProcess::start("", &args).await;
+    let mut client = second.client(&key).await;
+    let got = receiver.wait_for(2, Duration::from_secs(30)).await;
+    assert_eq!(got[1].headers["webhook-id"].to_str().unwrap(), res.request_id);
+    let d = eventually(Duration::from_secs(30), "the redelivery to be recorded", || {
+        let mut client = client.clone();
+        let id = res.request_id.clone();
+        async move {
+            let d = details(&mut client, &id).await?;
+            (d.log.as_ref()?.execution_status() == pb::ExecutionStatus::Succeeded).then_some(d)
+        }
+    })
+    .await;
+    assert_eq!(d.log.unwrap().attempt_count, 1);
+    assert_eq!(d.attempts.len(), 1);
+    let logs = client.list_webhook_logs(pb::ListWebhookLogsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(logs.logs.len(), 1);
+    drop(second);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,0 +1,538 @@
+//! The scenarios: each returns hookpost's figure and its baseline's, measured
+//! in the same run.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Days, Utc};
+use hookpost::domain::{Cursor, ExecutionStatus, LogFilter};
+use hookpost::proto::v1 as pb;
+use hookpost::proto::v1::webhook_service_client::WebhookServiceClient;
+use hookpost::store::postgres::sql;
+use hookpost::store::{PostgresStore, Store};
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::support::*;
+
+/// Dispatches `n` webhooks at `concurrency` over gRPC; returns dispatches/s.
+pub async fn grpc_dispatch(app: &RunningApp, url: &str, n: usize, concurrency: usize) -> anyhow::Result<f64> {
+    let client = WebhookServiceClient::connect(app.base_url()).await?;
+    let payload = hookpost::grpc::json_to_struct(payload_1k());
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..concurrency {
+        let (mut client, next, payload, url, key) =
+            (client.clone(), next.clone(), payload.clone(), url.to_string(), app.key.clone());
+        tasks.spawn(async move {
+            let org = Uuid::new_v4().to_string();
+            while next.fetch_add(1, Ordering::Relaxed) < n as u64 {
+                let req = pb::DispatchRequest {
+                    organization_id: org.clone(),
+                    webhook_url: url.clone(),
+                    webhook_type: "call_ended".into(),
+                    payload: Some(payload.clone()),
+                    ..Default::default()
+                };
+                client.dispatch(authed(req, &key)).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The same dispatches as JSON over the REST gateway route.
+pub async fn rest_dispatch(app: &RunningApp, url: &str, n: usize, concurrency: usize) -> anyhow::Result<f64> {
+    let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    let endpoint = format!("{}/v1/webhooks:dispatch", app.base_url());
+    for _ in 0..concurrency {
+        let (client, next, endpoint, key) = (client.clone(), next.clone(), endpoint.clone(), app.key.clone());
+        let body = serde_json::json!({
+            "organizationId": Uuid::new_v4().to_string(),
+            "webhookUrl": url,
+            "webhookType": "call_ended",
+            "payload": payload_1k(),
+        })
+        .to_string();
+        tasks.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n as u64 {
+                let resp = client.post(&endpoint).bearer_auth(&key).body(body.clone()).send().await?;
+                if !resp.status().is_success() {
+                    bail!("REST dispatch answered {}", resp.status());
+                }
+                resp.bytes().await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// pgbench running Dispatch's own statement (no idempotency key) + COMMIT.
+pub fn pgbench_dispatch(db_url: &str, clients: u32, seconds: u64, dir: &Path) -> anyhow::Result<f64> {
+    let body = format!("'{}'", serde_json::Value::Object(payload_1k()).to_string().replace('\'', "''"));
+    let stmt = substitute(
+        sql::INSERT_DELIVERY,
+        &[
+            "gen_random_uuid()",
+            "gen_random_uuid()",
+            "NULL::uuid",
+            "NULL::uuid",
+            "NULL::bigint",
+            "NULL::bigint",
+            "'http://127.0.0.1:9/hook'",
+            "'call_ended'",
+            &body,
+            "NULL::jsonb",
+            "NULL::text",
+            "3",
+        ],
+    );
+    Ok(pgbench(db_url, &format!("{stmt};\n"), clients, seconds, None, dir)?.tps)
+}
+
+/// The bare HTTP baseline: one reqwest client posting `n` bodies.
+pub async fn reqwest_loop(url: &str, n: usize, concurrency: usize) -> anyhow::Result<f64> {
+    let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let body = serde_json::Value::Object(payload_1k()).to_string();
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, next, body, url) = (client.clone(), next.clone(), body.clone(), url.to_string());
+        tasks.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n as u64 {
+                let resp =
+                    client.post(&url).header("content-type", "application/json").body(body.clone()).send().await?;
+                resp.bytes().await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+pub struct DeliverRound {
+    pub deliveries_per_s: f64,
+    pub dispatch_per_s: f64,
+    pub commits_per_wal_sync: f64,
+    pub new_connections_per_delivery: f64,
+}
+
+/// Seeds `n` pending webhooks through an API-only replica (timing that as
+/// the dispatch figure), then times a delivering replica until every one is
+/// recorded as succeeded.
+pub async fn deliver_round(
+    db_url: &str,
+    pool_size: u32,
+    concurrency: usize,
+    receiver: &BenchReceiver,
+    n: usize,
+) -> anyhow::Result<DeliverRound> {
+    let pool = PgPool::connect(db_url).await?;
+    let api = start_app(db_url, pool_size, concurrency, false).await?;
+    let (s0, c0) = wal_syncs_and_commits(&pool).await?;
+    let dispatch_per_s = grpc_dispatch(&api, &receiver.url, n, concurrency).await?;
+    // Commit counters are flushed by backends within a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s1, c1) = wal_syncs_and_commits(&pool).await?;
+    api.shutdown().await?;
+
+    let conns_before = receiver.connections.load(Ordering::Relaxed);
+    let requests_before = receiver.requests.load(Ordering::Relaxed);
+    let start = Instant::now();
+    let worker = start_app(db_url, pool_size, concurrency, true).await?;
+    // Watch the receiver first (free), then the store, so that polling does not
+    // load the database being measured.
+    while receiver.requests.load(Ordering::Relaxed) - requests_before < n as u64 {
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("deliveries did not finish in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    loop {
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_requests WHERE status = 'pending'")
+            .fetch_one(&pool)
+            .await?;
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let deliveries_per_s = n as f64 / start.elapsed().as_secs_f64();
+    worker.shutdown().await?;
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_requests WHERE status <> 'succeeded'")
+        .fetch_one(&pool)
+        .await?;
+    if failed > 0 {
+        bail!("{failed} deliveries did not succeed");
+    }
+    sqlx::query("TRUNCATE webhook_attempts, webhook_requests").execute(&pool).await?;
+    Ok(DeliverRound {
+        deliveries_per_s,
+        dispatch_per_s,
+        commits_per_wal_sync: (c1 - c0) as f64 / ((s1 - s0).max(1)) as f64,
+        new_connections_per_delivery: (receiver.connections.load(Ordering::Relaxed) - conns_before) as f64 / n as f64,
+    })
+}
+
+/// S of the deliver bound: pgbench running the claim and the attempt record
+/// (hookpost's own statements) on seeded pending rows, one delivery per
+/// transaction.
+pub async fn pgbench_deliver_sql(db_url: &str, clients: u32, seconds: u64, dir: &Path) -> anyhow::Result<f64> {
+    let pool = PgPool::connect(db_url).await?;
+    sqlx::query("TRUNCATE webhook_attempts, webhook_requests").execute(&pool).await?;
+    // Enough due rows for the whole run.
+    sqlx::query(&format!(
+        "INSERT INTO webhook_requests (request_id, organization_id, webhook_url, webhook_type, body, max_retries, \
+           next_attempt_at) \
+         SELECT gen_random_uuid(), gen_random_uuid(), 'http://127.0.0.1:9/hook', 'call_ended', '{}', 3, now() \
+         FROM generate_series(1, {})",
+        serde_json::Value::Object(payload_1k()).to_string().replace('\'', "''"),
+        20_000 * seconds
+    ))
+    .execute(&pool)
+    .await?;
+    let claim = substitute(sql::CLAIM_DUE, &["1", "20000"]);
+    let record = substitute(
+        sql::RECORD_ATTEMPT,
+        &[
+            ":id",
+            ":lease_id",
+            "'succeeded'",
+            "NULL",
+            "now()",
+            "true",
+            "200",
+            "'{\"received\": true}'",
+            "false",
+            "1",
+            "NULL",
+            "NULL",
+            ":created_at",
+        ],
+    );
+    let script = format!("{claim}\n\\gset\n{record};\n");
+    let tps = pgbench(db_url, &script, clients, seconds, None, dir)?.tps;
+    sqlx::query("TRUNCATE webhook_attempts, webhook_requests").execute(&pool).await?;
+    Ok(tps)
+}
+
+/// The seeded log data of the read scenarios.
+pub struct Seeded {
+    /// Request IDs are md5(tag || i), so separate seedings never collide.
+    pub tag: &'static str,
+    pub rows: u64,
+    pub orgs: u64,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+/// Seeds `rows` settled webhooks (one attempt each) over `orgs` organizations,
+/// spread evenly from `from` to `to`, with COPY-speed server-side inserts.
+pub async fn seed_logs(pool: &PgPool, start_row: u64, rows: u64, seeded: &Seeded) -> anyhow::Result<()> {
+    const CHUNK: u64 = 250_000;
+    let span_us = (seeded.to - seeded.from).num_microseconds().context("span")? as f64;
+    let mut a = start_row;
+    while a < start_row + rows {
+        let b = (a + CHUNK).min(start_row + rows);
+        // Row i sits at from + span * (i / total) with i over the final total,
+        // so growing from 1M to 10M interleaves new rows among the old ones.
+        sqlx::query(&format!(
+            "INSERT INTO webhook_requests (request_id, organization_id, subscription_id, webhook_url, webhook_type, \
+               body, max_retries, status, attempt_count, created_at, updated_at) \
+             SELECT md5('{tag}' || i)::uuid, md5('o' || (i % {orgs}))::uuid, md5('s' || (i % {orgs}))::uuid, \
+               'http://127.0.0.1:9/hook', 'call_ended', '{{\"event\":\"call_ended\",\"n\":' || i || '}}', 3, \
+               CASE WHEN i % 3 = 0 THEN 'succeeded' ELSE 'failed' END, 1, t, t \
+             FROM generate_series({a}, {last}) AS i, \
+               LATERAL (SELECT '{from}'::timestamptz + (((i::bigint * 7919) % {total})::float8 / {total} * {span_us}) \
+                 * interval '1 microsecond' AS t) AS ts",
+            tag = seeded.tag,
+            orgs = seeded.orgs,
+            last = b - 1,
+            from = seeded.from.to_rfc3339(),
+            total = seeded.rows,
+        ))
+        .execute(pool)
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO webhook_attempts (request_pk, request_created_at, attempt_number, attempted_at, success, \
+               status_code, response_body, response_time_ms) \
+             SELECT id, created_at, 1, created_at, status = 'succeeded', \
+               CASE WHEN status = 'succeeded' THEN 200 ELSE 500 END, '{{\"received\": true}}', 12 \
+             FROM webhook_requests WHERE request_id IN \
+               (SELECT md5('{tag}' || i)::uuid FROM generate_series({a}, {last}) i)",
+            tag = seeded.tag,
+            last = b - 1
+        ))
+        .execute(pool)
+        .await?;
+        a = b;
+    }
+    sqlx::query("ANALYZE webhook_requests").execute(pool).await?;
+    sqlx::query("ANALYZE webhook_attempts").execute(pool).await?;
+    Ok(())
+}
+
+fn list_filter(org: Uuid) -> LogFilter {
+    LogFilter { organization_id: Some(org), status: Some(ExecutionStatus::Failed), ..Default::default() }
+}
+
+fn org_of(i: u64) -> Uuid {
+    // md5('o' || i)::uuid, as seeded.
+    Uuid::from_bytes(md5_bytes(format!("o{i}").as_bytes()))
+}
+
+fn md5_bytes(data: &[u8]) -> [u8; 16] {
+    use md5::{Digest, Md5};
+    Md5::digest(data).into()
+}
+
+/// A random keyset position inside the seeded range.
+fn random_token(s: &Seeded, org: Uuid, deep: Option<bool>) -> String {
+    let span = (s.to - s.from).num_microseconds().unwrap_or(1);
+    let frac = match deep {
+        None => rand::random::<f64>(),
+        Some(true) => 0.03, // near the oldest end: a deep page that is still full
+        Some(false) => return String::new(),
+    };
+    let at = s.from + chrono::TimeDelta::microseconds((span as f64 * frac) as i64);
+    hookpost::pagination::encode(Cursor { created_at: at, log_id: i64::MAX }, &list_filter(org))
+}
+
+/// ListWebhookLogs latencies (seconds), one call at a time, page of 50.
+pub async fn grpc_list_latencies(
+    app: &RunningApp,
+    s: &Seeded,
+    samples: usize,
+    deep: Option<bool>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut client = WebhookServiceClient::connect(app.base_url()).await?;
+    let mut out = Vec::with_capacity(samples);
+    let mut empty = 0;
+    for _ in 0..samples {
+        let org = org_of(rand::random::<u64>() % s.orgs);
+        let req = pb::ListWebhookLogsRequest {
+            organization_id: org.to_string(),
+            execution_status: pb::ExecutionStatus::Failed.into(),
+            page_size: 50,
+            page_token: random_token(s, org, deep),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let page = client.list_webhook_logs(authed(req, &app.key)).await?.into_inner();
+        out.push(t.elapsed().as_secs_f64());
+        empty += usize::from(page.logs.is_empty());
+    }
+    // A cursor drawn near the oldest row gives an empty page now and then;
+    // many mean the seeding and the cursors disagree.
+    if empty * 10 > samples {
+        bail!("{empty} of {samples} pages were empty: the seeding or the cursors are off");
+    }
+    Ok(out)
+}
+
+/// The same listing over the REST gateway route.
+pub async fn rest_list_latencies(app: &RunningApp, s: &Seeded, samples: usize) -> anyhow::Result<Vec<f64>> {
+    let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let org = org_of(rand::random::<u64>() % s.orgs);
+        let url = format!(
+            "{}/v1/webhook-logs?organizationId={org}&executionStatus=EXECUTION_STATUS_FAILED&pageSize=50&pageToken={}",
+            app.base_url(),
+            random_token(s, org, None)
+        );
+        let t = Instant::now();
+        let resp = client.get(&url).bearer_auth(&app.key).send().await?;
+        if !resp.status().is_success() {
+            bail!("REST list answered {}", resp.status());
+        }
+        resp.bytes().await?;
+        out.push(t.elapsed().as_secs_f64());
+    }
+    Ok(out)
+}
+
+/// The listing's SQL through pgbench, with random organizations and cursors.
+pub fn pgbench_list_latencies(db_url: &str, s: &Seeded, samples: u64, dir: &Path) -> anyhow::Result<Vec<f64>> {
+    let script = format!(
+        "\\set o random(0, {last_org})\n\\set t random({t0}, {t1})\n{select} WHERE true \
+         AND r.organization_id = md5('o' || :o)::uuid AND r.status = 'failed' \
+         AND (r.created_at, r.id) < (to_timestamp(:t / 1000000.0), 9223372036854775807) \
+         ORDER BY r.created_at DESC, r.id DESC LIMIT 51;\n",
+        last_org = s.orgs - 1,
+        t0 = s.from.timestamp_micros(),
+        t1 = s.to.timestamp_micros(),
+        select = sql::LOG_SELECT,
+    );
+    Ok(pgbench(db_url, &script, 1, 0, Some(samples), dir)?.latencies)
+}
+
+/// GetLogDetails latencies for random seeded requests.
+pub async fn grpc_details_latencies(app: &RunningApp, pool: &PgPool, samples: usize) -> anyhow::Result<Vec<f64>> {
+    let ids: Vec<Uuid> =
+        sqlx::query_scalar(&format!("SELECT request_id FROM webhook_requests TABLESAMPLE SYSTEM (1) LIMIT {samples}"))
+            .fetch_all(pool)
+            .await?;
+    let mut client = WebhookServiceClient::connect(app.base_url()).await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let req = pb::GetLogDetailsRequest { request_id: id.to_string(), ..Default::default() };
+        let t = Instant::now();
+        client.get_log_details(authed(req, &app.key)).await?;
+        out.push(t.elapsed().as_secs_f64());
+    }
+    Ok(out)
+}
+
+/// GetLogDetails' two statements through pgbench.
+pub fn pgbench_details_latencies(db_url: &str, s: &Seeded, samples: u64, dir: &Path) -> anyhow::Result<Vec<f64>> {
+    let script = format!(
+        "\\set i random(0, {last})\n{select} WHERE r.request_id = md5('r' || :i)::uuid \
+         AND (NULL::uuid IS NULL OR r.organization_id = NULL::uuid)\n\\gset g_\n\
+         SELECT attempt_number, attempted_at, success, status_code, response_body, response_truncated, \
+         response_time_ms, error_category, error_message FROM webhook_attempts \
+         WHERE request_pk = :g_id AND request_created_at = :g_created_at ORDER BY attempt_number DESC;\n",
+        last = s.rows - 1,
+        select = sql::LOG_SELECT,
+    );
+    Ok(pgbench(db_url, &script, 1, 0, Some(samples), dir)?.latencies)
+}
+
+pub struct PurgeFigures {
+    pub drop_secs: f64,
+    pub drop_wal: i64,
+    pub delete_secs: f64,
+    pub delete_wal: i64,
+    pub dispatch_alone: f64,
+    pub dispatch_during_drop: f64,
+    pub dispatch_during_delete: f64,
+}
+
+/// Retention: one day of `rows` requests (+ attempts) removed by partition
+/// drop vs by DELETE, and dispatch throughput while each runs.
+pub async fn purge_figures(
+    db_url: &str,
+    rows: u64,
+    pool_size: u32,
+    concurrency: usize,
+    url: &str,
+    n: usize,
+) -> anyhow::Result<PurgeFigures> {
+    let pool = PgPool::connect(db_url).await?;
+    let store = PostgresStore::connect(db_url, 2, Duration::from_secs(10)).await?;
+    let today = Utc::now().date_naive();
+    let day = today - Days::new(3);
+    let day_start = day.and_hms_opt(0, 0, 0).context("midnight")?.and_utc();
+    let cutoff = day_start + chrono::TimeDelta::days(1);
+    let seeded = Seeded { tag: "p", rows, orgs: 100, from: day_start, to: day_start + chrono::TimeDelta::hours(23) };
+    let reseed = || async {
+        store.ensure_partitions(day, day).await?;
+        seed_logs(&pool, 0, rows, &seeded).await
+    };
+    let app = start_app(db_url, pool_size, concurrency, false).await?;
+
+    reseed().await?;
+    let dispatch_alone = grpc_dispatch(&app, url, n, concurrency).await?;
+    let (w0, t0) = (wal_bytes(&pool).await?, Instant::now());
+    store.purge(cutoff, false).await?;
+    let (drop_secs, drop_wal) = (t0.elapsed().as_secs_f64(), wal_bytes(&pool).await? - w0);
+
+    reseed().await?;
+    let delete = |pool: PgPool| async move {
+        sqlx::query("DELETE FROM webhook_attempts WHERE request_created_at >= $1 AND request_created_at < $2")
+            .bind(day_start)
+            .bind(cutoff)
+            .execute(&pool)
+            .await?;
+        sqlx::query("DELETE FROM webhook_requests WHERE created_at >= $1 AND created_at < $2")
+            .bind(day_start)
+            .bind(cutoff)
+            .execute(&pool)
+            .await?;
+        anyhow::Ok(())
+    };
+    let (w0, t0) = (wal_bytes(&pool).await?, Instant::now());
+    delete(pool.clone()).await?;
+    let (delete_secs, delete_wal) = (t0.elapsed().as_secs_f64(), wal_bytes(&pool).await? - w0);
+
+    // Dispatch while each purge runs.
+    sqlx::query("VACUUM webhook_requests").execute(&pool).await.ok();
+    reseed().await?;
+    let purge = tokio::spawn({
+        let store = store.clone();
+        async move { store.purge(cutoff, false).await }
+    });
+    let dispatch_during_drop = grpc_dispatch(&app, url, n, concurrency).await?;
+    purge.await??;
+    reseed().await?;
+    let deleting = tokio::spawn(delete(pool.clone()));
+    let dispatch_during_delete = grpc_dispatch(&app, url, n, concurrency).await?;
+    deleting.await??;
+    app.shutdown().await?;
+    Ok(PurgeFigures {
+        drop_secs,
+        drop_wal,
+        delete_secs,
+        delete_wal,
+        dispatch_alone,
+        dispatch_during_drop,
+        dispatch_during_delete,
+    })
+}
+
+/// Time from sending a Dispatch to the webhook's arrival at the receiver, one
+/// at a time. With `same_process` the replica dispatched to delivers (woken
+/// in-process); otherwise an API-only replica takes the Dispatch and another
+/// finds the work by polling.
+pub async fn pickup_latency(
+    db_url: &str,
+    receiver: &BenchReceiver,
+    same_process: bool,
+    samples: usize,
+) -> anyhow::Result<f64> {
+    let worker = start_app(db_url, 4, 16, true).await?;
+    let api = if same_process { None } else { Some(start_app(db_url, 4, 16, false).await?) };
+    let target = api.as_ref().unwrap_or(&worker);
+    let mut client = WebhookServiceClient::connect(target.base_url()).await?;
+    let mut took = Vec::new();
+    for _ in 0..samples {
+        let arrived = receiver.arrived.notified();
+        tokio::pin!(arrived);
+        arrived.as_mut().enable();
+        let start = Instant::now();
+        let req = pb::DispatchRequest {
+            organization_id: Uuid::new_v4().to_string(),
+            webhook_url: receiver.url.clone(),
+            webhook_type: "call_ended".into(),
+            ..Default::default()
+        };
+        client.dispatch(authed(req, &target.key)).await?;
+        tokio::time::timeout(Duration::from_secs(10), arrived).await.context("webhook never arrived")?;
+        took.push(start.elapsed().as_secs_f64());
+    }
+    if let Some(api) = api {
+        api.shutdown().await?;
+    }
+    worker.shutdown().await?;
+    Ok(median(&took))
+}

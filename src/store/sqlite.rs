@@ -1,0 +1,512 @@
+//! The embedded store: SQLite in one file, the default when no database URL
+//! is given. WAL mode; every write goes through one connection, so writes are
+//! serialised in the process and `database is locked` never reaches a caller
+//! (a busy timeout covers other processes on the same file).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use uuid::Uuid;
+
+use super::{NewAttempt, QueueStats, Store};
+use crate::auth::{ApiKeyRecord, KeyKind, NewApiKey};
+use crate::domain::{
+    AttemptRecord, ClaimedDelivery, Cursor, Dispatched, ExecutionStatus, LogFilter, LogRecord, NewDelivery, NextStep,
+    PurgeReport,
+};
+use crate::error::{Error, Result};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    /// Readers (WAL lets them run beside the writer).
+    read: SqlitePool,
+    /// The one writer connection.
+    write: SqlitePool,
+}
+
+const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
+     r.call_id, r.assistant_id, r.webhook_url, r.webhook_type, r.body, r.metadata, r.status, r.attempt_count, \
+     r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, \
+     a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, a.response_truncated, \
+     a.response_time_ms, a.error_category, a.error_message \
+     FROM webhook_requests r \
+     LEFT JOIN webhook_attempts a ON a.request_pk = r.id AND a.attempt_number = r.attempt_count";
+
+const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
+     response_truncated, response_time_ms, error_category, error_message";
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn time(us: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(us).ok_or_else(|| Error::internal(anyhow::anyhow!("bad time {us} in store")))
+}
+
+fn opt_time(us: Option<i64>) -> Result<Option<DateTime<Utc>>> {
+    us.map(time).transpose()
+}
+
+fn uuid(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|e| Error::internal(anyhow::anyhow!("bad UUID {s:?} in store: {e}")))
+}
+
+fn opt_uuid(s: Option<String>) -> Result<Option<Uuid>> {
+    s.as_deref().map(uuid).transpose()
+}
+
+fn to_u32(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(0)
+}
+
+fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
+    Ok(AttemptRecord {
+        attempt_number: to_u32(row.try_get("attempt_number")?),
+        attempted_at: time(row.try_get("attempted_at")?)?,
+        success: row.try_get("success")?,
+        status_code: row.try_get("status_code")?,
+        response_body: row.try_get("response_body")?,
+        response_truncated: row.try_get("response_truncated")?,
+        response_time_ms: row.try_get("response_time_ms")?,
+        error_category: row.try_get("error_category")?,
+        error_message: row.try_get("error_message")?,
+    })
+}
+
+fn log_from_row(row: &SqliteRow) -> Result<LogRecord> {
+    let last_attempt = match row.try_get::<Option<i64>, _>("attempt_number")? {
+        Some(_) => Some(attempt_from_row(row)?),
+        None => None,
+    };
+    let status: String = row.try_get("status")?;
+    let metadata: Option<String> = row.try_get("metadata")?;
+    Ok(LogRecord {
+        log_id: row.try_get("id")?,
+        request_id: uuid(row.try_get("request_id")?)?,
+        organization_id: uuid(row.try_get("organization_id")?)?,
+        workspace_id: opt_uuid(row.try_get("workspace_id")?)?,
+        subscription_id: opt_uuid(row.try_get("subscription_id")?)?,
+        call_id: row.try_get("call_id")?,
+        assistant_id: row.try_get("assistant_id")?,
+        webhook_url: row.try_get("webhook_url")?,
+        webhook_type: row.try_get("webhook_type")?,
+        body: row.try_get("body")?,
+        metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
+        status: ExecutionStatus::parse(&status)
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("unknown status {status:?} in store")))?,
+        attempt_count: to_u32(row.try_get("attempt_count")?),
+        max_retries: to_u32(row.try_get("max_retries")?),
+        next_attempt_at: opt_time(row.try_get("next_attempt_at")?)?,
+        created_at: time(row.try_get("created_at")?)?,
+        updated_at: time(row.try_get("updated_at")?)?,
+        last_attempt,
+    })
+}
+
+fn key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord> {
+    let kind: String = row.try_get("kind")?;
+    let org: Option<String> = row.try_get("organization_id")?;
+    let kind = match (kind.as_str(), org) {
+        ("service", _) => KeyKind::Service,
+        (_, Some(o)) => KeyKind::Organization(uuid(&o)?),
+        (other, None) => {
+            return Err(Error::internal(anyhow::anyhow!("api key of kind {other:?} without organization")));
+        }
+    };
+    Ok(ApiKeyRecord {
+        prefix: row.try_get("prefix")?,
+        key_hash: row.try_get("key_hash")?,
+        kind,
+        created_at: time(row.try_get("created_at")?)?,
+        revoked_at: opt_time(row.try_get("revoked_at")?)?,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database at `url` (`sqlite://path`).
+    pub async fn connect(url: &str, max_readers: u32, acquire_timeout: Duration) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .context("parsing the SQLite URL")?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Dispatch answers only after its commit is on disk.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(acquire_timeout.max(Duration::from_secs(30)))
+            .connect_with(options.clone())
+            .await
+            .context("opening the SQLite database")?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(max_readers.max(1))
+            .acquire_timeout(acquire_timeout)
+            .connect_with(options.read_only(false))
+            .await
+            .context("opening the SQLite database")?;
+        Ok(Self { read, write })
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR.run(&self.write).await.context("applying the SQLite migrations")
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_delivery(&self, d: &NewDelivery) -> Result<Dispatched> {
+        let now = micros(Utc::now());
+        let row = sqlx::query(
+            "INSERT INTO webhook_requests (request_id, organization_id, workspace_id, subscription_id, call_id, \
+               assistant_id, webhook_url, webhook_type, body, metadata, idempotency_key, max_retries, \
+               next_attempt_at, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (organization_id, idempotency_key) DO NOTHING RETURNING id",
+        )
+        .bind(d.request_id.to_string())
+        .bind(d.organization_id.to_string())
+        .bind(d.workspace_id.map(|u| u.to_string()))
+        .bind(d.subscription_id.map(|u| u.to_string()))
+        .bind(d.call_id)
+        .bind(d.assistant_id)
+        .bind(d.webhook_url.as_str())
+        .bind(&d.webhook_type)
+        .bind(&d.body)
+        .bind(d.metadata.as_ref().map(|m| m.to_string()))
+        .bind(&d.idempotency_key)
+        .bind(i64::from(d.max_retries))
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .fetch_optional(&self.write)
+        .await?;
+        if let Some(row) = row {
+            return Ok(Dispatched { request_id: d.request_id, log_id: row.try_get("id")?, duplicate: false });
+        }
+        let row = sqlx::query(
+            "SELECT id, request_id FROM webhook_requests WHERE organization_id = ? AND idempotency_key = ?",
+        )
+        .bind(d.organization_id.to_string())
+        .bind(&d.idempotency_key)
+        .fetch_one(&self.write)
+        .await?;
+        Ok(Dispatched { request_id: uuid(row.try_get("request_id")?)?, log_id: row.try_get("id")?, duplicate: true })
+    }
+
+    async fn list_logs(&self, f: &LogFilter, after: Option<Cursor>, limit: u32) -> Result<Vec<LogRecord>> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(LOG_SELECT);
+        q.push(" WHERE 1 = 1");
+        if let Some(v) = f.organization_id {
+            q.push(" AND r.organization_id = ").push_bind(v.to_string());
+        }
+        if let Some(v) = f.workspace_id {
+            q.push(" AND r.workspace_id = ").push_bind(v.to_string());
+        }
+        if let Some(v) = f.subscription_id {
+            q.push(" AND r.subscription_id = ").push_bind(v.to_string());
+        }
+        if let Some(v) = f.call_id {
+            q.push(" AND r.call_id = ").push_bind(v);
+        }
+        if let Some(v) = &f.webhook_type {
+            q.push(" AND r.webhook_type = ").push_bind(v.clone());
+        }
+        if let Some(v) = f.status {
+            q.push(" AND r.status = ").push_bind(v.as_str());
+        }
+        if let Some(v) = f.created_after {
+            q.push(" AND r.created_at >= ").push_bind(micros(v));
+        }
+        if let Some(v) = f.created_before {
+            q.push(" AND r.created_at < ").push_bind(micros(v));
+        }
+        if let Some(c) = after {
+            q.push(" AND (r.created_at, r.id) < (")
+                .push_bind(micros(c.created_at))
+                .push(", ")
+                .push_bind(c.log_id)
+                .push(")");
+        }
+        q.push(" ORDER BY r.created_at DESC, r.id DESC LIMIT ").push_bind(i64::from(limit));
+        let rows = q.build().fetch_all(&self.read).await?;
+        rows.iter().map(log_from_row).collect()
+    }
+
+    async fn log_details(
+        &self,
+        request_id: Uuid,
+        organization_id: Option<Uuid>,
+    ) -> Result<Option<(LogRecord, Vec<AttemptRecord>)>> {
+        let sql = format!("{LOG_SELECT} WHERE r.request_id = ? AND (? IS NULL OR r.organization_id = ?)");
+        let org = organization_id.map(|o| o.to_string());
+        let Some(row) =
+            sqlx::query(&sql).bind(request_id.to_string()).bind(&org).bind(&org).fetch_optional(&self.read).await?
+        else {
+            return Ok(None);
+        };
+        let log = log_from_row(&row)?;
+        let sql =
+            format!("SELECT {ATTEMPT_COLUMNS} FROM webhook_attempts WHERE request_pk = ? ORDER BY attempt_number DESC");
+        let rows = sqlx::query(&sql).bind(log.log_id).fetch_all(&self.read).await?;
+        let attempts = rows.iter().map(attempt_from_row).collect::<Result<_>>()?;
+        Ok(Some((log, attempts)))
+    }
+
+    async fn claim_due(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedDelivery>> {
+        let now = Utc::now();
+        let until = micros(now) + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
+        // One writer: the UPDATE is atomic, so no two workers claim a row.
+        let rows = sqlx::query(
+            "UPDATE webhook_requests SET next_attempt_at = ?, lease_id = ? \
+             WHERE id IN (SELECT id FROM webhook_requests WHERE status = 'pending' AND next_attempt_at <= ? \
+                          ORDER BY next_attempt_at LIMIT ?) \
+             RETURNING id, created_at, request_id, lease_id, webhook_url, webhook_type, body, attempt_count, max_retries",
+        )
+        .bind(until)
+        .bind(Uuid::new_v4().to_string())
+        .bind(micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.write)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ClaimedDelivery {
+                    log_id: row.try_get("id")?,
+                    created_at: time(row.try_get("created_at")?)?,
+                    request_id: uuid(row.try_get("request_id")?)?,
+                    lease_id: uuid(row.try_get("lease_id")?)?,
+                    webhook_url: row.try_get("webhook_url")?,
+                    webhook_type: row.try_get("webhook_type")?,
+                    body: row.try_get("body")?,
+                    attempt_count: to_u32(row.try_get("attempt_count")?),
+                    max_retries: to_u32(row.try_get("max_retries")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn record_attempt(&self, claim: &ClaimedDelivery, a: &NewAttempt) -> Result<bool> {
+        let (status, next_at) = match a.next {
+            NextStep::Succeeded => (ExecutionStatus::Succeeded, None),
+            NextStep::Failed => (ExecutionStatus::Failed, None),
+            NextStep::RetryAt(at) => (ExecutionStatus::Pending, Some(micros(at))),
+        };
+        // One transaction on the writer: the attempt row and the request's new
+        // state land together. A lost lease still records the attempt.
+        let mut tx = self.write.begin().await?;
+        let Some(row) = sqlx::query(
+            "SELECT attempt_count, (lease_id = ? AND status = 'pending') AS held FROM webhook_requests WHERE id = ?",
+        )
+        .bind(claim.lease_id.to_string())
+        .bind(claim.log_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(false);
+        };
+        let number: i64 = row.try_get::<i64, _>("attempt_count")? + 1;
+        let held: bool = row.try_get::<Option<bool>, _>("held")?.unwrap_or(false);
+        let now = micros(Utc::now());
+        if held {
+            sqlx::query(
+                "UPDATE webhook_requests SET attempt_count = ?, status = ?, next_attempt_at = ?, lease_id = NULL, \
+                 updated_at = ? WHERE id = ?",
+            )
+            .bind(number)
+            .bind(status.as_str())
+            .bind(next_at)
+            .bind(now)
+            .bind(claim.log_id)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query("UPDATE webhook_requests SET attempt_count = ?, updated_at = ? WHERE id = ?")
+                .bind(number)
+                .bind(now)
+                .bind(claim.log_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO webhook_attempts (request_pk, attempt_number, attempted_at, success, status_code, \
+               response_body, response_truncated, response_time_ms, error_category, error_message) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(claim.log_id)
+        .bind(number)
+        .bind(micros(a.attempted_at))
+        .bind(a.success)
+        .bind(a.status_code)
+        .bind(&a.response_body)
+        .bind(a.response_truncated)
+        .bind(a.response_time_ms)
+        .bind(a.error_category)
+        .bind(&a.error_message)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    async fn release(&self, claims: &[ClaimedDelivery], due_at: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        for c in claims {
+            sqlx::query(
+                "UPDATE webhook_requests SET next_attempt_at = ?, lease_id = NULL \
+                 WHERE id = ? AND lease_id = ? AND status = 'pending'",
+            )
+            .bind(micros(due_at))
+            .bind(c.log_id)
+            .bind(c.lease_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
+        let us: Option<i64> =
+            sqlx::query_scalar("SELECT min(next_attempt_at) FROM webhook_requests WHERE status = 'pending'")
+                .fetch_one(&self.read)
+                .await?;
+        opt_time(us)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    async fn prepare(&self, _now: DateTime<Utc>) -> Result<()> {
+        Ok(()) // nothing to create ahead of time: no partitions
+    }
+
+    async fn purge(&self, cutoff: DateTime<Utc>, dry_run: bool) -> Result<PurgeReport> {
+        // Days are reported like Postgres' partitions: UTC dates of creation.
+        let day = "strftime('%Y-%m-%d', created_at / 1000000, 'unixepoch')";
+        let days: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT DISTINCT {day} FROM webhook_requests WHERE created_at < ? AND status <> 'pending' ORDER BY 1"
+        ))
+        .bind(micros(cutoff))
+        .fetch_all(&self.read)
+        .await?;
+        let kept: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT DISTINCT {day} FROM webhook_requests WHERE created_at < ? AND status = 'pending' ORDER BY 1"
+        ))
+        .bind(micros(cutoff))
+        .fetch_all(&self.read)
+        .await?;
+        let row = sqlx::query(
+            "SELECT count(*) AS n, (SELECT count(*) FROM webhook_attempts a JOIN webhook_requests r ON r.id = a.request_pk \
+               WHERE r.created_at < ?1 AND r.status <> 'pending') AS a \
+             FROM webhook_requests WHERE created_at < ?1 AND status <> 'pending'",
+        )
+        .bind(micros(cutoff))
+        .fetch_one(&self.read)
+        .await?;
+        let report = PurgeReport {
+            days,
+            requests: row.try_get::<i64, _>("n")? as u64,
+            attempts: row.try_get::<i64, _>("a")? as u64,
+            kept_pending: kept,
+        };
+        if dry_run {
+            return Ok(report);
+        }
+        // Batched, so the writer is never held for long; pending work is
+        // never deleted.
+        loop {
+            let mut tx = self.write.begin().await?;
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM webhook_requests WHERE created_at < ? AND status <> 'pending' LIMIT 1000",
+            )
+            .bind(micros(cutoff))
+            .fetch_all(&mut *tx)
+            .await?;
+            if ids.is_empty() {
+                break;
+            }
+            let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            sqlx::query(&format!("DELETE FROM webhook_attempts WHERE request_pk IN ({list})"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!("DELETE FROM webhook_requests WHERE id IN ({list})")).execute(&mut *tx).await?;
+            tx.commit().await?;
+        }
+        Ok(report)
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n, min(created_at) AS oldest FROM webhook_requests WHERE status = 'pending'",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        Ok(QueueStats {
+            pending: row.try_get::<i64, _>("n")? as u64,
+            oldest_pending_created_at: opt_time(row.try_get("oldest")?)?,
+        })
+    }
+
+    fn pool_usage(&self) -> (u32, u32) {
+        let idle = (self.read.num_idle() + self.write.num_idle()) as u32;
+        ((self.read.size() + self.write.size()).saturating_sub(idle), idle)
+    }
+
+    async fn insert_api_key(&self, key: &NewApiKey) -> Result<()> {
+        let (kind, org) = match key.kind {
+            KeyKind::Organization(o) => ("organization", Some(o.to_string())),
+            KeyKind::Service => ("service", None),
+        };
+        sqlx::query(
+            "INSERT INTO api_keys (prefix, key_hash, kind, organization_id, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&key.prefix)
+        .bind(&key.key_hash)
+        .bind(kind)
+        .bind(org)
+        .bind(micros(Utc::now()))
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_api_key(&self, prefix: &str) -> Result<Option<ApiKeyRecord>> {
+        let row = sqlx::query(
+            "SELECT prefix, key_hash, kind, organization_id, created_at, revoked_at FROM api_keys WHERE prefix = ?",
+        )
+        .bind(prefix)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        let rows = sqlx::query(
+            "SELECT prefix, key_hash, kind, organization_id, created_at, revoked_at FROM api_keys ORDER BY created_at DESC, id DESC",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn revoke_api_key(&self, prefix: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE prefix = ? AND revoked_at IS NULL")
+            .bind(micros(Utc::now()))
+            .bind(prefix)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

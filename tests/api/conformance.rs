@@ -1,0 +1,214 @@
+//! One conformance suite for every store implementation: each behaviour the
+//! service and the engine rely on, run against Postgres and SQLite alike.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use hookpost::domain::{Cursor, DispatchInput, ExecutionStatus, Limits, LogFilter, LogRecord, NewDelivery, NextStep};
+use hookpost::store::{NewAttempt, Store};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+async fn store(backend: Backend) -> Arc<dyn Store> {
+    open_store(&fresh_store(backend).await).await
+}
+
+fn delivery(org: Uuid, f: impl FnOnce(&mut DispatchInput)) -> NewDelivery {
+    let mut input = DispatchInput {
+        organization_id: org.to_string(),
+        webhook_url: "http://127.0.0.1:9/hook".into(),
+        webhook_type: "call_started".into(),
+        ..Default::default()
+    };
+    f(&mut input);
+    let limits = Limits { allow_private_targets: true, ..Limits::default() };
+    NewDelivery::parse(input, &limits, 3).unwrap()
+}
+
+fn settled(next: NextStep) -> NewAttempt {
+    NewAttempt {
+        attempted_at: Utc::now(),
+        success: next == NextStep::Succeeded,
+        status_code: Some(if next == NextStep::Succeeded { 200 } else { 500 }),
+        response_body: "ok".into(),
+        response_truncated: false,
+        response_time_ms: 3,
+        error_category: (next != NextStep::Succeeded).then_some("http_5xx"),
+        error_message: None,
+        next,
+    }
+}
+
+/// Pages through `filter` `size` at a time; returns request IDs in order.
+async fn all_pages(store: &dyn Store, filter: &LogFilter, size: u32) -> Vec<Uuid> {
+    let mut out = Vec::new();
+    let mut after: Option<Cursor> = None;
+    loop {
+        let page: Vec<LogRecord> = store.list_logs(filter, after, size).await.unwrap();
+        out.extend(page.iter().map(|l| l.request_id));
+        if page.len() < size as usize {
+            return out;
+        }
+        after = page.last().map(|l| l.cursor());
+    }
+}
+
+async fn idempotency_under_concurrent_duplicates(backend: Backend) {
+    let store = store(backend).await;
+    let org = Uuid::new_v4();
+    let calls = (0..16).map(|_| {
+        let store = store.clone();
+        let d = delivery(org, |i| i.idempotency_key = "same".into());
+        async move { store.insert_delivery(&d).await.unwrap() }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1);
+    assert_eq!(results.iter().map(|r| r.request_id).collect::<HashSet<_>>().len(), 1);
+    // Another organization may use the same key.
+    let other = store.insert_delivery(&delivery(Uuid::new_v4(), |i| i.idempotency_key = "same".into())).await.unwrap();
+    assert!(!other.duplicate);
+    assert_eq!(all_pages(store.as_ref(), &LogFilter::default(), 10).await.len(), 2);
+}
+
+async fn keyset_paging_with_every_filter(backend: Backend) {
+    let store = store(backend).await;
+    let (org, ws, sub) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let mut all = Vec::new();
+    for i in 0..30 {
+        let d = delivery(org, |input| {
+            if i % 2 == 0 {
+                input.workspace_id = Some(ws.to_string());
+            }
+            if i % 3 == 0 {
+                input.subscription_id = Some(sub.to_string());
+            }
+            if i % 5 == 0 {
+                input.call_id = Some(101);
+            }
+            if i % 7 == 0 {
+                input.webhook_type = "call_ended".into();
+            }
+        });
+        all.push((i, store.insert_delivery(&d).await.unwrap().request_id));
+    }
+    store.insert_delivery(&delivery(Uuid::new_v4(), |_| {})).await.unwrap();
+    // Settle every fourth one as failed through the claim path.
+    let claims = store.claim_due(100, Duration::from_secs(30)).await.unwrap();
+    let failed: HashSet<Uuid> = all.iter().filter(|(i, _)| i % 4 == 0).map(|(_, id)| *id).collect();
+    for c in claims.iter().filter(|c| failed.contains(&c.request_id)) {
+        assert!(store.record_attempt(c, &settled(NextStep::Failed)).await.unwrap());
+    }
+    store
+        .release(&claims.iter().filter(|c| !failed.contains(&c.request_id)).cloned().collect::<Vec<_>>(), Utc::now())
+        .await
+        .unwrap();
+
+    let newest_first = |pred: &dyn Fn(usize) -> bool| -> Vec<Uuid> {
+        all.iter().rev().filter(|(i, _)| pred(*i)).map(|(_, id)| *id).collect()
+    };
+    let base = LogFilter { organization_id: Some(org), ..Default::default() };
+    let cases: Vec<(LogFilter, Vec<Uuid>)> = vec![
+        (base.clone(), newest_first(&|_| true)),
+        (LogFilter { workspace_id: Some(ws), ..base.clone() }, newest_first(&|i| i % 2 == 0)),
+        (LogFilter { subscription_id: Some(sub), ..base.clone() }, newest_first(&|i| i % 3 == 0)),
+        (LogFilter { call_id: Some(101), ..base.clone() }, newest_first(&|i| i % 5 == 0)),
+        (LogFilter { webhook_type: Some("call_ended".into()), ..base.clone() }, newest_first(&|i| i % 7 == 0)),
+        (LogFilter { status: Some(ExecutionStatus::Failed), ..base.clone() }, newest_first(&|i| i % 4 == 0)),
+        (LogFilter { status: Some(ExecutionStatus::Pending), ..base.clone() }, newest_first(&|i| i % 4 != 0)),
+        (LogFilter { created_before: Some(Utc::now() - chrono::TimeDelta::days(1)), ..base.clone() }, vec![]),
+        (
+            LogFilter { created_after: Some(Utc::now() - chrono::TimeDelta::days(1)), ..base.clone() },
+            newest_first(&|_| true),
+        ),
+    ];
+    for (filter, expected) in cases {
+        for size in [1, 4, 7, 100] {
+            assert_eq!(all_pages(store.as_ref(), &filter, size).await, expected, "{filter:?} by {size}");
+        }
+    }
+}
+
+async fn a_lease_expires_and_the_delivery_is_claimed_again(backend: Backend) {
+    let store = store(backend).await;
+    let d = store.insert_delivery(&delivery(Uuid::new_v4(), |_| {})).await.unwrap();
+    let first = store.claim_due(10, Duration::from_millis(300)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(store.claim_due(10, Duration::from_millis(300)).await.unwrap().is_empty(), "claimed once at a time");
+    let again = eventually(Duration::from_secs(5), "the lease to expire", || {
+        let store = store.clone();
+        async move { store.claim_due(10, Duration::from_secs(30)).await.unwrap().pop() }
+    })
+    .await;
+    assert_eq!(again.request_id, d.request_id);
+    assert_ne!(again.lease_id, first[0].lease_id);
+    // The first worker's late attempt is recorded but does not settle the request.
+    assert!(!store.record_attempt(&first[0], &settled(NextStep::Succeeded)).await.unwrap());
+    assert!(store.record_attempt(&again, &settled(NextStep::Failed)).await.unwrap());
+    let (log, attempts) = store.log_details(d.request_id, None).await.unwrap().unwrap();
+    assert_eq!(log.status, ExecutionStatus::Failed);
+    assert_eq!(attempts.iter().map(|a| a.attempt_number).collect::<Vec<_>>(), [2, 1]);
+    assert_eq!(log.attempt_count, 2);
+}
+
+async fn an_attempt_and_the_new_state_are_recorded_together(backend: Backend) {
+    let store = store(backend).await;
+    let d = store.insert_delivery(&delivery(Uuid::new_v4(), |_| {})).await.unwrap();
+    let claim = store.claim_due(1, Duration::from_secs(30)).await.unwrap().pop().unwrap();
+    let retry_at = Utc::now() + chrono::TimeDelta::hours(1);
+    assert!(store.record_attempt(&claim, &settled(NextStep::RetryAt(retry_at))).await.unwrap());
+    let (log, attempts) = store.log_details(d.request_id, None).await.unwrap().unwrap();
+    assert_eq!((log.status, log.attempt_count, attempts.len()), (ExecutionStatus::Pending, 1, 1));
+    assert_eq!(log.last_attempt.as_ref().unwrap().status_code, Some(500));
+    assert!(log.next_attempt_at.unwrap() > Utc::now() + chrono::TimeDelta::minutes(59));
+    assert!(store.claim_due(10, Duration::from_secs(30)).await.unwrap().is_empty(), "not due before its retry time");
+    // Released work is due again at once.
+    let d2 = store.insert_delivery(&delivery(Uuid::new_v4(), |_| {})).await.unwrap();
+    let c2 = store.claim_due(10, Duration::from_secs(30)).await.unwrap();
+    store.release(&c2, Utc::now()).await.unwrap();
+    let c3 = store.claim_due(10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(c3.iter().map(|c| c.request_id).collect::<Vec<_>>(), [d2.request_id]);
+    // Every request's attempt_count equals its attempt rows.
+    for id in [d.request_id, d2.request_id] {
+        let (log, attempts) = store.log_details(id, None).await.unwrap().unwrap();
+        assert_eq!(log.attempt_count as usize, attempts.len());
+    }
+}
+
+async fn purge_removes_settled_logs_and_never_pending_ones(backend: Backend) {
+    let store = store(backend).await;
+    store.prepare(Utc::now()).await.unwrap();
+    let org = Uuid::new_v4();
+    for _ in 0..3 {
+        store.insert_delivery(&delivery(org, |_| {})).await.unwrap();
+    }
+    for c in store.claim_due(10, Duration::from_secs(30)).await.unwrap() {
+        store.record_attempt(&c, &settled(NextStep::Succeeded)).await.unwrap();
+    }
+    // Everything created before the cutoff goes (whole days on Postgres).
+    let cutoff = Utc::now() + chrono::TimeDelta::days(2);
+    let dry = store.purge(cutoff, true).await.unwrap();
+    assert_eq!((dry.requests, dry.attempts), (3, 3));
+    assert_eq!(all_pages(store.as_ref(), &LogFilter::default(), 10).await.len(), 3, "a dry run removes nothing");
+    let done = store.purge(cutoff, false).await.unwrap();
+    assert_eq!((done.requests, done.attempts), (3, 3));
+    assert!(all_pages(store.as_ref(), &LogFilter::default(), 10).await.is_empty());
+
+    // A pending delivery is never purged.
+    store.prepare(Utc::now()).await.unwrap();
+    let pending = store.insert_delivery(&delivery(org, |_| {})).await.unwrap();
+    let report = store.purge(cutoff, false).await.unwrap();
+    assert_eq!(report.requests, 0);
+    assert!(!report.kept_pending.is_empty());
+    assert!(store.log_details(pending.request_id, None).await.unwrap().is_some());
+}
+
+on_both_stores!(
+    idempotency_under_concurrent_duplicates,
+    keyset_paging_with_every_filter,
+    a_lease_expires_and_the_delivery_is_claimed_again,
+    an_attempt_and_the_new_state_are_recorded_together,
+    purge_removes_settled_logs_and_never_pending_ones,
+);
