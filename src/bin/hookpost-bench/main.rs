@@ -151,20 +151,24 @@ async fn main() -> anyhow::Result<()> {
         let pool = PgPool::connect(&db).await?;
         let now = chrono::Utc::now();
         // Within today's and yesterday's partitions, which exist from start-up.
-        let from = now - chrono::TimeDelta::hours(20);
-        let to = now - chrono::TimeDelta::minutes(1);
-        let mut seeded_rows = 0;
+        let mut s = Seeded {
+            tag: "r",
+            rows: 0,
+            total: *list_rows.iter().max().unwrap_or(&1),
+            orgs: 100,
+            from: now - chrono::TimeDelta::hours(20),
+            span: chrono::TimeDelta::hours(20) - chrono::TimeDelta::minutes(1),
+        };
         let mut p50_by_size = Vec::new();
         let app = start_app(&db, a.pool, a.concurrency, false).await?;
         for (i, &size) in list_rows.iter().enumerate() {
             if !reads {
                 break;
             }
-            let s = Seeded { tag: "r", rows: size, orgs: 100, from, to };
             let t = Instant::now();
-            seed_logs(&pool, seeded_rows, size - seeded_rows, &s).await?;
-            eprintln!("seeded {} rows in {:.1}s", size - seeded_rows, t.elapsed().as_secs_f64());
-            seeded_rows = size;
+            seed_logs(&pool, s.rows, size, &s).await?;
+            eprintln!("seeded {} rows in {:.1}s", size - s.rows, t.elapsed().as_secs_f64());
+            s.rows = size;
             let (mut h, mut b) = (Vec::new(), Vec::new());
             for _ in 0..2 {
                 h.extend(grpc_list_latencies(&app, &s, samples / 2, None).await?);

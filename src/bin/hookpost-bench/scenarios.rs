@@ -240,49 +240,60 @@ pub async fn pgbench_deliver_sql(db_url: &str, clients: u32, seconds: u64, dir: 
 pub struct Seeded {
     /// Request IDs are md5(tag || i), so separate seedings never collide.
     pub tag: &'static str,
+    /// Rows seeded so far.
     pub rows: u64,
+    /// Rows the seeding will reach; row i sits at from + span * i / total.
+    pub total: u64,
     pub orgs: u64,
     pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
+    pub span: chrono::TimeDelta,
 }
 
-/// Seeds `rows` settled webhooks (one attempt each) over `orgs` organizations,
-/// spread evenly from `from` to `to`, with COPY-speed server-side inserts.
-pub async fn seed_logs(pool: &PgPool, start_row: u64, rows: u64, seeded: &Seeded) -> anyhow::Result<()> {
+impl Seeded {
+    /// The newest seeded time: growing the store appends newer rows, so the
+    /// cursors of a measurement stay inside what exists.
+    pub fn to(&self) -> DateTime<Utc> {
+        self.from + self.span * (self.rows as i32) / (self.total as i32)
+    }
+}
+
+/// Seeds rows `start..end` (settled webhooks, one attempt each) over `orgs`
+/// organizations in time order, with server-side multi-row inserts: appends
+/// to every time-ordered index, so 10M rows take minutes.
+pub async fn seed_logs(pool: &PgPool, start: u64, end: u64, s: &Seeded) -> anyhow::Result<()> {
     const CHUNK: u64 = 250_000;
-    let span_us = (seeded.to - seeded.from).num_microseconds().context("span")? as f64;
-    let mut a = start_row;
-    while a < start_row + rows {
-        let b = (a + CHUNK).min(start_row + rows);
-        // Row i sits at from + span * (i / total) with i over the final total,
-        // so growing from 1M to 10M interleaves new rows among the old ones.
+    let span_us = s.span.num_microseconds().context("span")? as f64;
+    let at = |i: u64| s.from + chrono::TimeDelta::microseconds((span_us * i as f64 / s.total as f64) as i64);
+    let mut a = start;
+    while a < end {
+        let b = (a + CHUNK).min(end);
         sqlx::query(&format!(
             "INSERT INTO webhook_requests (request_id, organization_id, subscription_id, webhook_url, webhook_type, \
                body, max_retries, status, attempt_count, created_at, updated_at) \
              SELECT md5('{tag}' || i)::uuid, md5('o' || (i % {orgs}))::uuid, md5('s' || (i % {orgs}))::uuid, \
                'http://127.0.0.1:9/hook', 'call_ended', '{{\"event\":\"call_ended\",\"n\":' || i || '}}', 3, \
                CASE WHEN i % 3 = 0 THEN 'succeeded' ELSE 'failed' END, 1, t, t \
-             FROM generate_series({a}, {last}) AS i, \
-               LATERAL (SELECT '{from}'::timestamptz + (((i::bigint * 7919) % {total})::float8 / {total} * {span_us}) \
+             FROM generate_series({a}::bigint, {last}::bigint) AS i, \
+               LATERAL (SELECT '{from}'::timestamptz + (i::float8 / {total} * {span_us}) \
                  * interval '1 microsecond' AS t) AS ts",
-            tag = seeded.tag,
-            orgs = seeded.orgs,
+            tag = s.tag,
+            orgs = s.orgs,
             last = b - 1,
-            from = seeded.from.to_rfc3339(),
-            total = seeded.rows,
+            from = s.from.to_rfc3339(),
+            total = s.total,
         ))
         .execute(pool)
         .await?;
-        sqlx::query(&format!(
+        sqlx::query(
             "INSERT INTO webhook_attempts (request_pk, request_created_at, attempt_number, attempted_at, success, \
                status_code, response_body, response_time_ms) \
              SELECT id, created_at, 1, created_at, status = 'succeeded', \
-               CASE WHEN status = 'succeeded' THEN 200 ELSE 500 END, '{{\"received\": true}}', 12 \
-             FROM webhook_requests WHERE request_id IN \
-               (SELECT md5('{tag}' || i)::uuid FROM generate_series({a}, {last}) i)",
-            tag = seeded.tag,
-            last = b - 1
-        ))
+               CASE WHEN status = 'succeeded' THEN 200 ELSE 500 END, '{\"received\": true}', 12 \
+             FROM webhook_requests WHERE created_at >= $1 AND created_at < $2 AND attempt_count = 1 \
+               AND webhook_type = 'call_ended' AND max_retries = 3 AND next_attempt_at IS NULL",
+        )
+        .bind(at(a))
+        .bind(at(b))
         .execute(pool)
         .await?;
         a = b;
@@ -308,7 +319,7 @@ fn md5_bytes(data: &[u8]) -> [u8; 16] {
 
 /// A random keyset position inside the seeded range.
 fn random_token(s: &Seeded, org: Uuid, deep: Option<bool>) -> String {
-    let span = (s.to - s.from).num_microseconds().unwrap_or(1);
+    let span = (s.to() - s.from).num_microseconds().unwrap_or(1);
     let frac = match deep {
         None => rand::random::<f64>(),
         Some(true) => 0.03, // near the oldest end: a deep page that is still full
@@ -381,7 +392,7 @@ pub fn pgbench_list_latencies(db_url: &str, s: &Seeded, samples: u64, dir: &Path
          ORDER BY r.created_at DESC, r.id DESC LIMIT 51;\n",
         last_org = s.orgs - 1,
         t0 = s.from.timestamp_micros(),
-        t1 = s.to.timestamp_micros(),
+        t1 = s.to().timestamp_micros(),
         select = sql::LOG_SELECT,
     );
     Ok(pgbench(db_url, &script, 1, 0, Some(samples), dir)?.latencies)
@@ -444,7 +455,7 @@ pub async fn purge_figures(
     let day = today - Days::new(3);
     let day_start = day.and_hms_opt(0, 0, 0).context("midnight")?.and_utc();
     let cutoff = day_start + chrono::TimeDelta::days(1);
-    let seeded = Seeded { tag: "p", rows, orgs: 100, from: day_start, to: day_start + chrono::TimeDelta::hours(23) };
+    let seeded = Seeded { tag: "p", rows, total: rows, orgs: 100, from: day_start, span: chrono::TimeDelta::hours(23) };
     let reseed = || async {
         store.ensure_partitions(day, day).await?;
         seed_logs(&pool, 0, rows, &seeded).await
