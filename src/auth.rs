@@ -33,6 +33,25 @@ pub enum KeyKind {
     Service,
 }
 
+impl KeyKind {
+    /// How both stores keep a kind: its name and the organization, if any.
+    pub fn to_stored(self) -> (&'static str, Option<Uuid>) {
+        match self {
+            Self::Organization(o) => ("organization", Some(o)),
+            Self::Service => ("service", None),
+        }
+    }
+
+    /// The inverse of [`Self::to_stored`].
+    pub fn from_stored(kind: &str, organization_id: Option<Uuid>) -> Result<Self> {
+        match (kind, organization_id) {
+            ("service", _) => Ok(Self::Service),
+            ("organization", Some(o)) => Ok(Self::Organization(o)),
+            (other, org) => Err(Error::internal(anyhow::anyhow!("stored API key kind {other:?} with {org:?}"))),
+        }
+    }
+}
+
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {

@@ -13,6 +13,7 @@
 //!   requests table doubles as the delivery queue.
 //! - [`delivery`]: the engine that claims due webhooks, POSTs them, records
 //!   each attempt and schedules retries (a pure backoff function).
+//! - [`client`]: the Rust client (generated tonic client + API key).
 //! - [`auth`]: API keys (stored hashed), principals, per-key rate limits.
 //! - [`metrics`]: Prometheus metrics, one registry per application.
 //! - [`pagination`]: opaque, checked keyset page tokens.
@@ -21,6 +22,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod delivery;
 pub mod domain;

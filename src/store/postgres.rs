@@ -433,10 +433,7 @@ impl Store for PostgresStore {
     }
 
     async fn insert_api_key(&self, key: &NewApiKey) -> Result<()> {
-        let (kind, org) = match key.kind {
-            KeyKind::Organization(o) => ("organization", Some(o)),
-            KeyKind::Service => ("service", None),
-        };
+        let (kind, org) = key.kind.to_stored();
         sqlx::query("INSERT INTO api_keys (prefix, key_hash, kind, organization_id) VALUES ($1, $2, $3, $4)")
             .bind(&key.prefix)
             .bind(&key.key_hash)
@@ -534,13 +531,7 @@ impl PostgresStore {
 }
 
 fn key_from_row(row: &PgRow) -> Result<ApiKeyRecord> {
-    let kind = match (row.try_get::<&str, _>("kind")?, row.try_get::<Option<Uuid>, _>("organization_id")?) {
-        ("service", _) => KeyKind::Service,
-        (_, Some(org)) => KeyKind::Organization(org),
-        (other, None) => {
-            return Err(Error::internal(anyhow::anyhow!("api key of kind {other:?} without organization")));
-        }
-    };
+    let kind = KeyKind::from_stored(row.try_get("kind")?, row.try_get("organization_id")?)?;
     Ok(ApiKeyRecord {
         prefix: row.try_get("prefix")?,
         key_hash: row.try_get("key_hash")?,

@@ -114,14 +114,7 @@ fn log_from_row(row: &SqliteRow) -> Result<LogRecord> {
 
 fn key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord> {
     let kind: String = row.try_get("kind")?;
-    let org: Option<String> = row.try_get("organization_id")?;
-    let kind = match (kind.as_str(), org) {
-        ("service", _) => KeyKind::Service,
-        (_, Some(o)) => KeyKind::Organization(uuid(&o)?),
-        (other, None) => {
-            return Err(Error::internal(anyhow::anyhow!("api key of kind {other:?} without organization")));
-        }
-    };
+    let kind = KeyKind::from_stored(&kind, opt_uuid(row.try_get("organization_id")?)?)?;
     Ok(ApiKeyRecord {
         prefix: row.try_get("prefix")?,
         key_hash: row.try_get("key_hash")?,
@@ -465,10 +458,8 @@ impl Store for SqliteStore {
     }
 
     async fn insert_api_key(&self, key: &NewApiKey) -> Result<()> {
-        let (kind, org) = match key.kind {
-            KeyKind::Organization(o) => ("organization", Some(o.to_string())),
-            KeyKind::Service => ("service", None),
-        };
+        let (kind, org) = key.kind.to_stored();
+        let org = org.map(|o| o.to_string());
         sqlx::query(
             "INSERT INTO api_keys (prefix, key_hash, kind, organization_id, created_at) VALUES (?, ?, ?, ?, ?)",
         )

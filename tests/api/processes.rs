@@ -7,11 +7,8 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use hookpost::client::Client;
 use hookpost::proto::v1 as pb;
-use hookpost::proto::v1::webhook_service_client::WebhookServiceClient;
-use tonic::codegen::InterceptedService;
-use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -62,10 +59,8 @@ impl ServerProcess {
     }
 
     /// A client whose every call carries `key`.
-    async fn client(&self, key: &str) -> WebhookServiceClient<InterceptedService<Channel, AuthInterceptor>> {
-        let channel = Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap();
-        let value: MetadataValue<_> = format!("Bearer {key}").parse().unwrap();
-        WebhookServiceClient::with_interceptor(channel, AuthInterceptor(value))
+    async fn client(&self, key: &str) -> Client {
+        hookpost::client::connect(format!("http://{}", self.addr), key).await.unwrap()
     }
 
     fn kill(&mut self) {
@@ -81,16 +76,6 @@ impl ServerProcess {
             async move { exited }
         })
         .await
-    }
-}
-
-#[derive(Clone)]
-struct AuthInterceptor(MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for AuthInterceptor {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
     }
 }
 
@@ -118,8 +103,6 @@ fn cli_service_key_with(database_url: &str, extra: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string()
 }
 
-type Client = WebhookServiceClient<InterceptedService<Channel, AuthInterceptor>>;
-
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -132,22 +115,22 @@ async fn details(client: &mut Client, request_id: &str) -> Option<pb::GetLogDeta
     client.get_log_details(req).await.ok().map(|r| r.into_inner())
 }
 
-#[tokio::test]
-async fn a_killed_server_delivers_after_restart_and_its_log_is_consistent() {
-    let database_url = fresh_database().await;
+/// Dispatches to a receiver that holds the request open, SIGKILLs the server
+/// mid-attempt, starts another on the same store: the webhook is delivered and
+/// its log shows one recorded attempt (the killed one never was).
+async fn killed_server_redelivers(database_url: &str, store_args: &[&str], key: &str) {
     let receiver = Receiver::start().await;
-    // The first request is held open well past the attempt timeout.
     receiver.script([Reply::ok().after(Duration::from_secs(20))]);
-    let args = ["--attempt-timeout", "3s", "--lease-margin", "1s"];
-    let mut first = ServerProcess::start(&database_url, &args).await;
-    let key = cli_service_key(&database_url);
+    let mut args = vec!["--attempt-timeout", "3s", "--lease-margin", "1s"];
+    args.extend_from_slice(store_args);
+    let mut first = ServerProcess::start(database_url, &args).await;
     let res =
-        first.client(&key).await.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap().into_inner();
+        first.client(key).await.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap().into_inner();
     receiver.wait_for(1, Duration::from_secs(10)).await;
     first.kill();
 
-    let second = ServerProcess::start(&database_url, &args).await;
-    let mut client = second.client(&key).await;
+    let second = ServerProcess::start(database_url, &args).await;
+    let mut client = second.client(key).await;
     let got = receiver.wait_for(2, Duration::from_secs(30)).await;
     assert_eq!(got[1].headers["webhook-id"].to_str().unwrap(), res.request_id);
     let d = eventually(Duration::from_secs(30), "the redelivery to be recorded", || {
@@ -159,12 +142,18 @@ async fn a_killed_server_delivers_after_restart_and_its_log_is_consistent() {
         }
     })
     .await;
-    // The killed attempt was never recorded; the redelivery is attempt 1.
-    let log = d.log.unwrap();
-    assert_eq!(log.attempt_count, 1);
+    assert_eq!(d.log.unwrap().attempt_count, 1);
     assert_eq!(d.attempts.len(), 1);
     assert_eq!(d.attempts[0].http_status_code, Some(200));
-    let _ = client.list_webhook_logs(pb::ListWebhookLogsRequest::default()).await.unwrap();
+    let logs = client.list_webhook_logs(pb::ListWebhookLogsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(logs.logs.len(), 1);
+}
+
+#[tokio::test]
+async fn a_killed_server_delivers_after_restart_and_its_log_is_consistent() {
+    let database_url = fresh_database().await;
+    let key = cli_service_key(&database_url);
+    killed_server_redelivers(&database_url, &[], &key).await;
 }
 
 #[tokio::test]
@@ -243,33 +232,7 @@ async fn two_servers_share_500_webhooks_and_deliver_each_exactly_once() {
 async fn the_embedded_store_survives_kill_9_and_delivers_after_restart() {
     let dir = std::env::temp_dir().join(format!("hookpost-test-data-{}", Uuid::new_v4().simple()));
     let data_dir = dir.to_str().unwrap().to_owned();
-    let receiver = Receiver::start().await;
-    receiver.script([Reply::ok().after(Duration::from_secs(20))]);
-    let args = ["--data-dir", &data_dir, "--attempt-timeout", "3s", "--lease-margin", "1s"];
     let key = cli_service_key_with("", &["--data-dir", &data_dir]);
-    let mut first = ServerProcess::start("", &args).await;
-    let res =
-        first.client(&key).await.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap().into_inner();
-    receiver.wait_for(1, Duration::from_secs(10)).await;
-    first.kill();
-
-    let second = ServerProcess::start("", &args).await;
-    let mut client = second.client(&key).await;
-    let got = receiver.wait_for(2, Duration::from_secs(30)).await;
-    assert_eq!(got[1].headers["webhook-id"].to_str().unwrap(), res.request_id);
-    let d = eventually(Duration::from_secs(30), "the redelivery to be recorded", || {
-        let mut client = client.clone();
-        let id = res.request_id.clone();
-        async move {
-            let d = details(&mut client, &id).await?;
-            (d.log.as_ref()?.execution_status() == pb::ExecutionStatus::Succeeded).then_some(d)
-        }
-    })
-    .await;
-    assert_eq!(d.log.unwrap().attempt_count, 1);
-    assert_eq!(d.attempts.len(), 1);
-    let logs = client.list_webhook_logs(pb::ListWebhookLogsRequest::default()).await.unwrap().into_inner();
-    assert_eq!(logs.logs.len(), 1);
-    drop(second);
+    killed_server_redelivers("", &["--data-dir", &data_dir], &key).await;
     let _ = std::fs::remove_dir_all(dir);
 }
