@@ -6,8 +6,9 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::auth::{Authenticator, Principal};
+use crate::domain::valid_webhook_type;
 use crate::domain::{AttemptRecord, DispatchInput, Dispatched, Limits, LogFilter, LogRecord, NewDelivery};
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, ErrorCode, FieldViolation, Result};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::pagination;
 use crate::store::Store;
@@ -45,6 +46,31 @@ pub struct LogDetails {
     pub log: LogRecord,
     /// Newest first.
     pub attempts: Vec<AttemptRecord>,
+}
+
+/// Filter values that could never match are refused by name rather than sent
+/// to the store (where some would be a database error, not a client one).
+fn check_filter(f: &LogFilter, limits: &Limits) -> Result<()> {
+    let mut v = Vec::new();
+    if let Some(t) = &f.webhook_type
+        && (t.len() > limits.max_webhook_type_len || !valid_webhook_type(t))
+    {
+        v.push(FieldViolation {
+            field: "webhook_type".into(),
+            description: format!(
+                "must be at most {} bytes of letters, digits and \"._:-\"",
+                limits.max_webhook_type_len
+            ),
+        });
+    }
+    // Postgres' timestamptz spans 4713 BC .. 294276 AD; keep well inside it.
+    let sane = |t: &chrono::DateTime<chrono::Utc>| (1..=9999).contains(&chrono::Datelike::year(t));
+    for (field, t) in [("created_after", &f.created_after), ("created_before", &f.created_before)] {
+        if t.as_ref().is_some_and(|t| !sane(t)) {
+            v.push(FieldViolation { field: field.into(), description: "must be between years 1 and 9999".into() });
+        }
+    }
+    if v.is_empty() { Ok(()) } else { Err(Error::invalid_fields(v)) }
 }
 
 #[derive(Clone)]
@@ -102,21 +128,24 @@ impl WebhookService {
     /// Lists logs; an organization key sees only its own organization, and a
     /// filter naming another one matches nothing, as if it did not exist.
     pub async fn list_logs(&self, who: &Principal, mut q: ListQuery) -> Result<LogPage> {
+        check_filter(&q.filter, &self.limits)?;
         let page_size = match q.page_size {
             n if n < 0 => return Err(Error::invalid("page_size", "must not be negative")),
             0 => DEFAULT_PAGE_SIZE,
             n => (n as u32).min(MAX_PAGE_SIZE),
         };
-        let after = match q.page_token.as_str() {
-            "" => None,
-            token => Some(pagination::decode(token, &q.filter, "page_token")?),
-        };
+        // Scope first: the token is checked against (and issued for) the
+        // filter as it runs, organization included.
         if let Some(org) = who.organization() {
             match q.filter.organization_id {
                 Some(named) if named != org => return Ok(LogPage { logs: Vec::new(), next_page_token: None }),
                 _ => q.filter.organization_id = Some(org),
             }
         }
+        let after = match q.page_token.as_str() {
+            "" => None,
+            token => Some(pagination::decode(token, &q.filter, "page_token")?),
+        };
         // One extra row tells whether another page follows, without a COUNT.
         let mut logs = self.store.list_logs(&q.filter, after, page_size + 1).await?;
         let next_page_token = if logs.len() > page_size as usize {

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::domain::{ClaimedDelivery, NextStep};
+use crate::error::ErrorCode;
 use crate::metrics::{AttemptLabels, Metrics};
 use crate::store::{NewAttempt, Store};
 use http::{AttemptResult, HttpDeliverer};
@@ -236,6 +237,8 @@ impl DeliveryEngine {
         // The attempt happened, so keep trying to record it while the store is
         // down; if the process dies first, the lease expires and the webhook is
         // sent again (at-least-once).
+        // Recording is idempotent per claim, so retrying after a lost reply
+        // cannot record the attempt twice.
         let mut pause = Duration::from_millis(100);
         loop {
             match self.store.record_attempt(&claim, &attempt).await {
@@ -244,10 +247,16 @@ impl DeliveryEngine {
                     tracing::warn!(request_id = %claim.request_id, "lease was lost before the attempt was recorded");
                     return;
                 }
-                Err(err) => {
+                Err(err) if err.code == ErrorCode::Unavailable => {
                     tracing::warn!(request_id = %claim.request_id, error = %err, "recording an attempt failed; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(err) => {
+                    // Not a passing outage: retrying would hold this slot forever.
+                    // The lease expires and the webhook is attempted again.
+                    tracing::error!(request_id = %claim.request_id, error = %err, "recording an attempt failed");
+                    return;
                 }
             }
         }
@@ -268,12 +277,29 @@ impl DeliveryEngine {
             attempted_at: r.attempted_at,
             success: r.success(),
             status_code: r.status.map(i32::from),
-            response_body: r.response_body,
+            response_body: without_nul(r.response_body),
             response_truncated: r.response_truncated,
             response_time_ms: r.response_time_ms,
             error_category: r.category.map(|c| c.as_str()),
-            error_message: r.error_message,
+            error_message: r.error_message.map(without_nul),
             next,
         }
+    }
+}
+
+/// Postgres TEXT cannot hold NUL; a receiver's binary body must not make its
+/// attempt unrecordable.
+fn without_nul(s: String) -> String {
+    if s.contains('\0') { s.replace('\0', "\u{FFFD}") } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_nul;
+
+    #[test]
+    fn nul_bytes_are_replaced_before_storing() {
+        assert_eq!(without_nul("a\0b".into()), "a\u{FFFD}b");
+        assert_eq!(without_nul("plain".into()), "plain");
     }
 }

@@ -56,8 +56,9 @@ fn is_blocked_v6(ip: Ipv6Addr) -> bool {
     if ip.is_unspecified() || ip.is_loopback() {
         return true;
     }
-    // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible, deprecated).
-    if in_v6(ip, net("::ffff:0:0"), 96) || in_v6(ip, net("::"), 96) {
+    // ::ffff:a.b.c.d (mapped), ::ffff:0:a.b.c.d (translated) and ::a.b.c.d
+    // (compatible, deprecated).
+    if in_v6(ip, net("::ffff:0:0"), 96) || in_v6(ip, net("::ffff:0:0:0"), 96) || in_v6(ip, net("::"), 96) {
         return is_blocked_v4(embedded_v4(bits));
     }
     // NAT64 well-known prefix: judged by the IPv4 address it reaches.
@@ -119,6 +120,7 @@ mod tests {
             "::ffff:10.0.0.1",
             "::ffff:169.254.169.254",
             "::127.0.0.1",
+            "::ffff:0:7f00:1",
             "64:ff9b::7f00:1",
             "64:ff9b::a9fe:a9fe",
             "64:ff9b:1::1",

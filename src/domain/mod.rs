@@ -4,8 +4,8 @@
 pub mod address;
 mod new_delivery;
 
-pub(crate) use new_delivery::parse_uuid;
 pub use new_delivery::{DispatchInput, Limits, NewDelivery, WebhookUrl};
+pub(crate) use new_delivery::{parse_uuid, valid_webhook_type};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;

@@ -118,7 +118,7 @@ pub(crate) fn parse_uuid(field: &str, raw: &str, violations: &mut Vec<FieldViola
     }
 }
 
-fn valid_webhook_type(t: &str) -> bool {
+pub(crate) fn valid_webhook_type(t: &str) -> bool {
     t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
@@ -152,13 +152,19 @@ impl NewDelivery {
         }
         let metadata = input.metadata.map(serde_json::Value::Object);
         if let Some(m) = &metadata {
-            let len = m.to_string().len();
-            if len > limits.max_metadata_bytes {
-                violation("metadata", format!("must be at most {} bytes as JSON, is {len}", limits.max_metadata_bytes));
+            let text = m.to_string();
+            if text.len() > limits.max_metadata_bytes {
+                let max = limits.max_metadata_bytes;
+                violation("metadata", format!("must be at most {max} bytes as JSON, is {}", text.len()));
+            } else if text.contains("\\u0000") {
+                // Stored as JSON that Postgres (jsonb) cannot hold.
+                violation("metadata", "must not contain NUL characters".into());
             }
         }
         if input.idempotency_key.len() > limits.max_idempotency_key_len {
             violation("idempotency_key", format!("must be at most {} bytes", limits.max_idempotency_key_len));
+        } else if input.idempotency_key.contains('\0') {
+            violation("idempotency_key", "must not contain NUL characters".into());
         }
         let max_retries = input.max_retries.unwrap_or(default_max_retries);
         if max_retries > limits.max_retries {

@@ -58,10 +58,15 @@ pub mod sql {
                  RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
                            r.attempt_count, r.max_retries";
 
-    /// Records one attempt and the request's new state, one statement.
+    /// Records one attempt and the request's new state, one statement. A
+    /// claim records at most one attempt: if this lease's attempt is already
+    /// there (the reply to an earlier try was lost), nothing changes.
     pub const RECORD_ATTEMPT: &str = "WITH old AS ( \
-                   SELECT id, attempt_count, (lease_id = $2 AND status = 'pending') AS held \
-                   FROM webhook_requests WHERE id = $1 AND created_at = $13 FOR UPDATE), \
+                   SELECT id, attempt_count, COALESCE(lease_id = $2 AND status = 'pending', false) AS held \
+                   FROM webhook_requests WHERE id = $1 AND created_at = $13 \
+                     AND NOT EXISTS (SELECT 1 FROM webhook_attempts \
+                       WHERE request_pk = $1 AND lease_id = $2 AND request_created_at = $13) \
+                   FOR UPDATE), \
                  upd AS ( \
                    UPDATE webhook_requests r SET \
                      attempt_count = old.attempt_count + 1, \
@@ -74,9 +79,10 @@ pub mod sql {
                  ins AS ( \
                    INSERT INTO webhook_attempts (request_pk, request_created_at, attempt_number, attempted_at, \
                      success, status_code, response_body, response_truncated, response_time_ms, error_category, \
-                     error_message) \
-                   SELECT id, created_at, attempt_count, $5, $6, $7, $8, $9, $10, $11, $12 FROM upd) \
-                 SELECT held FROM old";
+                     error_message, lease_id) \
+                   SELECT id, created_at, attempt_count, $5, $6, $7, $8, $9, $10, $11, $12, $2 FROM upd) \
+                 SELECT COALESCE((SELECT held FROM old), EXISTS (SELECT 1 FROM webhook_attempts \
+                   WHERE request_pk = $1 AND lease_id = $2 AND request_created_at = $13)) AS held";
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -398,11 +404,14 @@ impl Store for PostgresStore {
             }
         }
         if !dry_run {
-            // Idempotency keys of removed requests: batched, the table is small.
+            // Idempotency keys whose request is gone (a kept day keeps its
+            // keys, so a retried Dispatch still finds its request): batched.
             loop {
                 let done = sqlx::query(
                     "DELETE FROM idempotency_keys WHERE ctid IN \
-                     (SELECT ctid FROM idempotency_keys WHERE created_at < $1 LIMIT 10000)",
+                     (SELECT k.ctid FROM idempotency_keys k WHERE k.created_at < $1 AND NOT EXISTS \
+                       (SELECT 1 FROM webhook_requests r WHERE r.id = k.log_id AND r.created_at = k.created_at) \
+                      LIMIT 10000)",
                 )
                 .bind(cutoff)
                 .execute(&self.pool)

@@ -297,6 +297,17 @@ impl Store for SqliteStore {
         // One transaction on the writer: the attempt row and the request's new
         // state land together. A lost lease still records the attempt.
         let mut tx = self.write.begin().await?;
+        // A claim records at most one attempt (a retry after a lost reply
+        // finds it already there).
+        let recorded: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM webhook_attempts WHERE request_pk = ? AND lease_id = ?")
+                .bind(claim.log_id)
+                .bind(claim.lease_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if recorded.is_some() {
+            return Ok(true);
+        }
         let Some(row) = sqlx::query(
             "SELECT attempt_count, (lease_id = ? AND status = 'pending') AS held FROM webhook_requests WHERE id = ?",
         )
@@ -332,8 +343,8 @@ impl Store for SqliteStore {
         }
         sqlx::query(
             "INSERT INTO webhook_attempts (request_pk, attempt_number, attempted_at, success, status_code, \
-               response_body, response_truncated, response_time_ms, error_category, error_message) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               response_body, response_truncated, response_time_ms, error_category, error_message, lease_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(claim.log_id)
         .bind(number)
@@ -345,6 +356,7 @@ impl Store for SqliteStore {
         .bind(a.response_time_ms)
         .bind(a.error_category)
         .bind(&a.error_message)
+        .bind(claim.lease_id.to_string())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

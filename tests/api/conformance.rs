@@ -205,7 +205,30 @@ async fn purge_removes_settled_logs_and_never_pending_ones(backend: Backend) {
     assert!(store.log_details(pending.request_id, None).await.unwrap().is_some());
 }
 
+async fn a_claim_records_at_most_one_attempt(backend: Backend) {
+    let store = store(backend).await;
+    let d = store.insert_delivery(&delivery(Uuid::new_v4(), |_| {})).await.unwrap();
+    let a = store.claim_due(1, Duration::from_millis(200)).await.unwrap().pop().unwrap();
+    // A's lease runs out; B claims, fails and schedules a retry (the lease is
+    // cleared); then A's late attempt arrives, and arrives again (a lost reply).
+    let b = eventually(Duration::from_secs(5), "the lease to expire", || {
+        let store = store.clone();
+        async move { store.claim_due(1, Duration::from_secs(30)).await.unwrap().pop() }
+    })
+    .await;
+    let later = Utc::now() + chrono::TimeDelta::hours(1);
+    assert!(store.record_attempt(&b, &settled(NextStep::RetryAt(later))).await.unwrap());
+    assert!(store.record_attempt(&b, &settled(NextStep::RetryAt(later))).await.unwrap(), "a retried record is a no-op");
+    assert!(!store.record_attempt(&a, &settled(NextStep::Succeeded)).await.unwrap(), "A's lease is lost");
+    store.record_attempt(&a, &settled(NextStep::Succeeded)).await.unwrap();
+    let (log, attempts) = store.log_details(d.request_id, None).await.unwrap().unwrap();
+    assert_eq!(attempts.len(), 2, "one attempt per claim, whatever the retries");
+    assert_eq!(log.attempt_count, 2);
+    assert_eq!(log.status, ExecutionStatus::Pending, "the late attempt does not settle what B scheduled");
+}
+
 on_both_stores!(
+    a_claim_records_at_most_one_attempt,
     idempotency_under_concurrent_duplicates,
     keyset_paging_with_every_filter,
     a_lease_expires_and_the_delivery_is_claimed_again,

@@ -222,7 +222,18 @@ async fn a_hanging_receiver_does_not_starve_other_hosts(backend: Backend) {
     assert_eq!(slow.received().len(), 2, "the slow host never gets more than its cap");
 }
 
+async fn a_binary_response_body_is_recorded(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::ok().body("\u{0}PNG\u{0}")]);
+    let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
+    let d = app.settled(&res.request_id, SETTLE).await;
+    assert_eq!(d.log.unwrap().execution_status(), pb::ExecutionStatus::Succeeded);
+    assert_eq!(d.attempts[0].response_body, "\u{FFFD}PNG\u{FFFD}");
+}
+
 on_both_stores!(
+    a_binary_response_body_is_recorded,
     the_webhook_is_posted_as_stored_with_identifying_headers,
     two_500s_then_a_200_make_three_attempts_and_succeed,
     a_400_fails_at_once_without_retry,

@@ -142,6 +142,54 @@ async fn organizations_never_see_each_others_data() {
 }
 
 #[tokio::test]
+async fn an_organization_key_pages_without_naming_its_organization() {
+    let app = spawn_app().await;
+    let org = Uuid::new_v4();
+    let key = app.create_key(KeyKind::Organization(org)).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let req =
+            pb::DispatchRequest { max_retries: Some(0), call_id: Some(7), ..dispatch_to("http://127.0.0.1:9/", org) };
+        ids.push(app.client.clone().dispatch(with_key(req, &key)).await.unwrap().into_inner().request_id);
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let req = pb::ListWebhookLogsRequest { page_size: 1, page_token: token, ..Default::default() };
+        let page = app.client.clone().list_webhook_logs(with_key(req, &key)).await.unwrap().into_inner();
+        seen.extend(page.logs.into_iter().map(|l| l.request_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    ids.reverse();
+    assert_eq!(seen, ids);
+    let (status, logs) = app.get_json_as("/api/v1/calls/7/webhook-logs", Some(&key)).await;
+    assert_eq!((status, logs.as_array().unwrap().len()), (200, 3));
+}
+
+#[tokio::test]
+async fn filters_and_metadata_that_the_store_cannot_hold_are_invalid_arguments() {
+    let app = spawn_app().await;
+    let bad_type = app
+        .list(pb::ListWebhookLogsRequest { webhook_type: "call\u{0}ended".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&bad_type), ["webhook_type"]);
+    let ancient = pbjson_types::Timestamp { seconds: -100_000_000_000, nanos: 0 };
+    let err =
+        app.list(pb::ListWebhookLogsRequest { created_after: Some(ancient), ..Default::default() }).await.unwrap_err();
+    assert_eq!(violated_fields(&err), ["created_after"]);
+    let meta = Some(hookpost::grpc::json_to_struct(json!({"k": "a\u{0}b"}).as_object().unwrap().clone()));
+    let req = pb::DispatchRequest { metadata: meta, ..dispatch_to("http://127.0.0.1:9/", Uuid::new_v4()) };
+    assert_eq!(violated_fields(&app.dispatch(req).await.unwrap_err()), ["metadata"]);
+    let req =
+        pb::DispatchRequest { idempotency_key: "k\u{0}".into(), ..dispatch_to("http://127.0.0.1:9/", Uuid::new_v4()) };
+    assert_eq!(violated_fields(&app.dispatch(req).await.unwrap_err()), ["idempotency_key"]);
+}
+
+#[tokio::test]
 async fn missing_bad_and_revoked_keys_are_unauthenticated_everywhere_but_health_and_reflection() {
     let app = spawn_app().await;
     let org = Uuid::new_v4();
