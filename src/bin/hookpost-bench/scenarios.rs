@@ -21,12 +21,19 @@ use crate::support::*;
 
 /// Dispatches `n` webhooks at `concurrency` over gRPC; returns dispatches/s.
 pub async fn grpc_dispatch(app: &RunningApp, url: &str, n: usize, concurrency: usize) -> anyhow::Result<f64> {
-    let client = WebhookServiceClient::connect(app.base_url()).await?;
+    // Several HTTP/2 connections, as a fleet of callers would open: one
+    // connection's frames are handled by one task on each side.
+    let connections = std::env::var("BENCH_GRPC_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(8usize);
+    let mut clients = Vec::new();
+    for _ in 0..connections.max(1) {
+        clients.push(WebhookServiceClient::connect(app.base_url()).await?);
+    }
     let payload = hookpost::grpc::json_to_struct(payload_1k());
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = JoinSet::new();
-    for _ in 0..concurrency {
+    for i in 0..concurrency {
+        let client = &clients[i % clients.len()];
         let (mut client, next, payload, url, key) =
             (client.clone(), next.clone(), payload.clone(), url.to_string(), app.key.clone());
         tasks.spawn(async move {
