@@ -3,6 +3,7 @@
 //! One trait, so that the service and the delivery engine never know which
 //! database they run on. Postgres is the production implementation.
 
+mod batch;
 pub mod postgres;
 mod sqlite;
 

@@ -9,6 +9,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
+use std::sync::Arc;
+
+use super::batch::InsertBatcher;
 use super::{NewAttempt, QueueStats, Store};
 use crate::auth::{ApiKeyRecord, KeyKind, NewApiKey};
 use crate::domain::{
@@ -90,6 +93,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Group commit for dispatches without an idempotency key.
+    batcher: Arc<InsertBatcher>,
 }
 
 const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
@@ -107,7 +112,8 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .context("connecting to Postgres")?;
-        Ok(Self { pool })
+        let batcher = Arc::new(InsertBatcher::start(pool.clone()));
+        Ok(Self { pool, batcher })
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
@@ -190,8 +196,12 @@ fn millis(d: Duration) -> i64 {
 impl Store for PostgresStore {
     #[tracing::instrument(skip_all, fields(request_id = %d.request_id))]
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<Dispatched> {
-        // Without a key: one INSERT. With one, the key row and the request are
-        // inserted by one statement; the key's primary key decides a duplicate,
+        if d.idempotency_key.is_none() {
+            let log_id = self.batcher.insert(d.clone()).await?;
+            return Ok(Dispatched { request_id: d.request_id, log_id, duplicate: false });
+        }
+        // With a key, the key row and the request are inserted by one
+        // statement of their own; the key's primary key decides a duplicate,
         // so concurrent Dispatches with one key cannot both insert: the loser
         // waits for the winner's commit, gets DO NOTHING, and reads the winner's.
         let row = sqlx::query(sql::INSERT_DELIVERY)
