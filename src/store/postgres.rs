@@ -109,6 +109,9 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
+            // No ping before each use: a round trip on every query. A broken
+            // connection fails its query as UNAVAILABLE and leaves the pool.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .context("connecting to Postgres")?;
@@ -263,7 +266,10 @@ impl Store for PostgresStore {
             // A row comparison keeps this a single index range scan.
             q.push(" AND (r.created_at, r.id) < (").push_bind(c.created_at).push(", ").push_bind(c.log_id).push(")");
         }
-        q.push(" ORDER BY r.created_at DESC, r.id DESC LIMIT ").push_bind(i64::from(limit));
+        // The limit is written into the SQL, not bound: a prepared statement's
+        // generic plan cannot see a bound LIMIT and may stop using the keyset
+        // index order. It is a number the service computed (at most 101).
+        q.push(format_args!(" ORDER BY r.created_at DESC, r.id DESC LIMIT {limit}"));
         let rows = q.build().fetch_all(&self.pool).await?;
         rows.iter().map(log_from_row).collect()
     }
@@ -273,9 +279,18 @@ impl Store for PostgresStore {
         request_id: Uuid,
         organization_id: Option<Uuid>,
     ) -> Result<Option<(LogRecord, Vec<AttemptRecord>)>> {
-        let sql =
-            format!("{} WHERE r.request_id = $1 AND ($2::uuid IS NULL OR r.organization_id = $2)", sql::LOG_SELECT);
-        let row = sqlx::query(&sql).bind(request_id).bind(organization_id).fetch_optional(&self.pool).await?;
+        // Two statements rather than `$2 IS NULL OR ...`, which a generic plan
+        // cannot simplify away.
+        let row = match organization_id {
+            Some(org) => {
+                let sql = format!("{} WHERE r.request_id = $1 AND r.organization_id = $2", sql::LOG_SELECT);
+                sqlx::query(&sql).bind(request_id).bind(org).fetch_optional(&self.pool).await?
+            }
+            None => {
+                let sql = format!("{} WHERE r.request_id = $1", sql::LOG_SELECT);
+                sqlx::query(&sql).bind(request_id).fetch_optional(&self.pool).await?
+            }
+        };
         let Some(row) = row else {
             return Ok(None);
         };

@@ -425,8 +425,7 @@ pub async fn grpc_details_latencies(app: &RunningApp, pool: &PgPool, samples: us
 /// GetLogDetails' two statements through pgbench.
 pub fn pgbench_details_latencies(db_url: &str, s: &Seeded, samples: u64, dir: &Path) -> anyhow::Result<Vec<f64>> {
     let script = format!(
-        "\\set i random(0, {last})\n{select} WHERE r.request_id = md5('r' || :i)::uuid \
-         AND (NULL::uuid IS NULL OR r.organization_id = NULL::uuid)\n\\gset g_\n\
+        "\\set i random(0, {last})\n{select} WHERE r.request_id = md5('r' || :i)::uuid\n\\gset g_\n\
          SELECT attempt_number, attempted_at, success, status_code, response_body, response_truncated, \
          response_time_ms, error_category, error_message FROM webhook_attempts \
          WHERE request_pk = :g_id AND request_created_at = :g_created_at ORDER BY attempt_number DESC;\n",
