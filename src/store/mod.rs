@@ -94,9 +94,6 @@ pub trait Store: Send + Sync + 'static {
     /// Gives claimed deliveries back without an attempt, due at `due_at`.
     async fn release(&self, claims: &[ClaimedDelivery], due_at: DateTime<Utc>) -> Result<()>;
 
-    /// The earliest time a pending delivery becomes due, if any.
-    async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>>;
-
     /// Cheap round trip, for health checks.
     async fn ping(&self) -> Result<()>;
 

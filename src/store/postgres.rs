@@ -366,13 +366,6 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
-        let row = sqlx::query("SELECT min(next_attempt_at) AS due FROM webhook_requests WHERE status = 'pending'")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get("due")?)
-    }
-
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

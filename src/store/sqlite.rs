@@ -380,14 +380,6 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
-        let us: Option<i64> =
-            sqlx::query_scalar("SELECT min(next_attempt_at) FROM webhook_requests WHERE status = 'pending'")
-                .fetch_one(&self.read)
-                .await?;
-        opt_time(us)
-    }
-
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
         Ok(())
