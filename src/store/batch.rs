@@ -64,7 +64,10 @@ impl InsertBatcher {
 async fn insert(pool: &PgPool, jobs: Vec<Job>) {
     let n = jobs.len();
     let mut cols = Columns::with_capacity(n);
-    for (d, _) in &jobs {
+    // Each delivery moves into the columns; only its ID stays to match replies.
+    let mut replies = Vec::with_capacity(n);
+    for (d, reply) in jobs {
+        replies.push((d.request_id, reply));
         cols.push(d);
     }
     let result = sqlx::query_as::<_, (i64, Uuid)>(
@@ -91,9 +94,9 @@ async fn insert(pool: &PgPool, jobs: Vec<Job>) {
     match result {
         Ok(rows) => {
             let ids: std::collections::HashMap<Uuid, i64> = rows.into_iter().map(|(id, r)| (r, id)).collect();
-            for (d, reply) in jobs {
+            for (request_id, reply) in replies {
                 let answer = ids
-                    .get(&d.request_id)
+                    .get(&request_id)
                     .copied()
                     .ok_or_else(|| Error::internal(anyhow::anyhow!("a batched row was not returned")));
                 let _ = reply.send(answer);
@@ -104,7 +107,7 @@ async fn insert(pool: &PgPool, jobs: Vec<Job>) {
             // lost database); nothing of the batch was committed.
             let err = Error::from(err);
             tracing::warn!(rows = n, error = %err, "batched dispatch insert failed");
-            for (_, reply) in jobs {
+            for (_, reply) in replies {
                 let _ = reply.send(Err(Error::new(err.code, err.message.clone())));
             }
         }
@@ -143,7 +146,7 @@ impl Columns {
         }
     }
 
-    fn push(&mut self, d: &NewDelivery) {
+    fn push(&mut self, d: NewDelivery) {
         self.request_id.push(d.request_id);
         self.organization_id.push(d.organization_id);
         self.workspace_id.push(d.workspace_id);
@@ -151,9 +154,9 @@ impl Columns {
         self.call_id.push(d.call_id);
         self.assistant_id.push(d.assistant_id);
         self.url.push(d.webhook_url.as_str().to_owned());
-        self.webhook_type.push(d.webhook_type.clone());
-        self.body.push(d.body.clone());
-        self.metadata.push(d.metadata.clone());
+        self.webhook_type.push(d.webhook_type);
+        self.body.push(d.body);
+        self.metadata.push(d.metadata);
         self.max_retries.push(i32::try_from(d.max_retries).unwrap_or(i32::MAX));
     }
 }
