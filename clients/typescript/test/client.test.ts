@@ -1,6 +1,6 @@
-// Runs against the server at HOOKPOST_ADDR with key HOOKPOST_KEY when set;
-// otherwise starts its own `hookpost serve` (HOOKPOST_BIN) on a temporary
-// embedded store.
+// Runs against the server at HOOKPOST_ADDR (host:port, as for the Python client
+// and grpcurl, or a URL) with key HOOKPOST_KEY when set; otherwise starts its
+// own `hookpost serve` (HOOKPOST_BIN) on a temporary embedded store.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
@@ -18,7 +18,8 @@ after(() => server?.kill());
 
 async function hookpost(): Promise<{ address: string; key: string }> {
   if (process.env.HOOKPOST_ADDR && process.env.HOOKPOST_KEY) {
-    return { address: process.env.HOOKPOST_ADDR, key: process.env.HOOKPOST_KEY };
+    const addr = process.env.HOOKPOST_ADDR;
+    return { address: addr.includes("://") ? addr : `http://${addr}`, key: process.env.HOOKPOST_KEY };
   }
   const bin = process.env.HOOKPOST_BIN ?? "../../target/debug/hookpost";
   const dataDir = mkdtempSync(join(tmpdir(), "hookpost-ts-"));
