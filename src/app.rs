@@ -21,6 +21,7 @@ use crate::metrics::{Metrics, PoolLabels, TableLabels};
 use crate::proto::v1::webhook_service_server::WebhookServiceServer;
 use crate::service::WebhookService;
 use crate::store::{self, Store};
+use crate::transport::ConnectionLimits;
 
 pub struct Application {
     listener: TcpListener,
@@ -29,6 +30,9 @@ pub struct Application {
     store: Arc<dyn Store>,
     engine: Arc<DeliveryEngine>,
     max_message_bytes: usize,
+    auth: Arc<Authenticator>,
+    connection_limits: ConnectionLimits,
+    request_timeout: Duration,
     retention: Duration,
     maintenance_interval: Duration,
     metrics: Arc<Metrics>,
@@ -46,7 +50,6 @@ impl Application {
             _ => redact(&config.database_url),
         };
         tracing::info!(store = kind, at = %location, "store ready");
-        let dev_key = development_key(store.as_ref(), kind, config.listen).await?;
         let wake = Arc::new(Notify::new());
         let metrics = Arc::new(Metrics::new());
         let auth = Arc::new(Authenticator::new(store.clone(), config.key_cache_ttl, config.rate_limit));
@@ -55,15 +58,20 @@ impl Application {
             config.limits.clone(),
             config.default_max_retries,
             wake.clone(),
-            auth,
             metrics.clone(),
         );
         if config.limits.allow_private_targets {
             tracing::warn!("--allow-private-targets: the SSRF guard is off; webhooks may reach private networks");
         }
         let engine = DeliveryEngine::new(store.clone(), config.delivery.clone(), wake, metrics.clone())?;
+        match crate::transport::raise_open_file_limit() {
+            Ok(limit) => tracing::debug!(limit, "open-file limit"),
+            Err(err) => tracing::warn!(error = %err, "raising the open-file limit failed"),
+        }
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
+        // Only once the port is ours: a failed start leaves no key nobody saw.
+        let dev_key = development_key(store.as_ref(), kind, addr).await?;
         let max_message_bytes = 4 * (config.limits.max_payload_bytes + config.limits.max_metadata_bytes) + (1 << 20);
         // Partitions for today must exist before the first Dispatch.
         store.prepare(chrono::Utc::now()).await?;
@@ -74,6 +82,9 @@ impl Application {
             store,
             engine,
             max_message_bytes,
+            auth,
+            connection_limits: config.connection_limits.clone(),
+            request_timeout: config.request_timeout,
             retention: config.retention,
             maintenance_interval: config.maintenance_interval,
             metrics,
@@ -115,7 +126,6 @@ impl Application {
             .into_axum_router();
         let rest = crate::rest::router(crate::rest::RestState {
             service: self.service.clone(),
-            grpc: grpc_api,
             metrics: self.metrics.clone(),
         })
         .layer(axum::extract::DefaultBodyLimit::max(self.max_message_bytes))
@@ -123,7 +133,7 @@ impl Application {
         .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(tower_http::request_id::MakeRequestUuid));
-        let router = by_content_type(grpc, rest);
+        let router = crate::transport::router(grpc, rest, self.auth.clone(), self.request_timeout);
 
         let health_task = tokio::spawn(report_health(self.store.clone(), health, token.clone()));
         let engine_task = tokio::spawn(self.engine.clone().run(token.clone()));
@@ -142,21 +152,12 @@ impl Application {
             shutdown.await;
             stop.cancel();
         });
-        use axum::serve::ListenerExt;
-        // Without TCP_NODELAY, a response written in several frames waits on
-        // Nagle + delayed ACK: ~40 ms per multi-frame gRPC or REST answer.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::warn!(error = %err, "setting TCP_NODELAY failed");
-            }
-        });
-        let served = axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned()).await;
+        crate::transport::serve(self.listener, router, self.connection_limits.clone(), token.clone()).await;
         token.cancel();
         engine_task.await.context("delivery engine panicked")?;
         health_task.abort();
         maintenance_task.abort();
         sampler_task.abort();
-        served.context("serving")?;
         tracing::info!("hookpost stopped");
         Ok(())
     }
@@ -267,18 +268,4 @@ async fn report_health(store: Arc<dyn Store>, health: tonic_health::server::Heal
             _ = tokio::time::sleep(HEALTH_PROBE_INTERVAL) => {}
         }
     }
-}
-
-/// One listener for both protocols: `application/grpc*` requests go to the
-/// gRPC services, everything else to the REST routes (whose 404 is JSON).
-fn by_content_type(grpc: axum::Router, rest: axum::Router) -> axum::Router {
-    use tower::ServiceExt;
-    axum::Router::new().fallback_service(tower::service_fn(move |req: axum::extract::Request| {
-        let is_grpc = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let target = if is_grpc { grpc.clone() } else { rest.clone() };
-        target.oneshot(req)
-    }))
 }

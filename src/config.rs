@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::delivery::DeliveryConfig;
 use crate::delivery::retry::RetryPolicy;
 use crate::domain::Limits;
+use crate::transport::ConnectionLimits;
 
 #[derive(Debug, Parser)]
 #[command(name = "hookpost", version, about = "Durable webhook delivery over gRPC, with a log of every attempt")]
@@ -215,9 +216,40 @@ pub struct ServeArgs {
     pub maintenance_interval: Duration,
 
     /// How long a looked-up API key is trusted before it is read again (so a
-    /// revocation takes effect within this time).
+    /// revocation takes effect within this time); unknown keys are remembered
+    /// as unknown for as long.
     #[arg(long, env = "HOOKPOST_KEY_CACHE_TTL", value_parser = duration, default_value = "10s")]
     pub key_cache_ttl: Duration,
+
+    /// Client connections served at once; more wait in the accept queue.
+    #[arg(long, env = "HOOKPOST_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Time a client has to send a request's headers (from connecting, or from
+    /// the end of its previous request on an HTTP/1 keep-alive connection).
+    #[arg(long, env = "HOOKPOST_HEADER_READ_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub header_read_timeout: Duration,
+
+    /// Time a whole request may take, body included; a unary call past it
+    /// fails DEADLINE_EXCEEDED (HTTP 504).
+    #[arg(long, env = "HOOKPOST_REQUEST_TIMEOUT", value_parser = duration, default_value = "30s")]
+    pub request_timeout: Duration,
+
+    /// A connection with no request in flight for this long is closed.
+    #[arg(long, env = "HOOKPOST_IDLE_TIMEOUT", value_parser = duration, default_value = "60s")]
+    pub idle_timeout: Duration,
+
+    /// Interval of HTTP/2 keep-alive pings to clients.
+    #[arg(long, env = "HOOKPOST_HTTP2_KEEPALIVE_INTERVAL", value_parser = duration, default_value = "30s")]
+    pub http2_keepalive_interval: Duration,
+
+    /// A client that does not answer a keep-alive ping within this is dropped.
+    #[arg(long, env = "HOOKPOST_HTTP2_KEEPALIVE_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Concurrent HTTP/2 streams (calls) per client connection.
+    #[arg(long, env = "HOOKPOST_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 128)]
+    pub http2_max_concurrent_streams: u32,
 }
 
 /// Everything `hookpost serve` needs, validated.
@@ -231,6 +263,8 @@ pub struct Config {
     pub limits: Limits,
     pub delivery: DeliveryConfig,
     pub key_cache_ttl: Duration,
+    pub connection_limits: ConnectionLimits,
+    pub request_timeout: Duration,
     pub rate_limit: Option<std::num::NonZeroU32>,
     pub retention: Duration,
     pub maintenance_interval: Duration,
@@ -248,6 +282,8 @@ impl Config {
             limits: Limits::default(),
             delivery: DeliveryConfig::default(),
             key_cache_ttl: Duration::from_secs(10),
+            connection_limits: ConnectionLimits::default(),
+            request_timeout: Duration::from_secs(30),
             rate_limit: None,
             retention: Duration::from_secs(30 * 24 * 3600),
             maintenance_interval: Duration::from_secs(3600),
@@ -280,6 +316,17 @@ impl TryFrom<ServeArgs> for Config {
             ..Limits::default()
         };
         anyhow::ensure!(a.max_retries <= limits.max_retries, "--max-retries must be at most {}", limits.max_retries);
+        anyhow::ensure!(a.max_connections >= 1, "--max-connections must be at least 1");
+        for (flag, d) in [
+            ("--header-read-timeout", a.header_read_timeout),
+            ("--request-timeout", a.request_timeout),
+            ("--idle-timeout", a.idle_timeout),
+            ("--http2-keepalive-interval", a.http2_keepalive_interval),
+            ("--http2-keepalive-timeout", a.http2_keepalive_timeout),
+        ] {
+            anyhow::ensure!(!d.is_zero(), "{flag} must be positive");
+        }
+        anyhow::ensure!(a.http2_max_concurrent_streams >= 1, "--http2-max-concurrent-streams must be at least 1");
         a.database.prepare()?;
         Ok(Self {
             listen: a.listen,
@@ -302,6 +349,15 @@ impl TryFrom<ServeArgs> for Config {
                 ..DeliveryConfig::default()
             },
             key_cache_ttl: a.key_cache_ttl,
+            connection_limits: ConnectionLimits {
+                max_connections: a.max_connections,
+                header_read_timeout: a.header_read_timeout,
+                idle_timeout: a.idle_timeout,
+                http2_keepalive_interval: a.http2_keepalive_interval,
+                http2_keepalive_timeout: a.http2_keepalive_timeout,
+                http2_max_concurrent_streams: a.http2_max_concurrent_streams,
+            },
+            request_timeout: a.request_timeout,
             rate_limit: a.rate_limit,
             retention: a.retention,
             maintenance_interval: a.maintenance_interval,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::auth::{Authenticator, Principal};
+use crate::auth::Principal;
 use crate::domain::valid_webhook_type;
 use crate::domain::{AttemptRecord, DispatchInput, Dispatched, Limits, LogFilter, LogRecord, NewDelivery};
 use crate::error::{Error, ErrorCode, FieldViolation, Result};
@@ -80,7 +80,6 @@ pub struct WebhookService {
     default_max_retries: u32,
     /// Wakes this process's delivery workers the moment a webhook is stored.
     wake: Arc<Notify>,
-    auth: Arc<Authenticator>,
     metrics: Arc<Metrics>,
 }
 
@@ -90,15 +89,9 @@ impl WebhookService {
         limits: Limits,
         default_max_retries: u32,
         wake: Arc<Notify>,
-        auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { store, limits, default_max_retries, wake, auth, metrics }
-    }
-
-    /// Who is calling, from an `authorization` value (`Bearer <key>`).
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal> {
-        self.auth.authenticate(authorization).await
+        Self { store, limits, default_max_retries, wake, metrics }
     }
 
     /// An organization key dispatches for its own organization (which the

@@ -43,10 +43,10 @@ impl GrpcApi {
         result
     }
 
-    /// The caller, from `authorization: Bearer <key>` metadata.
+    /// The caller, as the transport's authentication layer established it
+    /// from the request's headers before its message was decoded.
     async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
-        let value = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        Ok(self.service.authenticate(value).await?)
+        Ok(crate::transport::auth::principal(request.extensions())?)
     }
 
     /// The tonic service, with a message limit above every field limit so an

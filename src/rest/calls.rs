@@ -3,7 +3,6 @@
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -86,9 +85,9 @@ pub async fn call_webhook_logs(
     State(state): State<RestState>,
     Path(call_id): Path<String>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
+    extensions: axum::http::Extensions,
 ) -> Result<Json<Vec<CallWebhookLog>>, RestError> {
-    let who = caller(&state, &headers, Style::Detail).await?;
+    let who = caller(&extensions, Style::Detail)?;
     let call_id: i64 = call_id.parse().map_err(|_| bad_param(Style::Detail, "call_id", "must be an integer"))?;
     let params = query_params(raw.as_deref(), &["webhook_type"], Style::Detail)?;
     let filter =

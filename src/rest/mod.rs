@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -26,14 +26,12 @@ pub use error::{RestError, Style};
 
 use crate::auth::Principal;
 use crate::error::Error;
-use crate::grpc::GrpcApi;
 use crate::metrics::Metrics;
 use crate::service::WebhookService;
 
 #[derive(Clone)]
 pub struct RestState {
     pub service: WebhookService,
-    pub grpc: GrpcApi,
     pub metrics: Arc<Metrics>,
 }
 
@@ -108,11 +106,11 @@ async fn readyz(State(state): State<RestState>) -> impl IntoResponse {
     }
 }
 
-/// The caller of a request, from `Authorization: Bearer <key>` or
-/// `Authorization: AccessKey <key>` (both schemes appear in the documented APIs).
-pub async fn caller(state: &RestState, headers: &HeaderMap, style: Style) -> Result<Principal, RestError> {
-    let value = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    state.service.authenticate(value).await.map_err(|e| match style {
+/// The caller of a request, as the transport's authentication layer found it
+/// (from `Authorization: Bearer <key>` or `Authorization: AccessKey <key>`,
+/// both schemes appear in the documented APIs) before the body was read.
+pub fn caller(extensions: &axum::http::Extensions, style: Style) -> Result<Principal, RestError> {
+    crate::transport::auth::principal(extensions).map_err(|e| match style {
         Style::Detail => RestError::detail(e),
         Style::Status => RestError::status(e),
     })

@@ -3,7 +3,6 @@
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -133,9 +132,9 @@ pub async fn list_logs(
     State(state): State<RestState>,
     Path(path): Path<(String, String, String)>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
+    extensions: axum::http::Extensions,
 ) -> Result<Json<SubscriptionLogPage>, RestError> {
-    let who = caller(&state, &headers, Style::Status).await?;
+    let who = caller(&extensions, Style::Status)?;
     let scope = scope(path)?;
     let params = query_params(raw.as_deref(), &["limit", "pageToken", "executionStatus"], Style::Status)?;
     let limit = match params.get("limit") {
@@ -194,9 +193,9 @@ pub async fn log_details(
     State(state): State<RestState>,
     Path(path): Path<(String, String, String)>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
+    extensions: axum::http::Extensions,
 ) -> Result<Json<SubscriptionLogDetails>, RestError> {
-    let who = caller(&state, &headers, Style::Status).await?;
+    let who = caller(&extensions, Style::Status)?;
     let scope = scope(path)?;
     let params = query_params(raw.as_deref(), &["requestId"], Style::Status)?;
     let raw_id = params.get("requestId").ok_or_else(|| bad_param(Style::Status, "requestId", "is required"))?;

@@ -1,28 +1,22 @@
 //! The RPCs at their `google.api.http` routes (see `proto/`), in proto3
-//! canonical JSON (pbjson). Each handler decodes the JSON into the proto
-//! message and calls the gRPC method in-process, as grpc-gateway would over
-//! the network; the `authorization` header travels as gRPC metadata.
+//! canonical JSON. Requests are decoded into the proto messages (pbjson) and
+//! parsed by the same conversions gRPC uses; the service answers; responses
+//! are written by [`json`], which passes stored bodies through as the bytes
+//! they are instead of rebuilding them as `google.protobuf.Struct`.
+
+mod json;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::{RestError, RestState};
+use super::{RestError, RestState, Style, caller};
+use crate::domain::DispatchInput;
 use crate::error::{Error, ErrorCode};
 use crate::proto::v1 as pb;
-use crate::proto::v1::webhook_service_server::WebhookService as _;
-
-fn grpc_request<T>(message: T, headers: &HeaderMap) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
-        request.metadata_mut().insert("authorization", v);
-    }
-    request
-}
+use crate::service::{DetailsQuery, ListQuery};
 
 fn bad_request(message: String) -> RestError {
     RestError::status(Error::new(ErrorCode::InvalidArgument, message))
@@ -34,17 +28,13 @@ fn message_from_params<T: DeserializeOwned>(raw: Option<&str>, path: &[(&str, St
     let mut object = Map::new();
     for (k, v) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         if object.insert(k.to_string(), Value::String(v.to_string())).is_some() {
-            return Err(bad_request(format!("{k}: is given more than once")));
+            return Err(bad_request(format!("{k:?}: is given more than once")));
         }
     }
     for (k, v) in path {
         object.insert((*k).to_owned(), Value::String(v.clone()));
     }
     serde_json::from_value(Value::Object(object)).map_err(|e| bad_request(format!("bad query parameter: {e}")))
-}
-
-fn to_json<T: serde::Serialize>(message: &T) -> Result<Json<Value>, RestError> {
-    serde_json::to_value(message).map(Json).map_err(|e| RestError::status(Error::internal(e.into())))
 }
 
 /// Dispatch a webhook (`hookpost.v1.WebhookService/Dispatch`).
@@ -61,13 +51,15 @@ fn to_json<T: serde::Serialize>(message: &T) -> Result<Json<Value>, RestError> {
 )]
 pub async fn dispatch(
     State(state): State<RestState>,
-    headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: Bytes,
-) -> Result<Json<Value>, RestError> {
+) -> Result<Json<json::DispatchResponse>, RestError> {
+    let who = caller(&extensions, Style::Status)?;
     let message: pb::DispatchRequest =
         serde_json::from_slice(&body).map_err(|e| bad_request(format!("body is not a valid DispatchRequest: {e}")))?;
-    let response = state.grpc.dispatch(grpc_request(message, &headers)).await?;
-    to_json(response.get_ref())
+    let input = DispatchInput::try_from(message).map_err(RestError::status)?;
+    let d = state.service.dispatch(&who, input).await.map_err(RestError::status)?;
+    Ok(Json(json::DispatchResponse::new(&d)))
 }
 
 /// List webhook logs (`hookpost.v1.WebhookService/ListWebhookLogs`); query
@@ -92,11 +84,13 @@ pub async fn dispatch(
 pub async fn list_webhook_logs(
     State(state): State<RestState>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> Result<Json<Value>, RestError> {
+    extensions: axum::http::Extensions,
+) -> Result<Json<json::ListWebhookLogsResponse>, RestError> {
+    let who = caller(&extensions, Style::Status)?;
     let message: pb::ListWebhookLogsRequest = message_from_params(raw.as_deref(), &[])?;
-    let response = state.grpc.list_webhook_logs(grpc_request(message, &headers)).await?;
-    to_json(response.get_ref())
+    let query = ListQuery::try_from(message).map_err(RestError::status)?;
+    let page = state.service.list_logs(&who, query).await.map_err(RestError::status)?;
+    Ok(Json(json::ListWebhookLogsResponse::new(page)))
 }
 
 /// Every attempt of one request (`hookpost.v1.WebhookService/GetLogDetails`).
@@ -116,9 +110,11 @@ pub async fn get_log_details(
     State(state): State<RestState>,
     Path(request_id): Path<String>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> Result<Json<Value>, RestError> {
+    extensions: axum::http::Extensions,
+) -> Result<Json<json::GetLogDetailsResponse>, RestError> {
+    let who = caller(&extensions, Style::Status)?;
     let message: pb::GetLogDetailsRequest = message_from_params(raw.as_deref(), &[("request_id", request_id)])?;
-    let response = state.grpc.get_log_details(grpc_request(message, &headers)).await?;
-    to_json(response.get_ref())
+    let query = DetailsQuery::try_from(message).map_err(RestError::status)?;
+    let details = state.service.log_details(&who, query).await.map_err(RestError::status)?;
+    Ok(Json(json::GetLogDetailsResponse::new(details)))
 }

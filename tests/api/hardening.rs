@@ -1,0 +1,159 @@
+//! Anonymous and misbehaving clients: bounded connections, authentication
+//! before any body is read, bounded key lookups.
+
+use std::time::Duration;
+
+use hookpost::auth::KeyKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+/// Reads until the server closes the connection (or `deadline` passes, which
+/// fails the test); returns what was read.
+async fn read_until_closed(stream: &mut TcpStream, deadline: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(deadline, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server kept the connection open past {deadline:?}");
+    out
+}
+
+#[tokio::test]
+async fn more_idle_connections_than_the_cap_neither_stop_healthz_nor_stay_open() {
+    let app = spawn_app_with(|c| {
+        c.connection_limits.max_connections = 16;
+        c.connection_limits.header_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let addr = app.base_url.trim_start_matches("http://").to_owned();
+    // Silent clients, and clients stuck halfway through a header line.
+    let mut idle = Vec::new();
+    for i in 0..48 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        if i % 2 == 1 {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        }
+        idle.push(s);
+    }
+    // /healthz answers although every slot was taken when it connected.
+    let (status, _) = eventually(Duration::from_secs(20), "/healthz to answer", || async {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/healthz", app.base_url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        Some((resp.status().as_u16(), ()))
+    })
+    .await;
+    assert_eq!(status, 200);
+    // Every stalled client is dropped by the server.
+    for s in &mut idle {
+        read_until_closed(s, Duration::from_secs(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_keyless_request_is_answered_before_its_body_is_read() {
+    let app = spawn_app().await;
+    let addr = app.base_url.trim_start_matches("http://").to_owned();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    // Promises 2 MB and sends a few bytes: a server that reads the body
+    // first would wait for the rest.
+    s.write_all(
+        b"POST /v1/webhooks:dispatch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 2000000\r\n\r\n{\"payload\": {\"a\": [[[[",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("an answer before the body is complete")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(head.contains("application/json"), "{head}");
+}
+
+#[tokio::test]
+async fn random_keys_from_one_address_are_refused_without_lookups_past_the_allowance() {
+    let app = spawn_app_with(|c| c.key_cache_ttl = Duration::from_secs(10)).await;
+    let mut codes = Vec::new();
+    for _ in 0..80 {
+        let key = hookpost::auth::generate(KeyKind::Service).plaintext;
+        codes.push(app.get_json_as("/v1/webhook-logs", Some(&key)).await.0);
+    }
+    let unauthenticated = codes.iter().filter(|c| **c == 401).count();
+    let exhausted = codes.iter().filter(|c| **c == 429).count();
+    assert_eq!(unauthenticated + exhausted, codes.len(), "{codes:?}");
+    assert!(exhausted > 0, "no request was refused without a lookup: {codes:?}");
+    // The allowance is a burst of 40, plus what refills while the loop runs.
+    assert!(unauthenticated <= 60, "{unauthenticated} lookups of unknown keys were made");
+    // The address's own valid key waits too (it is the same client), and
+    // health stays open.
+    let (status, _) = app.get_json_as("/v1/webhook-logs", Some(&app.key)).await;
+    assert_eq!(status, 429);
+    let health = reqwest::get(format!("{}/healthz", app.base_url)).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn a_revoked_key_keeps_working_only_until_the_cache_ttl_passes() {
+    let app = spawn_app_with(|c| c.key_cache_ttl = Duration::from_millis(300)).await;
+    let key = app.create_key(KeyKind::Service).await;
+    assert_eq!(app.get_json_as("/v1/webhook-logs", Some(&key)).await.0, 200);
+    let store = open_store(&app.database_url).await;
+    assert!(store.revoke_api_key(hookpost::auth::prefix_of(&key).unwrap()).await.unwrap());
+    eventually(Duration::from_secs(10), "the revocation to take effect", || async {
+        (app.get_json_as("/v1/webhook-logs", Some(&key)).await.0 == 401).then_some(())
+    })
+    .await;
+    // A long TTL keeps serving the cached key after its revocation: the TTL,
+    // not chance, decides.
+    let cached = spawn_app_with(|c| c.key_cache_ttl = Duration::from_secs(3600)).await;
+    let key = cached.create_key(KeyKind::Service).await;
+    assert_eq!(cached.get_json_as("/v1/webhook-logs", Some(&key)).await.0, 200);
+    let store = open_store(&cached.database_url).await;
+    assert!(store.revoke_api_key(hookpost::auth::prefix_of(&key).unwrap()).await.unwrap());
+    assert_eq!(cached.get_json_as("/v1/webhook-logs", Some(&key)).await.0, 200);
+}
+
+#[tokio::test]
+async fn an_authenticated_request_that_trickles_its_body_is_cut_off() {
+    let app = spawn_app_with(|c| c.request_timeout = Duration::from_secs(1)).await;
+    let addr = app.base_url.trim_start_matches("http://").to_owned();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/webhooks:dispatch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{",
+        app.key
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut s, Duration::from_secs(20)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(answer.contains("\"code\":4"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_grpc_content_type_on_a_rest_path_is_rest() {
+    let app = spawn_app().await;
+    let resp = reqwest::Client::new()
+        .get(format!("{}/healthz", app.base_url))
+        .header("content-type", "application/grpc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "ok");
+}
