@@ -11,10 +11,17 @@ use crate::domain::{AttemptRecord, DispatchInput, Dispatched, Limits, LogFilter,
 use crate::error::{Error, ErrorCode, FieldViolation, Result};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::pagination;
-use crate::store::Store;
+use crate::store::{CallCursor, CallLogFilter, LogBatch, Store};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 10;
 pub const MAX_PAGE_SIZE: u32 = 100;
+/// Bodies (request, response) one page or chunk of logs may hold: a page
+/// stops early past it (AIP-158 lets a page be shorter than page_size), so
+/// reading logs costs memory in proportion to this, not to page_size times
+/// the largest payload.
+pub const MAX_PAGE_BYTES: usize = 2 << 20;
+/// Logs per chunk of the per-call listing.
+const CALL_CHUNK: u32 = 100;
 
 /// A page request: filters plus AIP-158 `page_size` / `page_token`.
 #[derive(Debug, Clone, Default)]
@@ -139,15 +146,27 @@ impl WebhookService {
             "" => None,
             token => Some(pagination::decode(token, &q.filter, "page_token")?),
         };
-        // One extra row tells whether another page follows, without a COUNT.
-        let mut logs = self.store.list_logs(&q.filter, after, page_size + 1).await?;
-        let next_page_token = if logs.len() > page_size as usize {
-            logs.truncate(page_size as usize);
-            logs.last().map(|last| pagination::encode(last.cursor(), &q.filter))
-        } else {
-            None
+        let batch = self.store.list_logs(&q.filter, after, page_size, MAX_PAGE_BYTES).await?;
+        let next_page_token = match batch.more {
+            true => batch.logs.last().map(|last| pagination::encode(last.cursor(), &q.filter)),
+            false => None,
         };
-        Ok(LogPage { logs, next_page_token })
+        Ok(LogPage { logs: batch.logs, next_page_token })
+    }
+
+    /// One chunk of a call's logs, in the per-call API's order (by attempt
+    /// time), after `after`. An organization key reads only its own.
+    pub async fn call_logs(
+        &self,
+        who: &Principal,
+        call_id: i64,
+        webhook_type: Option<String>,
+        after: Option<CallCursor>,
+    ) -> Result<LogBatch> {
+        let filter = LogFilter { webhook_type: webhook_type.clone(), ..Default::default() };
+        check_filter(&filter, &self.limits)?;
+        let filter = CallLogFilter { organization_id: who.organization(), call_id, webhook_type };
+        self.store.call_logs(&filter, after, CALL_CHUNK, MAX_PAGE_BYTES).await
     }
 
     /// One request's attempts. Outside the caller's scope (another

@@ -155,11 +155,11 @@ impl TryFrom<pb::GetLogDetailsRequest> for DetailsQuery {
     }
 }
 
+/// The stored body as a `Struct`, built straight from its bytes: no
+/// intermediate `serde_json::Value` tree (which doubled the memory a page of
+/// large payloads took). The page's byte budget bounds how many are built.
 fn parse_object(raw: &str) -> Option<Struct> {
-    match serde_json::from_str::<Json>(raw) {
-        Ok(Json::Object(o)) => Some(json_to_struct(o)),
-        _ => None,
-    }
+    serde_json::from_str::<Struct>(raw).ok()
 }
 
 impl From<LogRecord> for pb::WebhookLog {

@@ -2,19 +2,18 @@
 //! ordered by attempt time, in the per-call API's shape.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
+use axum::response::IntoResponse;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::error::bad_param;
 use super::{RestError, RestState, Style, caller, query_params};
-use crate::domain::{ExecutionStatus, LogFilter, LogRecord};
+use crate::domain::{ExecutionStatus, LogRecord};
 use crate::error::Error;
-use crate::service::{ListQuery, MAX_PAGE_SIZE};
-
-/// Most logs returned for one call; a call's webhooks are few in practice and
-/// this bounds the work one request can cause.
-const MAX_CALL_LOGS: usize = 10_000;
+use crate::store::CallCursor;
 
 /// One webhook log, as the per-call API documents it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -27,7 +26,7 @@ pub struct CallWebhookLog {
     webhook_type: String,
     /// The JSON payload sent to the webhook URL.
     #[schema(value_type = Object)]
-    request_payload: serde_json::Value,
+    request_payload: Box<RawValue>,
     response_status_code: Option<i32>,
     /// Response body (at most 10 KiB kept).
     response_body: Option<String>,
@@ -51,7 +50,9 @@ impl CallWebhookLog {
             assistant_id: l.assistant_id,
             webhook_url: l.webhook_url,
             webhook_type: l.webhook_type,
-            request_payload: serde_json::from_str(&l.body).unwrap_or(serde_json::Value::Null),
+            // The stored body is the JSON sent: passed through, not re-parsed.
+            request_payload: RawValue::from_string(l.body)
+                .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("null is JSON")),
             response_status_code: last.and_then(|a| a.status_code),
             // No response (connect error, timeout) is null, not an empty body.
             response_body: last.filter(|a| a.status_code.is_some()).map(|a| a.response_body.clone()),
@@ -86,45 +87,59 @@ pub async fn call_webhook_logs(
     Path(call_id): Path<String>,
     RawQuery(raw): RawQuery,
     extensions: axum::http::Extensions,
-) -> Result<Json<Vec<CallWebhookLog>>, RestError> {
+) -> Result<axum::response::Response, RestError> {
     let who = caller(&extensions, Style::Detail)?;
     let call_id: i64 = call_id.parse().map_err(|_| bad_param(Style::Detail, "call_id", "must be an integer"))?;
     let params = query_params(raw.as_deref(), &["webhook_type"], Style::Detail)?;
-    let filter =
-        LogFilter { call_id: Some(call_id), webhook_type: params.get("webhook_type").cloned(), ..Default::default() };
-
-    let mut logs = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = state
-            .service
-            .list_logs(&who, ListQuery { filter: filter.clone(), page_size: MAX_PAGE_SIZE as i32, page_token })
-            .await
-            .map_err(RestError::detail)?;
-        logs.extend(page.logs);
-        match page.next_page_token {
-            Some(t) if logs.len() < MAX_CALL_LOGS => page_token = t,
-            _ => break,
-        }
-    }
-    if logs.is_empty() && filter.webhook_type.is_some() {
+    // Empty means any type, as it does on ListWebhookLogs.
+    let webhook_type = params.get("webhook_type").filter(|t| !t.is_empty()).cloned();
+    let service = state.service;
+    let first = service.call_logs(&who, call_id, webhook_type.clone(), None).await.map_err(RestError::detail)?;
+    if first.logs.is_empty() {
         // A known call with no webhook of that type is an empty list, not a 404.
-        let any = LogFilter { webhook_type: None, ..filter };
-        let page = state
-            .service
-            .list_logs(&who, ListQuery { filter: any, page_size: 1, page_token: String::new() })
-            .await
-            .map_err(RestError::detail)?;
-        if !page.logs.is_empty() {
-            return Ok(Json(Vec::new()));
+        if webhook_type.is_some()
+            && !service.call_logs(&who, call_id, None, None).await.map_err(RestError::detail)?.logs.is_empty()
+        {
+            return Ok(Json(Vec::<CallWebhookLog>::new()).into_response());
         }
-    }
-    if logs.is_empty() {
         return Err(RestError::detail(Error::not_found(format!(
             "Call with ID {call_id} not found in your organization"
         ))));
     }
-    // Attempt time, oldest first; a webhook not yet attempted sorts by creation.
-    logs.sort_by_key(|l| (l.last_attempt.as_ref().map_or(l.created_at, |a| a.attempted_at), l.log_id));
-    Ok(Json(logs.into_iter().map(|l| CallWebhookLog::new(l, call_id)).collect()))
+    // Every log of the call, however many, streamed one chunk (one keyset
+    // query) at a time: memory holds one chunk, never the whole call. A
+    // failure after the first chunk can no longer change the status, so it
+    // aborts the response rather than end it as if complete.
+    let chunks = futures_util::stream::unfold(Some((first, true)), move |state| {
+        let (service, who, webhook_type) = (service.clone(), who.clone(), webhook_type.clone());
+        async move {
+            let (batch, first) = state?;
+            let cursor = batch.logs.last().map(cursor_of);
+            let mut out = Vec::with_capacity(batch.logs.iter().map(crate::store::log_bytes).sum::<usize>() + 2);
+            for (i, log) in batch.logs.into_iter().enumerate() {
+                out.push(if first && i == 0 { b'[' } else { b',' });
+                if let Err(e) = serde_json::to_writer(&mut out, &CallWebhookLog::new(log, call_id)) {
+                    return Some((Err(std::io::Error::other(e)), None));
+                }
+            }
+            if !batch.more {
+                out.push(b']');
+                return Some((Ok(Bytes::from(out)), None));
+            }
+            match service.call_logs(&who, call_id, webhook_type, cursor).await {
+                Ok(next) => Some((Ok(Bytes::from(out)), Some((next, false)))),
+                Err(e) => {
+                    e.log();
+                    Some((Err(std::io::Error::other("reading the next chunk of logs failed")), None))
+                }
+            }
+        }
+    });
+    let body = axum::body::Body::from_stream(chunks);
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Where a log sits in the per-call order.
+fn cursor_of(l: &LogRecord) -> CallCursor {
+    CallCursor { at: l.last_attempt.as_ref().map_or(l.created_at, |a| a.attempted_at), log_id: l.log_id }
 }

@@ -57,6 +57,64 @@ pub struct NewAttempt {
     pub next: NextStep,
 }
 
+/// A chunk of logs, and whether more follow it.
+#[derive(Debug, Clone, Default)]
+pub struct LogBatch {
+    pub logs: Vec<LogRecord>,
+    pub more: bool,
+}
+
+/// Which call's logs to read, within which organization (`None`: any, for a
+/// service key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallLogFilter {
+    pub organization_id: Option<Uuid>,
+    pub call_id: i64,
+    pub webhook_type: Option<String>,
+}
+
+/// A position in a call's logs: (latest attempt time or creation time, log ID).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallCursor {
+    pub at: DateTime<Utc>,
+    pub log_id: i64,
+}
+
+/// What a log costs to hold: the bodies it carries.
+pub fn log_bytes(l: &LogRecord) -> usize {
+    let attempt =
+        l.last_attempt.as_ref().map_or(0, |a| a.response_body.len() + a.error_message.as_ref().map_or(0, String::len));
+    l.body.len() + l.webhook_url.len() + attempt
+}
+
+/// Reads rows from `rows` (a query with `LIMIT limit + 1`) until `limit` are
+/// taken or their bytes reach `max_bytes`; then looks at one more row only to
+/// tell whether more follow. Rows are decoded one at a time from the
+/// connection, so what was not taken is never held.
+pub(crate) async fn take_within_budget<R, S>(
+    mut rows: S,
+    limit: u32,
+    max_bytes: usize,
+    decode: impl Fn(&R) -> Result<LogRecord>,
+) -> Result<LogBatch>
+where
+    S: futures_util::Stream<Item = std::result::Result<R, sqlx::Error>> + Unpin,
+{
+    use futures_util::TryStreamExt;
+    let mut batch = LogBatch::default();
+    let mut bytes = 0;
+    while let Some(row) = rows.try_next().await? {
+        if batch.logs.len() >= limit as usize || (bytes >= max_bytes && !batch.logs.is_empty()) {
+            batch.more = true;
+            break;
+        }
+        let log = decode(&row)?;
+        bytes += log_bytes(&log);
+        batch.logs.push(log);
+    }
+    Ok(batch)
+}
+
 /// The delivery queue at a glance, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -71,8 +129,26 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_delivery(&self, delivery: &NewDelivery) -> Result<Dispatched>;
 
     /// Up to `limit` logs matching `filter`, newest first, strictly after
-    /// `after` in that order.
-    async fn list_logs(&self, filter: &LogFilter, after: Option<Cursor>, limit: u32) -> Result<Vec<LogRecord>>;
+    /// `after` in that order; fewer (at least one) once the bodies read reach
+    /// `max_bytes`, so that no page holds more than about that much.
+    async fn list_logs(
+        &self,
+        filter: &LogFilter,
+        after: Option<Cursor>,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<LogBatch>;
+
+    /// A call's logs in the per-call API's order, by the time of their latest
+    /// attempt (creation time before the first), then log ID; after `after`,
+    /// up to `limit` and `max_bytes` as for [`Store::list_logs`].
+    async fn call_logs(
+        &self,
+        filter: &CallLogFilter,
+        after: Option<CallCursor>,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<LogBatch>;
 
     /// A request and all its attempts, newest first; `None` also when
     /// `organization_id` is given and the request belongs to another one.

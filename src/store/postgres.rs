@@ -12,7 +12,7 @@ use uuid::Uuid;
 use std::sync::Arc;
 
 use super::batch::InsertBatcher;
-use super::{NewAttempt, QueueStats, Store};
+use super::{CallCursor, CallLogFilter, LogBatch, NewAttempt, QueueStats, Store, take_within_budget};
 use crate::auth::{ApiKeyRecord, KeyKind, NewApiKey};
 use crate::domain::{
     AttemptRecord, ClaimedDelivery, Cursor, Dispatched, ExecutionStatus, LogFilter, LogRecord, NewDelivery, NextStep,
@@ -235,7 +235,7 @@ impl Store for PostgresStore {
         Ok(Dispatched { request_id: row.try_get("request_id")?, log_id: row.try_get("log_id")?, duplicate: true })
     }
 
-    async fn list_logs(&self, f: &LogFilter, after: Option<Cursor>, limit: u32) -> Result<Vec<LogRecord>> {
+    async fn list_logs(&self, f: &LogFilter, after: Option<Cursor>, limit: u32, max_bytes: usize) -> Result<LogBatch> {
         let mut q = QueryBuilder::new(sql::LOG_SELECT);
         q.push(" WHERE true");
         if let Some(v) = f.organization_id {
@@ -269,9 +269,36 @@ impl Store for PostgresStore {
         // The limit is written into the SQL, not bound: a prepared statement's
         // generic plan cannot see a bound LIMIT and may stop using the keyset
         // index order. It is a number the service computed (at most 101).
-        q.push(format_args!(" ORDER BY r.created_at DESC, r.id DESC LIMIT {limit}"));
-        let rows = q.build().fetch_all(&self.pool).await?;
-        rows.iter().map(log_from_row).collect()
+        q.push(format_args!(" ORDER BY r.created_at DESC, r.id DESC LIMIT {}", u64::from(limit) + 1));
+        take_within_budget(q.build().fetch(&self.pool), limit, max_bytes, log_from_row).await
+    }
+
+    async fn call_logs(
+        &self,
+        f: &CallLogFilter,
+        after: Option<CallCursor>,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<LogBatch> {
+        // The order key comes from the latest attempt (a lateral row), so the
+        // keyset condition applies to the joined rows; a call's logs are found
+        // by the call_id index first, and each chunk is one query.
+        let select =
+            sql::LOG_SELECT.replacen("SELECT ", "SELECT COALESCE(a.attempted_at, r.created_at) AS sort_at, ", 1);
+        let mut q = QueryBuilder::new("SELECT * FROM (");
+        q.push(select).push(" WHERE r.call_id = ").push_bind(f.call_id);
+        if let Some(v) = f.organization_id {
+            q.push(" AND r.organization_id = ").push_bind(v);
+        }
+        if let Some(v) = &f.webhook_type {
+            q.push(" AND r.webhook_type = ").push_bind(v.clone());
+        }
+        q.push(") l");
+        if let Some(c) = after {
+            q.push(" WHERE (l.sort_at, l.id) > (").push_bind(c.at).push(", ").push_bind(c.log_id).push(")");
+        }
+        q.push(format_args!(" ORDER BY l.sort_at, l.id LIMIT {}", u64::from(limit) + 1));
+        take_within_budget(q.build().fetch(&self.pool), limit, max_bytes, log_from_row).await
     }
 
     async fn log_details(

@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
-use super::{NewAttempt, QueueStats, Store};
+use super::{CallCursor, CallLogFilter, LogBatch, NewAttempt, QueueStats, Store, take_within_budget};
 use crate::auth::{ApiKeyRecord, KeyKind, NewApiKey};
 use crate::domain::{
     AttemptRecord, ClaimedDelivery, Cursor, Dispatched, ExecutionStatus, LogFilter, LogRecord, NewDelivery, NextStep,
@@ -196,7 +196,7 @@ impl Store for SqliteStore {
         Ok(Dispatched { request_id: uuid(row.try_get("request_id")?)?, log_id: row.try_get("id")?, duplicate: true })
     }
 
-    async fn list_logs(&self, f: &LogFilter, after: Option<Cursor>, limit: u32) -> Result<Vec<LogRecord>> {
+    async fn list_logs(&self, f: &LogFilter, after: Option<Cursor>, limit: u32, max_bytes: usize) -> Result<LogBatch> {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(LOG_SELECT);
         q.push(" WHERE 1 = 1");
         if let Some(v) = f.organization_id {
@@ -230,9 +230,32 @@ impl Store for SqliteStore {
                 .push_bind(c.log_id)
                 .push(")");
         }
-        q.push(" ORDER BY r.created_at DESC, r.id DESC LIMIT ").push_bind(i64::from(limit));
-        let rows = q.build().fetch_all(&self.read).await?;
-        rows.iter().map(log_from_row).collect()
+        q.push(" ORDER BY r.created_at DESC, r.id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        take_within_budget(q.build().fetch(&self.read), limit, max_bytes, log_from_row).await
+    }
+
+    async fn call_logs(
+        &self,
+        f: &CallLogFilter,
+        after: Option<CallCursor>,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<LogBatch> {
+        let select = LOG_SELECT.replacen("SELECT ", "SELECT COALESCE(a.attempted_at, r.created_at) AS sort_at, ", 1);
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM (");
+        q.push(select).push(" WHERE r.call_id = ").push_bind(f.call_id);
+        if let Some(v) = f.organization_id {
+            q.push(" AND r.organization_id = ").push_bind(v.to_string());
+        }
+        if let Some(v) = &f.webhook_type {
+            q.push(" AND r.webhook_type = ").push_bind(v.clone());
+        }
+        q.push(") l");
+        if let Some(c) = after {
+            q.push(" WHERE (l.sort_at, l.id) > (").push_bind(micros(c.at)).push(", ").push_bind(c.log_id).push(")");
+        }
+        q.push(" ORDER BY l.sort_at, l.id LIMIT ").push_bind(i64::from(limit) + 1);
+        take_within_budget(q.build().fetch(&self.read), limit, max_bytes, log_from_row).await
     }
 
     async fn log_details(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use hookpost::domain::{Cursor, DispatchInput, ExecutionStatus, Limits, LogFilter, LogRecord, NewDelivery, NextStep};
+use hookpost::domain::{Cursor, DispatchInput, ExecutionStatus, Limits, LogFilter, NewDelivery, NextStep};
 use hookpost::store::{NewAttempt, Store};
 use uuid::Uuid;
 
@@ -47,12 +47,14 @@ async fn all_pages(store: &dyn Store, filter: &LogFilter, size: u32) -> Vec<Uuid
     let mut out = Vec::new();
     let mut after: Option<Cursor> = None;
     loop {
-        let page: Vec<LogRecord> = store.list_logs(filter, after, size).await.unwrap();
-        out.extend(page.iter().map(|l| l.request_id));
-        if page.len() < size as usize {
+        let page = store.list_logs(filter, after, size, usize::MAX).await.unwrap();
+        out.extend(page.logs.iter().map(|l| l.request_id));
+        if !page.more {
+            assert!(page.logs.len() <= size as usize);
             return out;
         }
-        after = page.last().map(|l| l.cursor());
+        assert_eq!(page.logs.len(), size as usize, "a page short of its size without a byte budget");
+        after = page.logs.last().map(|l| l.cursor());
     }
 }
 

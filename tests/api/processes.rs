@@ -236,3 +236,96 @@ async fn the_embedded_store_survives_kill_9_and_delivers_after_restart() {
     killed_server_redelivers("", &["--data-dir", &data_dir], &key).await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Kilobytes of a process's resident memory: now (`VmRSS`) and at its peak
+/// since the last [`reset_peak`] (`VmHWM`).
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Restarts the peak-memory count at the current resident size (Linux).
+fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+}
+
+/// Peak growth of the server's memory, in bytes, while `read` runs.
+async fn peak_growth<F: std::future::Future<Output = usize>>(pid: u32, read: F) -> (u64, usize) {
+    reset_peak(pid);
+    let (before, _) = memory_kib(pid);
+    let response_bytes = read.await;
+    let (_, peak) = memory_kib(pid);
+    (peak.saturating_sub(before) * 1024, response_bytes)
+}
+
+#[tokio::test]
+async fn reading_large_logs_costs_memory_in_proportion_to_what_is_sent() {
+    let db = fresh_database().await;
+    let key = create_key(&db, hookpost::auth::KeyKind::Service).await;
+    // Nothing is delivered: the logs stay as stored.
+    let server = ServerProcess::start(&db, &["--no-delivery"]).await;
+    let mut client = server.client(&key).await;
+    let org = Uuid::new_v4();
+    let blob = "x".repeat(250_000);
+    for i in 0..100 {
+        let mut req = dispatch_to("http://127.0.0.1:9/hook", org);
+        req.call_id = Some(7);
+        req.payload = Some(hookpost::grpc::json_to_struct(
+            serde_json::json!({"i": i, "blob": blob}).as_object().unwrap().clone(),
+        ));
+        client.dispatch(req).await.unwrap();
+    }
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", server.addr);
+    let get = |path: String| {
+        let (http, key) = (http.clone(), key.clone());
+        async move {
+            let resp = http.get(path).bearer_auth(key).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.bytes().await.unwrap()
+        }
+    };
+
+    // One page asked for 100 logs of 250 KB: it stops at the byte budget, and
+    // paging on finds every log.
+    let (growth, sent) = peak_growth(server.child.id(), async {
+        get(format!("{base}/v1/webhook-logs?organizationId={org}&pageSize=100")).await.len()
+    })
+    .await;
+    eprintln!("one page: {sent} bytes sent, peak growth {growth} bytes");
+    assert!(sent < 4 << 20, "a page of {sent} bytes");
+    assert!(growth < 4 * sent as u64 + (16 << 20), "one page of {sent} bytes grew the server by {growth} bytes");
+    let mut seen = 0;
+    let mut token = String::new();
+    loop {
+        let page: serde_json::Value = serde_json::from_slice(
+            &get(format!("{base}/v1/webhook-logs?organizationId={org}&pageSize=100&pageToken={token}")).await,
+        )
+        .unwrap();
+        seen += page["logs"].as_array().unwrap().len();
+        match page["nextPageToken"].as_str() {
+            Some(t) => token = t.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 100);
+
+    // The per-call route answers every log of the call (25 MB), streamed a
+    // chunk at a time rather than held whole.
+    let (growth, sent) = peak_growth(server.child.id(), async {
+        let body = get(format!("{base}/api/v1/calls/7/webhook-logs")).await;
+        let logs: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(logs.len(), 100);
+        body.len()
+    })
+    .await;
+    eprintln!("per-call route: {sent} bytes sent, peak growth {growth} bytes");
+    assert!(sent > 25_000_000);
+    assert!(growth < sent as u64 / 2, "streaming {sent} bytes grew the server by {growth} bytes");
+    drop(client);
+    server.terminate().await;
+}
