@@ -73,7 +73,8 @@ impl CallWebhookLog {
     tag = "calls",
     params(
         ("call_id" = i64, Path, description = "The internal call ID"),
-        ("webhook_type" = Option<String>, Query, description = "Filter by webhook type, e.g. call_ended"),
+        ("webhook_type" = Option<String>, Query, description = "Filter by webhook type, e.g. call_ended; empty means any",
+            max_length = 128, pattern = "^[A-Za-z0-9._:-]*$"),
     ),
     responses(
         (status = 200, description = "Logs ordered by attempt time", body = [CallWebhookLog]),

@@ -34,7 +34,7 @@ impl RestError {
 
     /// Renames fields in violations (proto names to this route's parameter
     /// names), rebuilding the message so it names the parameter the caller used.
-    pub fn renamed(mut self, rename: impl Fn(&str) -> Option<&'static str>) -> Self {
+    pub fn renamed(mut self, rename: impl Fn(&str) -> Option<String>) -> Self {
         if self.err.violations.is_empty() {
             return self;
         }
@@ -43,7 +43,7 @@ impl RestError {
             .violations
             .iter()
             .map(|v| FieldViolation {
-                field: rename(&v.field).map(str::to_owned).unwrap_or_else(|| v.field.clone()),
+                field: rename(&v.field).unwrap_or_else(|| v.field.clone()),
                 description: v.description.clone(),
             })
             .collect();
@@ -51,9 +51,32 @@ impl RestError {
         self
     }
 
+    /// Names fields as proto3 JSON does (`page_size` → `pageSize`): the
+    /// gateway routes take their parameters and bodies under those names.
+    pub fn json_named(self) -> Self {
+        self.renamed(|field| Some(lower_camel(field)))
+    }
+
     pub fn code(&self) -> ErrorCode {
         self.err.code
     }
+}
+
+/// `snake_case` → `lowerCamelCase`, as protobuf derives JSON names.
+fn lower_camel(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut upper = false;
+    for c in field.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                out.extend(c.to_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A bad query or path parameter, named as the caller wrote it.
@@ -118,4 +141,66 @@ impl From<tonic::Status> for RestError {
         err.retry_after = details.retry_info().and_then(|r| r.retry_delay);
         Self::status(err)
     }
+}
+
+/// Longest request target (path and query) served; longer is a 414 in the
+/// route's JSON shape (hyper's own limit, far above, answers without a body).
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// The gRPC code a bare HTTP status stands for, in grpc-gateway's body.
+fn grpc_code_of(status: StatusCode) -> tonic::Code {
+    match status.as_u16() {
+        400 | 411 | 414 | 415 | 422 => tonic::Code::InvalidArgument,
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        404 => tonic::Code::NotFound,
+        405 | 501 => tonic::Code::Unimplemented,
+        408 | 504 => tonic::Code::DeadlineExceeded,
+        409 => tonic::Code::AlreadyExists,
+        413 | 429 => tonic::Code::ResourceExhausted,
+        503 => tonic::Code::Unavailable,
+        _ => tonic::Code::Internal,
+    }
+}
+
+/// An error body of `style` for a status that has no [`ErrorCode`] of its
+/// own (405, 413, 414, 415...).
+pub fn status_response(style: Style, status: StatusCode, message: &str) -> Response {
+    let body = match style {
+        Style::Detail => json!({ "detail": message }),
+        Style::Status => json!({ "code": grpc_code_of(status) as i32, "message": message, "details": [] }),
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Every REST error leaves in the route's documented JSON shape: the
+/// framework's own rejections (method not allowed, body too large, a path
+/// segment that does not decode...) are plain text, and are rewritten here.
+pub async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let style = crate::transport::rest_style(request.uri().path());
+    let target = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_URI_BYTES {
+        let message = format!("the request target is {target} bytes; at most {MAX_URI_BYTES} are accepted");
+        return status_response(style, StatusCode::URI_TOO_LONG, &message);
+    }
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // Rejection texts are short; anything longer is cut, not buffered.
+    let text = axum::body::to_bytes(body, 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = if text.trim().is_empty() { status.canonical_reason().unwrap_or("error") } else { text.trim() };
+    let rewritten = status_response(style, status, message);
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let (new_parts, body) = rewritten.into_parts();
+    parts.headers.extend(new_parts.headers);
+    Response::from_parts(parts, body)
 }

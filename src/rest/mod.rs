@@ -9,6 +9,7 @@
 mod calls;
 mod error;
 mod gateway;
+mod openapi;
 mod subscriptions;
 
 use std::collections::HashMap;
@@ -55,6 +56,8 @@ pub fn router(state: RestState) -> axum::Router {
         .routes(routes!(readyz))
         .with_state(state.clone())
         .split_for_parts();
+    let mut api = api;
+    utoipa::Modify::modify(&openapi::ErrorResponses, &mut api);
     let api = Arc::new(api);
     let metrics = state.metrics.clone();
     router
@@ -62,6 +65,7 @@ pub fn router(state: RestState) -> axum::Router {
         .route("/openapi.json", axum::routing::get(move || async move { Json(api.as_ref().clone()) }))
         .route("/metrics", axum::routing::get(move || async move { render_metrics(&metrics) }))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(error::json_errors))
 }
 
 /// Prometheus scrape endpoint (open, like health: it carries no tenant data).

@@ -165,7 +165,11 @@ pub async fn list_logs(
     };
     let query =
         ListQuery { filter, page_size: limit, page_token: params.get("pageToken").cloned().unwrap_or_default() };
-    let page = state.service.list_logs(&who, query).await.map_err(|e| RestError::status(e).renamed(rest_name))?;
+    let page = state
+        .service
+        .list_logs(&who, query)
+        .await
+        .map_err(|e| RestError::status(e).renamed(|f| rest_name(f).map(str::to_owned)))?;
     Ok(Json(SubscriptionLogPage {
         results: page.logs.into_iter().map(summary).collect(),
         next_page_token: page.next_page_token,
@@ -210,7 +214,7 @@ pub async fn log_details(
         Ok(d) => d,
         // Documented: no details is an empty list, not an error.
         Err(e) if e.code == ErrorCode::NotFound => return Ok(Json(SubscriptionLogDetails { results: Vec::new() })),
-        Err(e) => return Err(RestError::status(e).renamed(rest_name)),
+        Err(e) => return Err(RestError::status(e).renamed(|f| rest_name(f).map(str::to_owned))),
     };
     let log = &details.log;
     let results = details

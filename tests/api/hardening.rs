@@ -157,3 +157,67 @@ async fn a_grpc_content_type_on_a_rest_path_is_rest() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "ok");
 }
+
+#[tokio::test]
+async fn framework_rejections_have_the_routes_json_shape() {
+    let app = spawn_app_with(|c| c.limits.max_payload_bytes = 1024).await;
+    let http = reqwest::Client::new();
+    let key = app.key.clone();
+    let send = |req: reqwest::RequestBuilder| {
+        let key = key.clone();
+        async move {
+            let resp = req.bearer_auth(&key).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let content_type = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+            let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+            (status, content_type, body)
+        }
+    };
+    let base = &app.base_url;
+    let long = "a".repeat(10_000);
+    let cases = [
+        (405, http.delete(format!("{base}/v1/webhook-logs"))),
+        (405, http.post(format!("{base}/api/v1/calls/1/webhook-logs"))),
+        (413, http.post(format!("{base}/v1/webhooks:dispatch")).body(vec![b' '; 3 << 20])),
+        (414, http.get(format!("{base}/v1/webhook-logs?pageToken={long}"))),
+        (414, http.get(format!("{base}/api/v1/calls/1/webhook-logs?webhook_type={long}"))),
+        (400, http.get(format!("{base}/v1/webhook-logs/%FF%FE"))),
+    ];
+    for (expected, req) in cases {
+        let (status, content_type, body) = send(req).await;
+        assert_eq!(status, expected, "{body}");
+        assert_eq!(content_type.as_deref(), Some("application/json"), "{status}");
+        assert!(body["message"].is_string() || body["detail"].is_string(), "{status}: {body}");
+    }
+    // The per-call route keeps its own shape.
+    let (_, _, body) = send(http.post(format!("{base}/api/v1/calls/1/webhook-logs"))).await;
+    assert!(body["detail"].is_string(), "{body}");
+    let (_, _, body) = send(http.delete(format!("{base}/v1/webhook-logs"))).await;
+    assert_eq!(body["code"], 12, "{body}");
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_error_status_and_parameter_format() {
+    let app = spawn_app().await;
+    let doc: serde_json::Value =
+        reqwest::get(format!("{}/openapi.json", app.base_url)).await.unwrap().json().await.unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            let mut wanted = vec!["405", "414", "500", "503", "504"];
+            if !["/healthz", "/readyz"].contains(&path.as_str()) {
+                wanted.extend(["400", "401", "404", "413", "429"]);
+            }
+            for status in wanted {
+                assert!(responses.contains_key(status), "{method} {path} does not document {status}");
+            }
+        }
+    }
+    let params = doc["paths"]["/v1/webhook-logs"]["get"]["parameters"].as_array().unwrap();
+    let param = |name: &str| params.iter().find(|p| p["name"] == name).unwrap()["schema"].clone();
+    assert_eq!(param("organizationId")["format"], "uuid");
+    assert_eq!(param("createdAfter")["format"], "date-time");
+    assert_eq!(param("pageSize")["minimum"], 0);
+    assert_eq!(param("pageToken")["maxLength"], 8000);
+}

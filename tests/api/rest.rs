@@ -348,7 +348,7 @@ async fn the_gateway_routes_speak_proto3_json() {
     let mut fields: Vec<_> =
         body["details"][0]["fieldViolations"].as_array().unwrap().iter().map(|v| v["field"].clone()).collect();
     fields.sort_by_key(|f| f.to_string());
-    assert_eq!(fields, [json!("organization_id"), json!("webhook_url")]);
+    assert_eq!(fields, [json!("organizationId"), json!("webhookUrl")]);
     let resp = http
         .post(format!("{}/v1/webhooks:dispatch", app.base_url))
         .bearer_auth(&app.key)

@@ -225,7 +225,7 @@ def main() -> None:
         bad = error_details_pb2.BadRequest()
         if detail.Unpack(bad):
             violations.extend(v.field for v in bad.field_violations)
-    assert violations == ["page_size"], error
+    assert violations == ["pageSize"], error
     route = "GET /v1/webhook-logs/{unknown request_id}"
     error = status_pb2.Status()
     check.round_trip(route, *gateway.call("GET", f"/v1/webhook-logs/{uuid.uuid4()}"), error, expect_status=404)

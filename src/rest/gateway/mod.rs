@@ -57,8 +57,8 @@ pub async fn dispatch(
     let who = caller(&extensions, Style::Status)?;
     let message: pb::DispatchRequest =
         serde_json::from_slice(&body).map_err(|e| bad_request(format!("body is not a valid DispatchRequest: {e}")))?;
-    let input = DispatchInput::try_from(message).map_err(RestError::status)?;
-    let d = state.service.dispatch(&who, input).await.map_err(RestError::status)?;
+    let input = DispatchInput::try_from(message).map_err(|e| RestError::status(e).json_named())?;
+    let d = state.service.dispatch(&who, input).await.map_err(|e| RestError::status(e).json_named())?;
     Ok(Json(json::DispatchResponse::new(&d)))
 }
 
@@ -69,11 +69,14 @@ pub async fn dispatch(
     path = "/v1/webhook-logs",
     tag = "gateway",
     params(
-        ("organizationId" = Option<String>, Query), ("workspaceId" = Option<String>, Query),
-        ("subscriptionId" = Option<String>, Query), ("callId" = Option<i64>, Query),
-        ("webhookType" = Option<String>, Query), ("executionStatus" = Option<String>, Query),
-        ("createdAfter" = Option<String>, Query), ("createdBefore" = Option<String>, Query),
-        ("pageSize" = Option<i32>, Query), ("pageToken" = Option<String>, Query),
+        ("organizationId" = Option<uuid::Uuid>, Query), ("workspaceId" = Option<uuid::Uuid>, Query),
+        ("subscriptionId" = Option<uuid::Uuid>, Query), ("callId" = Option<i64>, Query),
+        ("webhookType" = Option<String>, Query, max_length = 128, pattern = "^[A-Za-z0-9._:-]*$"),
+        ("executionStatus" = Option<String>, Query, description = "EXECUTION_STATUS_PENDING, _SUCCEEDED or _FAILED"),
+        ("createdAfter" = Option<chrono::DateTime<chrono::Utc>>, Query),
+        ("createdBefore" = Option<chrono::DateTime<chrono::Utc>>, Query),
+        ("pageSize" = Option<i32>, Query, minimum = 0, description = "0 means 10; above 100 means 100"),
+        ("pageToken" = Option<String>, Query, max_length = 8000),
     ),
     responses(
         (status = 200, description = "hookpost.v1.ListWebhookLogsResponse in proto3 JSON", body = Object),
@@ -88,8 +91,8 @@ pub async fn list_webhook_logs(
 ) -> Result<Json<json::ListWebhookLogsResponse>, RestError> {
     let who = caller(&extensions, Style::Status)?;
     let message: pb::ListWebhookLogsRequest = message_from_params(raw.as_deref(), &[])?;
-    let query = ListQuery::try_from(message).map_err(RestError::status)?;
-    let page = state.service.list_logs(&who, query).await.map_err(RestError::status)?;
+    let query = ListQuery::try_from(message).map_err(|e| RestError::status(e).json_named())?;
+    let page = state.service.list_logs(&who, query).await.map_err(|e| RestError::status(e).json_named())?;
     Ok(Json(json::ListWebhookLogsResponse::new(page)))
 }
 
@@ -98,7 +101,7 @@ pub async fn list_webhook_logs(
     get,
     path = "/v1/webhook-logs/{request_id}",
     tag = "gateway",
-    params(("request_id" = String, Path, description = "The request ID (UUID)")),
+    params(("request_id" = uuid::Uuid, Path, description = "The request ID")),
     responses(
         (status = 200, description = "hookpost.v1.GetLogDetailsResponse in proto3 JSON", body = Object),
         (status = 400, description = "google.rpc.Status with field violations", body = Object),
@@ -114,7 +117,7 @@ pub async fn get_log_details(
 ) -> Result<Json<json::GetLogDetailsResponse>, RestError> {
     let who = caller(&extensions, Style::Status)?;
     let message: pb::GetLogDetailsRequest = message_from_params(raw.as_deref(), &[("request_id", request_id)])?;
-    let query = DetailsQuery::try_from(message).map_err(RestError::status)?;
-    let details = state.service.log_details(&who, query).await.map_err(RestError::status)?;
+    let query = DetailsQuery::try_from(message).map_err(|e| RestError::status(e).json_named())?;
+    let details = state.service.log_details(&who, query).await.map_err(|e| RestError::status(e).json_named())?;
     Ok(Json(json::GetLogDetailsResponse::new(details)))
 }
