@@ -200,16 +200,28 @@ async fn maintain(
     }
 }
 
-/// The URL without its password, for logs.
+/// Query parameters of a database URL that carry secrets.
+const SECRET_PARAMS: &[&str] = &["password", "sslpassword", "sslkey"];
+
+/// The URL without its password (in the user part or as a parameter), for logs.
 fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "(unparsable URL)".into(),
+    let Ok(mut u) = url::Url::parse(url) else {
+        return "(unparsable URL)".into();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
     }
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = SECRET_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s));
+                (k.into_owned(), if secret { "***".to_owned() } else { v.into_owned() })
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 async fn development_key(store: &dyn Store, kind: &str, listen: SocketAddr) -> anyhow::Result<Option<String>> {
@@ -267,5 +279,18 @@ async fn report_health(store: Arc<dyn Store>, health: tonic_health::server::Heal
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(HEALTH_PROBE_INTERVAL) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_the_log() {
+        let r = redact("postgres://app:s3cret@db:5432/hookpost?sslmode=require&password=s3cret&PASSWORD=x");
+        assert!(!r.contains("s3cret") && !r.contains("=x"), "{r}");
+        assert!(r.contains("sslmode=require"), "{r}");
+        assert_eq!(redact("postgres://db/hookpost"), "postgres://db/hookpost");
     }
 }

@@ -134,9 +134,11 @@ impl Error {
     pub fn log(&self) {
         match self.code {
             ErrorCode::Internal | ErrorCode::Unavailable | ErrorCode::DeadlineExceeded => {
-                tracing::error!(code = ?self.code, error = ?self.source, "{}", self.message)
+                tracing::error!(code = ?self.code, error = ?self.source, message = ?self.message, "server error")
             }
-            _ => tracing::debug!(code = ?self.code, "{}", self.message),
+            // Debug-formatted: the message can quote what a client sent
+            // (a query key with a newline must not forge a log line).
+            _ => tracing::debug!(code = ?self.code, message = ?self.message, "client error"),
         }
     }
 }
@@ -210,6 +212,33 @@ impl From<Error> for tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_error_quoting_a_newline_logs_one_line() {
+        #[derive(Clone, Default)]
+        struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            Error::invalid("x\n2026-01-01T00:00:00Z  INFO forged: admin logged in", "is not a known parameter").log();
+        });
+        let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 1, "{out}");
+    }
 
     #[test]
     fn codes_follow_the_grpc_gateway_table() {

@@ -63,6 +63,11 @@ impl WebhookUrl {
             return Err(format!("must be at most {max_len} bytes"));
         }
         let url = url::Url::parse(raw).map_err(|e| format!("is not a valid URL ({e})"))?;
+        // The limit is on what is stored and sent: normalising percent-encodes
+        // (one `é` becomes six bytes), so the parsed form is checked too.
+        if url.as_str().len() > max_len {
+            return Err(format!("must be at most {max_len} bytes once normalised, is {}", url.as_str().len()));
+        }
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("scheme must be http or https, not {:?}", url.scheme()));
         }
@@ -202,6 +207,16 @@ impl NewDelivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_url_limit_applies_to_the_normalised_url() {
+        // 1,000 bytes as written, 3,000 once each `é` is percent-encoded.
+        let raw = format!("http://127.0.0.1/{}", "é".repeat(500));
+        assert!(raw.len() < 2048);
+        let err = WebhookUrl::parse(&raw, 2048, true).unwrap_err();
+        assert!(err.contains("once normalised"), "{err}");
+        assert!(WebhookUrl::parse("http://127.0.0.1/é", 2048, true).is_ok());
+    }
 
     fn input() -> DispatchInput {
         DispatchInput {

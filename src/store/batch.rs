@@ -11,7 +11,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::domain::NewDelivery;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 
 /// Most rows in one statement.
 const MAX_BATCH: usize = 64;
@@ -91,20 +91,40 @@ async fn insert(pool: &PgPool, jobs: Vec<Job>) {
     .bind(&cols.max_retries)
     .fetch_all(pool)
     .await;
-    match result {
+    let rows = match result {
+        Ok(rows) => Ok(rows),
+        // The connection broke: the commit may or may not have happened
+        // before it did. Look the batch up so that no caller is told "failed"
+        // about a webhook that was in fact stored (and will be delivered).
+        Err(
+            err @ (sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed),
+        ) => {
+            let ids: Vec<Uuid> = replies.iter().map(|(id, _)| *id).collect();
+            lookup(pool, &ids).await.map_err(|lookup_err| {
+                tracing::warn!(error = %lookup_err, "looking up a batch after a lost connection failed");
+                err
+            })
+        }
+        Err(err) => Err(err),
+    };
+    match rows {
         Ok(rows) => {
             let ids: std::collections::HashMap<Uuid, i64> = rows.into_iter().map(|(id, r)| (r, id)).collect();
             for (request_id, reply) in replies {
+                // After a lost connection, a row that is not there was not
+                // committed: the batch commits whole or not at all.
                 let answer = ids
                     .get(&request_id)
                     .copied()
-                    .ok_or_else(|| Error::internal(anyhow::anyhow!("a batched row was not returned")));
+                    .ok_or_else(|| Error::new(ErrorCode::Unavailable, "the store is unavailable, try again"));
                 let _ = reply.send(answer);
             }
         }
         Err(err) => {
-            // Every caller gets the same classified answer (UNAVAILABLE for a
-            // lost database); nothing of the batch was committed.
+            // Every caller gets the same classified answer. For a statement
+            // error nothing was committed. When even the look-up failed, the
+            // outcome is unknown: UNAVAILABLE, and a caller that retries should
+            // send an idempotency key so that a retry cannot store it twice.
             let err = Error::from(err);
             tracing::warn!(rows = n, error = %err, "batched dispatch insert failed");
             for (_, reply) in replies {
@@ -112,6 +132,18 @@ async fn insert(pool: &PgPool, jobs: Vec<Job>) {
             }
         }
     }
+}
+
+/// How long the look-up after a lost connection may take in all.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The rows of `ids` that were committed, on a fresh connection.
+async fn lookup(pool: &PgPool, ids: &[Uuid]) -> std::result::Result<Vec<(i64, Uuid)>, sqlx::Error> {
+    let query =
+        sqlx::query_as::<_, (i64, Uuid)>("SELECT id, request_id FROM webhook_requests WHERE request_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(pool);
+    tokio::time::timeout(LOOKUP_TIMEOUT, query).await.unwrap_or(Err(sqlx::Error::PoolTimedOut))
 }
 
 /// The batch, column by column, as the arrays `unnest` takes.

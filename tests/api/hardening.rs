@@ -221,3 +221,98 @@ async fn the_openapi_document_lists_every_error_status_and_parameter_format() {
     assert_eq!(param("pageSize")["minimum"], 0);
     assert_eq!(param("pageToken")["maxLength"], 8000);
 }
+
+#[tokio::test]
+async fn a_failed_start_leaves_no_development_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = fresh_store(Backend::Sqlite).await;
+    let mut config = test_config(&url);
+    config.listen = taken.local_addr().unwrap();
+    assert!(hookpost::Application::build(config).await.is_err(), "the port is taken");
+    assert!(open_store(&url).await.list_api_keys().await.unwrap().is_empty(), "a key nobody saw was stored");
+}
+
+#[tokio::test]
+async fn an_empty_webhook_type_means_any_type_on_the_per_call_route_as_on_grpc() {
+    let app = spawn_app_with(|c| c.delivery.enabled = false).await;
+    let mut req = dispatch_to("http://127.0.0.1:9/hook", uuid::Uuid::new_v4());
+    req.call_id = Some(4242);
+    app.dispatch(req).await.unwrap();
+    let (status, all) = app.get_json("/api/v1/calls/4242/webhook-logs").await;
+    assert_eq!(status, 200);
+    let (status, empty_type) = app.get_json("/api/v1/calls/4242/webhook-logs?webhook_type=").await;
+    assert_eq!((status, empty_type), (200, all.clone()));
+    let listed = app
+        .list(hookpost::proto::v1::ListWebhookLogsRequest { call_id: Some(4242), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(listed.logs.len(), all.as_array().unwrap().len());
+}
+
+#[tokio::test]
+async fn every_caller_of_a_failed_batch_is_answered_and_nothing_half_stored() {
+    let database_url = fresh_database().await;
+    let proxy = DbProxy::start(&database_url).await;
+    let mut config = test_config(&proxy.url(&database_url));
+    config.db_acquire_timeout = Duration::from_millis(500);
+    config.delivery.enabled = false;
+    let app = spawn_app_on(config, &database_url).await;
+    let org = uuid::Uuid::new_v4();
+    proxy.cut();
+    let calls = (0..24).map(|_| app.dispatch(dispatch_to("http://127.0.0.1:9/hook", org)));
+    let answers = futures_util::future::join_all(calls).await;
+    for a in &answers {
+        assert_eq!(a.as_ref().unwrap_err().code(), tonic::Code::Unavailable, "{a:?}");
+    }
+    proxy.restore();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_requests WHERE organization_id = $1")
+        .bind(org)
+        .fetch_one(app.pg())
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "a caller was told UNAVAILABLE about a stored webhook");
+    let calls = (0..24).map(|_| app.dispatch(dispatch_to("http://127.0.0.1:9/hook", org)));
+    for a in futures_util::future::join_all(calls).await {
+        a.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn paging_is_exact_across_logs_created_in_the_same_instant() {
+    // Group commit gives a whole batch one created_at: paging must not skip
+    // or repeat any of them.
+    let app = spawn_app_with(|c| c.delivery.enabled = false).await;
+    let org = uuid::Uuid::new_v4();
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(app.dispatch(dispatch_to("http://127.0.0.1:9/hook", org)).await.unwrap().request_id);
+    }
+    sqlx::query(
+        "UPDATE webhook_requests SET created_at = m.t FROM (SELECT min(created_at) AS t FROM webhook_requests \
+         WHERE organization_id = $1) m WHERE organization_id = $1",
+    )
+    .bind(org)
+    .execute(app.pg())
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = app
+            .list(hookpost::proto::v1::ListWebhookLogsRequest {
+                organization_id: org.to_string(),
+                page_size: 3,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        seen.extend(page.logs.iter().map(|l| l.request_id.clone()));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    ids.reverse();
+    assert_eq!(seen, ids, "newest first, each once");
+}

@@ -278,3 +278,20 @@ async fn health_follows_the_database_down_and_back_up() {
     eventually(Duration::from_secs(20), "SERVING again", || status(ServingStatus::Serving)).await;
     assert_eq!(get("/readyz").await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn the_queue_gauges_are_sampled_from_the_store() {
+    // Nothing delivers, so what is dispatched stays pending.
+    let app = spawn_app_with(|c| c.delivery.enabled = false).await;
+    let org = Uuid::new_v4();
+    for _ in 0..3 {
+        app.dispatch(dispatch_to("http://127.0.0.1:9/hook", org)).await.unwrap();
+    }
+    eventually(Duration::from_secs(20), "the pending gauge to read 3", || async {
+        let (scraped, _) = scrape(&app).await;
+        let pending = sample(&scraped, "hookpost_deliveries_pending", &[]);
+        let age = sample(&scraped, "hookpost_oldest_pending_age_seconds", &[]);
+        (pending == 3.0 && age > 0.0).then_some(())
+    })
+    .await;
+}
