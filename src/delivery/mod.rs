@@ -10,6 +10,7 @@
 
 pub mod http;
 pub mod retry;
+pub mod sign;
 pub mod ssrf;
 
 use std::collections::HashMap;
