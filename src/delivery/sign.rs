@@ -129,16 +129,19 @@ impl fmt::Debug for SigningSecret {
 /// [`Self::expose`] writes the 64-byte `seed ‖ public key` form, which Go's
 /// `crypto/ed25519` and libsodium load as a private key as-is; parsing also
 /// takes a bare 32-byte seed, which other tools write.
+///
+/// Boxed: an expanded ed25519 key is over 200 bytes, and a [`Secret`] is
+/// mostly the 16-byte symmetric kind.
 #[derive(Clone, PartialEq, Eq)]
-pub struct AsymmetricSecret(SigningKey);
+pub struct AsymmetricSecret(Box<SigningKey>);
 
 impl AsymmetricSecret {
     pub fn generate() -> Self {
-        Self(SigningKey::from_bytes(&random_bytes::<32>()))
+        Self::from_seed(&random_bytes::<32>())
     }
 
     pub fn from_seed(seed: &[u8; 32]) -> Self {
-        Self(SigningKey::from_bytes(seed))
+        Self(Box::new(SigningKey::from_bytes(seed)))
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -168,7 +171,7 @@ impl FromStr for AsymmetricSecret {
         })?;
         // Rejects a keypair whose public half does not belong to its seed.
         SigningKey::from_keypair_bytes(keypair)
-            .map(Self)
+            .map(|key| Self(Box::new(key)))
             .map_err(|_| KeyError::InvalidEd25519 { prefix: ASYMMETRIC_SECRET_PREFIX })
     }
 }
