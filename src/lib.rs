@@ -19,6 +19,8 @@
 //! - [`auth`]: API keys (stored hashed), principals, per-key rate limits.
 //! - [`metrics`]: Prometheus metrics, one registry per application.
 //! - [`pagination`]: opaque, checked keyset page tokens.
+//! - [`secrets`]: encryption at rest (XChaCha20-Poly1305) for endpoint
+//!   signing secrets, under an operator-held key.
 //! - [`error`]: one error type and one code table for gRPC and HTTP.
 //! - [`config`] / [`app`]: the CLI and the wiring (`Application::build`, `run`).
 
@@ -34,6 +36,7 @@ pub mod metrics;
 pub mod pagination;
 pub mod proto;
 pub mod rest;
+pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod transport;
