@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{Config, SecretKeySource};
 use crate::delivery::DeliveryEngine;
 use crate::grpc::GrpcApi;
 use crate::metrics::{Metrics, PoolLabels, TableLabels};
 use crate::proto::v1::webhook_service_server::WebhookServiceServer;
+use crate::secrets::SecretKey;
 use crate::service::WebhookService;
 use crate::store::{self, Store};
 use crate::transport::ConnectionLimits;
@@ -50,6 +51,7 @@ impl Application {
             _ => redact(&config.database_url),
         };
         tracing::info!(store = kind, at = %location, "store ready");
+        let secrets = Arc::new(secret_key(&config.secret_key, kind)?);
         let wake = Arc::new(Notify::new());
         let metrics = Arc::new(Metrics::new());
         let auth = Arc::new(Authenticator::new(store.clone(), config.key_cache_ttl, config.rate_limit));
@@ -59,6 +61,7 @@ impl Application {
             config.default_max_retries,
             wake.clone(),
             metrics.clone(),
+            secrets,
         );
         if config.limits.allow_private_targets {
             tracing::warn!("--allow-private-targets: the SSRF guard is off; webhooks may reach private networks");
@@ -231,6 +234,24 @@ async fn development_key(store: &dyn Store, kind: &str, listen: SocketAddr) -> a
     let key = crate::auth::generate(crate::auth::KeyKind::Service);
     store.insert_api_key(&key).await?;
     Ok(Some(key.plaintext))
+}
+
+/// The key that encrypts signing secrets at rest, from where the config says.
+fn secret_key(source: &SecretKeySource, store_kind: &str) -> anyhow::Result<SecretKey> {
+    Ok(match source {
+        SecretKeySource::Base64(text) => SecretKey::from_base64(text).context("--secret-key")?,
+        SecretKeySource::DataDir(dir) => {
+            if store_kind == "postgres" {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "no --secret-key: using a key file in the data directory; replicas sharing this database \
+                     need the same key (set HOOKPOST_SECRET_KEY)"
+                );
+            }
+            SecretKey::load_or_create(dir).with_context(|| format!("the secret key in {}", dir.display()))?
+        }
+        SecretKeySource::Ephemeral => SecretKey::generate(),
+    })
 }
 
 /// How often the queue gauges are refreshed from the store.

@@ -121,6 +121,16 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKPOST_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// Key that encrypts endpoints' signing secrets at rest: 32 bytes in
+    /// base64 (`openssl rand -base64 32`). Every replica needs the same one.
+    /// Without it, a key is generated once into --data-dir and reused.
+    #[arg(long, env = "HOOKPOST_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+
+    /// Endpoints one organization may register.
+    #[arg(long, env = "HOOKPOST_MAX_ENDPOINTS_PER_ORGANIZATION", default_value_t = 1000)]
+    pub max_endpoints_per_organization: u32,
+
     /// Most database connections this process opens.
     #[arg(long, env = "HOOKPOST_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
@@ -252,10 +262,34 @@ pub struct ServeArgs {
     pub http2_max_concurrent_streams: u32,
 }
 
+/// Where the key that encrypts signing secrets at rest comes from.
+#[derive(Clone)]
+pub enum SecretKeySource {
+    /// Given by the operator (base64 of 32 bytes).
+    Base64(String),
+    /// Generated once into this directory and reused.
+    DataDir(std::path::PathBuf),
+    /// A new key for this process only (tests, throwaway runs): secrets stored
+    /// under it cannot be read after a restart.
+    Ephemeral,
+}
+
+impl std::fmt::Debug for SecretKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Base64(_) => f.write_str("Base64(***)"),
+            Self::DataDir(d) => f.debug_tuple("DataDir").field(d).finish(),
+            Self::Ephemeral => f.write_str("Ephemeral"),
+        }
+    }
+}
+
 /// Everything `hookpost serve` needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where the key that encrypts signing secrets comes from.
+    pub secret_key: SecretKeySource,
     pub database_url: String,
     pub db_pool_size: u32,
     pub db_acquire_timeout: Duration,
@@ -276,6 +310,7 @@ impl Config {
         Self {
             listen,
             database_url: database_url.into(),
+            secret_key: SecretKeySource::Ephemeral,
             db_pool_size: 16,
             db_acquire_timeout: Duration::from_secs(5),
             default_max_retries: 3,
@@ -313,6 +348,7 @@ impl TryFrom<ServeArgs> for Config {
             max_webhook_type_len: a.max_webhook_type_bytes,
             max_idempotency_key_len: a.max_idempotency_key_bytes,
             allow_private_targets: a.allow_private_targets,
+            max_endpoints_per_organization: a.max_endpoints_per_organization,
             ..Limits::default()
         };
         anyhow::ensure!(a.max_retries <= limits.max_retries, "--max-retries must be at most {}", limits.max_retries);
@@ -331,6 +367,10 @@ impl TryFrom<ServeArgs> for Config {
         Ok(Self {
             listen: a.listen,
             database_url: a.database.url(),
+            secret_key: match a.secret_key {
+                Some(key) => SecretKeySource::Base64(key),
+                None => SecretKeySource::DataDir(a.database.data_dir.clone()),
+            },
             db_pool_size: a.db_pool_size,
             db_acquire_timeout: a.db_acquire_timeout,
             default_max_retries: a.max_retries,

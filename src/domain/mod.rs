@@ -2,8 +2,13 @@
 //! delivery cannot be represented.
 
 pub mod address;
+mod endpoint;
 mod new_delivery;
 
+pub use endpoint::{
+    DeliveryPolicy, Endpoint, EndpointFilter, EndpointInput, EndpointSpec, PolicyInput, UPDATABLE_FIELDS, apply_update,
+    event_type_matches,
+};
 pub use new_delivery::{DispatchInput, Limits, NewDelivery, WebhookUrl};
 pub(crate) use new_delivery::{parse_uuid, valid_webhook_type};
 

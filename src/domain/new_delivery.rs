@@ -18,6 +18,8 @@ pub struct Limits {
     pub max_retries: u32,
     /// Lifts the SSRF guard (local development and tests only).
     pub allow_private_targets: bool,
+    /// Endpoints one organization may register.
+    pub max_endpoints_per_organization: u32,
 }
 
 impl Default for Limits {
@@ -30,6 +32,7 @@ impl Default for Limits {
             max_idempotency_key_len: 255,
             max_retries: 50,
             allow_private_targets: false,
+            max_endpoints_per_organization: 1000,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! Also builds health and reflection, which stay open to every caller.
 
 mod convert;
+pub mod endpoints;
 
 pub use convert::{json_to_struct, struct_to_json};
 
@@ -104,6 +105,90 @@ impl WebhookServiceRpc for GrpcApi {
             let query = DetailsQuery::try_from(request.into_inner())?;
             let details = self.service.log_details(&who, query).await?;
             Ok(Response::new(details.into()))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, name = "CreateEndpoint")]
+    async fn create_endpoint(
+        &self,
+        request: Request<pb::CreateEndpointRequest>,
+    ) -> Result<Response<pb::CreateEndpointResponse>, Status> {
+        self.observed("CreateEndpoint", async {
+            let who = self.caller(&request).await?;
+            Ok(Response::new(endpoints::create(&self.service, &who, request.into_inner()).await?))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, name = "GetEndpoint")]
+    async fn get_endpoint(
+        &self,
+        request: Request<pb::GetEndpointRequest>,
+    ) -> Result<Response<pb::GetEndpointResponse>, Status> {
+        self.observed("GetEndpoint", async {
+            let who = self.caller(&request).await?;
+            Ok(Response::new(endpoints::get(&self.service, &who, request.into_inner()).await?))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, name = "ListEndpoints")]
+    async fn list_endpoints(
+        &self,
+        request: Request<pb::ListEndpointsRequest>,
+    ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
+        self.observed("ListEndpoints", async {
+            let who = self.caller(&request).await?;
+            Ok(Response::new(endpoints::list(&self.service, &who, request.into_inner()).await?))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, name = "UpdateEndpoint")]
+    async fn update_endpoint(
+        &self,
+        request: Request<pb::UpdateEndpointRequest>,
+    ) -> Result<Response<pb::UpdateEndpointResponse>, Status> {
+        self.observed("UpdateEndpoint", async {
+            let who = self.caller(&request).await?;
+            Ok(Response::new(endpoints::update(&self.service, &who, request.into_inner()).await?))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, name = "DeleteEndpoint")]
+    async fn delete_endpoint(
+        &self,
+        request: Request<pb::DeleteEndpointRequest>,
+    ) -> Result<Response<pb::DeleteEndpointResponse>, Status> {
+        self.observed("DeleteEndpoint", async {
+            let who = self.caller(&request).await?;
+            Ok(Response::new(endpoints::delete(&self.service, &who, request.into_inner()).await?))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, name = "GetEndpointSecret")]
+    async fn get_endpoint_secret(
+        &self,
+        request: Request<pb::GetEndpointSecretRequest>,
+    ) -> Result<Response<pb::GetEndpointSecretResponse>, Status> {
+        self.observed("GetEndpointSecret", async {
+            let who = self.caller(&request).await?;
+            Ok(Response::new(endpoints::secret(&self.service, &who, request.into_inner()).await?))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, name = "RotateEndpointSecret")]
+    async fn rotate_endpoint_secret(
+        &self,
+        request: Request<pb::RotateEndpointSecretRequest>,
+    ) -> Result<Response<pb::RotateEndpointSecretResponse>, Status> {
+        self.observed("RotateEndpointSecret", async {
+            let who = self.caller(&request).await?;
+            Ok(Response::new(endpoints::rotate(&self.service, &who, request.into_inner()).await?))
         })
         .await
     }

@@ -63,7 +63,7 @@ impl RestError {
 }
 
 /// `snake_case` → `lowerCamelCase`, as protobuf derives JSON names.
-fn lower_camel(field: &str) -> String {
+pub(crate) fn lower_camel(field: &str) -> String {
     let mut out = String::with_capacity(field.len());
     let mut upper = false;
     for c in field.chars() {
@@ -145,7 +145,7 @@ impl From<tonic::Status> for RestError {
 
 /// Longest request target (path and query) served; longer is a 414 in the
 /// route's JSON shape (hyper's own limit, far above, answers without a body).
-pub const MAX_URI_BYTES: usize = 8 * 1024;
+pub const MAX_URI_BYTES: usize = 16 * 1024;
 
 /// The gRPC code a bare HTTP status stands for, in grpc-gateway's body.
 fn grpc_code_of(status: StatusCode) -> tonic::Code {

@@ -52,24 +52,29 @@ pub fn router(state: RestState) -> axum::Router {
         .routes(routes!(gateway::dispatch))
         .routes(routes!(gateway::list_webhook_logs))
         .routes(routes!(gateway::get_log_details))
+        .routes(routes!(gateway::endpoints::create, gateway::endpoints::list))
+        .routes(routes!(gateway::endpoints::get, gateway::endpoints::update, gateway::endpoints::delete))
+        .routes(routes!(gateway::endpoints::secret))
+        .routes(routes!(gateway::endpoints::rotate))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(metrics))
         .with_state(state.clone())
         .split_for_parts();
     let mut api = api;
     utoipa::Modify::modify(&openapi::ErrorResponses, &mut api);
     let api = Arc::new(api);
-    let metrics = state.metrics.clone();
     router
         .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), observe_http))
         .route("/openapi.json", axum::routing::get(move || async move { Json(api.as_ref().clone()) }))
-        .route("/metrics", axum::routing::get(move || async move { render_metrics(&metrics) }))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(error::json_errors))
 }
 
-/// Prometheus scrape endpoint (open, like health: it carries no tenant data).
-fn render_metrics(metrics: &Metrics) -> axum::response::Response {
+/// Prometheus metrics (open, like health: they carry no tenant data).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
+async fn metrics(State(state): State<RestState>) -> axum::response::Response {
+    let metrics = &state.metrics;
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(axum::http::header::CONTENT_TYPE, content_type)], metrics.render()).into_response()
 }

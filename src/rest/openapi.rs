@@ -8,7 +8,7 @@ use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::{ContentBuilder, ObjectBuilder, RefOr, Type};
 
 /// Routes open to every caller (no API key, no parameters).
-const OPEN_ROUTES: &[&str] = &["/healthz", "/readyz"];
+const OPEN_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
 /// Statuses any route can return, whatever it does.
 const EVERY_ROUTE: &[(&str, &str)] = &[
@@ -18,6 +18,10 @@ const EVERY_ROUTE: &[(&str, &str)] = &[
     ("503", "The store is unavailable"),
     ("504", "The request took longer than the request timeout"),
 ];
+
+/// Answered by the HTTP layer itself, without a body: a request head larger
+/// than the server buffers (128 KiB).
+const HEAD_TOO_LARGE: (&str, &str) = ("431", "The request's headers are too large (no body)");
 
 /// Statuses of the routes behind an API key.
 const AUTHENTICATED_ROUTES: &[(&str, &str)] = &[
@@ -54,12 +58,25 @@ fn add(operation: &mut Operation, statuses: &[(&str, &str)]) {
 
 impl Modify for ErrorResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        // The documented APIs also accept `Authorization: AccessKey <key>`.
+        components.add_security_scheme(
+            "accessKey",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description("Authorization", "AccessKey <key>"))),
+        );
         for (path, item) in openapi.paths.paths.iter_mut() {
             let open = OPEN_ROUTES.contains(&path.as_str());
             for operation in
                 [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete].into_iter().flatten()
             {
                 add(operation, EVERY_ROUTE);
+                operation
+                    .responses
+                    .responses
+                    .entry(HEAD_TOO_LARGE.0.to_owned())
+                    .or_insert_with(|| RefOr::T(ResponseBuilder::new().description(HEAD_TOO_LARGE.1).build()));
                 if !open {
                     add(operation, AUTHENTICATED_ROUTES);
                 }

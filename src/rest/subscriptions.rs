@@ -13,6 +13,16 @@ use crate::domain::{ExecutionStatus, LogFilter, LogRecord};
 use crate::error::ErrorCode;
 use crate::service::{DetailsQuery, ListQuery};
 
+/// The documented values of `executionStatus`.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // a schema only: the parameter is parsed by ExecutionStatus::parse
+pub enum StatusParam {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
 /// Proto field names as this API calls its parameters.
 fn rest_name(field: &str) -> Option<&'static str> {
     Some(match field {
@@ -120,7 +130,7 @@ fn summary(l: LogRecord) -> SubscriptionLog {
         ("webhookSubscriptionId" = Uuid, Path),
         ("limit" = Option<u32>, Query, description = "1..100, default 10", minimum = 1, maximum = 100),
         ("pageToken" = Option<String>, Query, description = "nextPageToken of the previous page", max_length = 8000),
-        ("executionStatus" = Option<String>, Query, description = "pending, succeeded or failed"),
+        ("executionStatus" = Option<StatusParam>, Query),
     ),
     responses(
         (status = 200, description = "A page of logs; empty when there are none", body = SubscriptionLogPage),

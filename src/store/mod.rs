@@ -4,9 +4,11 @@
 //! database they run on. Postgres is the production implementation.
 
 mod batch;
+pub mod endpoints;
 pub mod postgres;
 mod sqlite;
 
+pub use endpoints::{EndpointStore, NewEndpoint, StoredSecrets};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -123,7 +125,7 @@ pub struct QueueStats {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: EndpointStore + Send + Sync + 'static {
     /// Stores a webhook durably (committed before returning). A repeated
     /// idempotency key in the same organization returns the earlier request.
     async fn insert_delivery(&self, delivery: &NewDelivery) -> Result<Dispatched>;

@@ -44,11 +44,11 @@ const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.worksp
 const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
      response_truncated, response_time_ms, error_category, error_message";
 
-fn micros(t: DateTime<Utc>) -> i64 {
+pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn time(us: i64) -> Result<DateTime<Utc>> {
+pub(crate) fn time(us: i64) -> Result<DateTime<Utc>> {
     DateTime::from_timestamp_micros(us).ok_or_else(|| Error::internal(anyhow::anyhow!("bad time {us} in store")))
 }
 
@@ -125,6 +125,16 @@ fn key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord> {
 }
 
 impl SqliteStore {
+    /// The readers' pool, for the other concerns' statements.
+    pub(crate) fn reader(&self) -> &SqlitePool {
+        &self.read
+    }
+
+    /// The one writer.
+    pub(crate) fn writer(&self) -> &SqlitePool {
+        &self.write
+    }
+
     /// Opens (creating when missing) the database at `url` (`sqlite://path`).
     pub async fn connect(url: &str, max_readers: u32, acquire_timeout: Duration) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::from_str(url)

@@ -82,7 +82,10 @@ pub fn raise_open_file_limit() -> std::io::Result<u64> {
 /// waits for them.
 pub async fn serve(listener: TcpListener, router: axum::Router, limits: ConnectionLimits, shutdown: CancellationToken) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).max_buf_size(64 * 1024);
+    // Room for a request head past the REST routes' own 16 KiB limit on the
+    // request target, so that limit answers in JSON; past this, hyper
+    // answers 431 itself.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).max_buf_size(128 * 1024);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -22,6 +22,7 @@ macro_rules! on_both_stores {
 mod conformance;
 mod delivery;
 mod dispatch;
+mod endpoints;
 mod hardening;
 mod helpers;
 mod list;

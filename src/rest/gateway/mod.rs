@@ -4,6 +4,7 @@
 //! are written by [`json`], which passes stored bodies through as the bytes
 //! they are instead of rebuilding them as `google.protobuf.Struct`.
 
+pub(super) mod endpoints;
 mod json;
 
 use axum::Json;
@@ -37,12 +38,53 @@ fn message_from_params<T: DeserializeOwned>(raw: Option<&str>, path: &[(&str, St
     serde_json::from_value(Value::Object(object)).map_err(|e| bad_request(format!("bad query parameter: {e}")))
 }
 
+/// `hookpost.v1.DispatchRequest` in proto3 JSON, with the server's default
+/// bounds (each is an option of `hookpost serve`).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)] // a schema only: the body is decoded as the proto message
+pub struct DispatchBody {
+    /// Required unless the API key is an organization key.
+    organization_id: Option<uuid::Uuid>,
+    workspace_id: Option<uuid::Uuid>,
+    subscription_id: Option<uuid::Uuid>,
+    call_id: Option<i64>,
+    assistant_id: Option<i64>,
+    /// An absolute http(s) URL; private and reserved addresses are refused.
+    #[schema(max_length = 2048, format = "uri")]
+    webhook_url: String,
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
+    webhook_type: String,
+    /// At most 256 KiB as JSON.
+    #[schema(value_type = Option<Object>)]
+    payload: Option<serde_json::Value>,
+    /// At most 16 KiB as JSON.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Value>,
+    #[schema(max_length = 255)]
+    idempotency_key: Option<String>,
+    #[schema(minimum = 0, maximum = 50)]
+    max_retries: Option<u32>,
+}
+
+/// `hookpost.v1.ExecutionStatus` by name.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, clippy::enum_variant_names)] // a schema only
+pub enum StatusName {
+    #[schema(rename = "EXECUTION_STATUS_PENDING")]
+    ExecutionStatusPending,
+    #[schema(rename = "EXECUTION_STATUS_SUCCEEDED")]
+    ExecutionStatusSucceeded,
+    #[schema(rename = "EXECUTION_STATUS_FAILED")]
+    ExecutionStatusFailed,
+}
+
 /// Dispatch a webhook (`hookpost.v1.WebhookService/Dispatch`).
 #[utoipa::path(
     post,
     path = "/v1/webhooks:dispatch",
     tag = "gateway",
-    request_body(content = Object, description = "hookpost.v1.DispatchRequest in proto3 JSON"),
+    request_body(content = DispatchBody, description = "hookpost.v1.DispatchRequest in proto3 JSON"),
     responses(
         (status = 200, description = "hookpost.v1.DispatchResponse in proto3 JSON", body = Object),
         (status = 400, description = "google.rpc.Status with field violations", body = Object),
@@ -72,7 +114,7 @@ pub async fn dispatch(
         ("organizationId" = Option<uuid::Uuid>, Query), ("workspaceId" = Option<uuid::Uuid>, Query),
         ("subscriptionId" = Option<uuid::Uuid>, Query), ("callId" = Option<i64>, Query),
         ("webhookType" = Option<String>, Query, max_length = 128, pattern = "^[A-Za-z0-9._:-]*$"),
-        ("executionStatus" = Option<String>, Query, description = "EXECUTION_STATUS_PENDING, _SUCCEEDED or _FAILED"),
+        ("executionStatus" = Option<StatusName>, Query),
         ("createdAfter" = Option<chrono::DateTime<chrono::Utc>>, Query),
         ("createdBefore" = Option<chrono::DateTime<chrono::Utc>>, Query),
         ("pageSize" = Option<i32>, Query, minimum = 0, description = "0 means 10; above 100 means 100"),

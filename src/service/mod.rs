@@ -1,5 +1,9 @@
 //! The use cases, free of any transport type: gRPC and REST both call these.
 
+mod endpoints;
+
+pub use endpoints::{DEFAULT_GRACE, EndpointPage, EndpointRef, MAX_GRACE};
+
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -88,6 +92,8 @@ pub struct WebhookService {
     /// Wakes this process's delivery workers the moment a webhook is stored.
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// Encrypts signing secrets at rest.
+    secrets: Arc<crate::secrets::SecretKey>,
 }
 
 impl WebhookService {
@@ -97,8 +103,9 @@ impl WebhookService {
         default_max_retries: u32,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
+        secrets: Arc<crate::secrets::SecretKey>,
     ) -> Self {
-        Self { store, limits, default_max_retries, wake, metrics }
+        Self { store, limits, default_max_retries, wake, metrics, secrets }
     }
 
     /// An organization key dispatches for its own organization (which the

@@ -1,0 +1,176 @@
+//! Endpoint messages: parsed at the edge into the service's types, and the
+//! endpoint RPCs as transport-neutral calls (request message in, response
+//! message out), which the tonic methods and the REST gateway both use.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::domain::{Endpoint, EndpointFilter, EndpointInput, PolicyInput};
+use crate::error::{Error, FieldViolation, Result};
+use crate::proto::v1 as pb;
+use crate::service::{EndpointRef, WebhookService};
+
+fn required_uuid(field: &str, raw: &str, v: &mut Vec<FieldViolation>) -> Option<Uuid> {
+    if raw.is_empty() {
+        v.push(FieldViolation { field: field.into(), description: "is required".into() });
+        return None;
+    }
+    crate::domain::parse_uuid(field, raw, v)
+}
+
+fn optional_uuid(field: &str, raw: &str, v: &mut Vec<FieldViolation>) -> Option<Uuid> {
+    if raw.is_empty() { None } else { crate::domain::parse_uuid(field, raw, v) }
+}
+
+fn endpoint_ref(organization_id: &str, workspace_id: &str, endpoint_id: &str) -> Result<EndpointRef> {
+    let mut v = Vec::new();
+    let organization = required_uuid("organization_id", organization_id, &mut v);
+    let workspace_id = optional_uuid("workspace_id", workspace_id, &mut v);
+    let endpoint = required_uuid("endpoint_id", endpoint_id, &mut v);
+    match (organization, endpoint) {
+        (Some(organization_id), Some(endpoint_id)) if v.is_empty() => {
+            Ok(EndpointRef { organization_id, workspace_id, endpoint_id })
+        }
+        _ => Err(Error::invalid_fields(v)),
+    }
+}
+
+fn duration(d: pbjson_types::Duration) -> std::result::Result<std::time::Duration, ()> {
+    std::time::Duration::try_from(d).map_err(|_| ())
+}
+
+/// The settable fields of an `Endpoint` message.
+pub fn endpoint_input(e: pb::Endpoint) -> EndpointInput {
+    EndpointInput {
+        url: e.url,
+        description: e.description,
+        event_types: e.event_types,
+        disabled: e.disabled,
+        headers: e.headers.into_iter().collect::<BTreeMap<_, _>>(),
+        policy: e.policy.map(|p| PolicyInput {
+            max_retries: p.max_retries,
+            retry_schedule: p.retry_schedule.into_iter().map(duration).collect(),
+            attempt_timeout: p.attempt_timeout.map(duration),
+            rate_limit_per_second: p.rate_limit_per_second,
+            max_in_flight: p.max_in_flight,
+        }),
+    }
+}
+
+pub fn endpoint_to_proto(e: Endpoint) -> pb::Endpoint {
+    let ms = |m: u64| pbjson_types::Duration::from(std::time::Duration::from_millis(m));
+    let p = e.spec.policy;
+    let policy = pb::DeliveryPolicy {
+        max_retries: p.max_retries,
+        retry_schedule: p.retry_schedule_ms.into_iter().map(ms).collect(),
+        attempt_timeout: p.attempt_timeout_ms.map(ms),
+        rate_limit_per_second: p.rate_limit_per_second,
+        max_in_flight: p.max_in_flight,
+    };
+    pb::Endpoint {
+        endpoint_id: e.endpoint_id.to_string(),
+        organization_id: e.organization_id.to_string(),
+        workspace_id: e.workspace_id.map(|w| w.to_string()).unwrap_or_default(),
+        url: e.spec.url,
+        description: e.spec.description,
+        event_types: e.spec.event_types,
+        disabled: e.spec.disabled,
+        headers: e.spec.headers.into_iter().collect(),
+        policy: Some(policy),
+        create_time: Some(e.created_at.into()),
+        update_time: Some(e.updated_at.into()),
+    }
+}
+
+pub async fn create(
+    s: &WebhookService,
+    who: &Principal,
+    r: pb::CreateEndpointRequest,
+) -> Result<pb::CreateEndpointResponse> {
+    let mut v = Vec::new();
+    let organization_id = required_uuid("organization_id", &r.organization_id, &mut v);
+    let workspace_id = optional_uuid("workspace_id", &r.workspace_id, &mut v);
+    if r.endpoint.is_none() {
+        v.push(FieldViolation { field: "endpoint".into(), description: "is required".into() });
+    }
+    let (Some(organization_id), Some(endpoint)) = (organization_id, r.endpoint) else {
+        return Err(Error::invalid_fields(v));
+    };
+    if !v.is_empty() {
+        return Err(Error::invalid_fields(v));
+    }
+    let (endpoint, secret) = s.create_endpoint(who, organization_id, workspace_id, endpoint_input(endpoint)).await?;
+    Ok(pb::CreateEndpointResponse { endpoint: Some(endpoint_to_proto(endpoint)), secret })
+}
+
+pub async fn get(s: &WebhookService, who: &Principal, r: pb::GetEndpointRequest) -> Result<pb::GetEndpointResponse> {
+    let r = endpoint_ref(&r.organization_id, &r.workspace_id, &r.endpoint_id)?;
+    Ok(pb::GetEndpointResponse { endpoint: Some(endpoint_to_proto(s.get_endpoint(who, r).await?)) })
+}
+
+pub async fn list(
+    s: &WebhookService,
+    who: &Principal,
+    r: pb::ListEndpointsRequest,
+) -> Result<pb::ListEndpointsResponse> {
+    let mut v = Vec::new();
+    let organization_id = required_uuid("organization_id", &r.organization_id, &mut v);
+    let workspace_id = optional_uuid("workspace_id", &r.workspace_id, &mut v);
+    let Some(organization_id) = organization_id.filter(|_| v.is_empty()) else {
+        return Err(Error::invalid_fields(v));
+    };
+    let page =
+        s.list_endpoints(who, EndpointFilter { organization_id, workspace_id }, r.page_size, &r.page_token).await?;
+    Ok(pb::ListEndpointsResponse {
+        endpoints: page.endpoints.into_iter().map(endpoint_to_proto).collect(),
+        next_page_token: page.next_page_token.unwrap_or_default(),
+    })
+}
+
+pub async fn update(
+    s: &WebhookService,
+    who: &Principal,
+    r: pb::UpdateEndpointRequest,
+) -> Result<pb::UpdateEndpointResponse> {
+    let target = endpoint_ref(&r.organization_id, &r.workspace_id, &r.endpoint_id)?;
+    let update = r.endpoint.map(endpoint_input).unwrap_or_default();
+    let mask = r.update_mask.map(|m| m.paths).unwrap_or_default();
+    let endpoint = s.update_endpoint(who, target, update, &mask).await?;
+    Ok(pb::UpdateEndpointResponse { endpoint: Some(endpoint_to_proto(endpoint)) })
+}
+
+pub async fn delete(
+    s: &WebhookService,
+    who: &Principal,
+    r: pb::DeleteEndpointRequest,
+) -> Result<pb::DeleteEndpointResponse> {
+    let r = endpoint_ref(&r.organization_id, &r.workspace_id, &r.endpoint_id)?;
+    s.delete_endpoint(who, r).await?;
+    Ok(pb::DeleteEndpointResponse {})
+}
+
+pub async fn secret(
+    s: &WebhookService,
+    who: &Principal,
+    r: pb::GetEndpointSecretRequest,
+) -> Result<pb::GetEndpointSecretResponse> {
+    let r = endpoint_ref(&r.organization_id, &r.workspace_id, &r.endpoint_id)?;
+    Ok(pb::GetEndpointSecretResponse { secret: s.endpoint_secret(who, r).await? })
+}
+
+pub async fn rotate(
+    s: &WebhookService,
+    who: &Principal,
+    r: pb::RotateEndpointSecretRequest,
+) -> Result<pb::RotateEndpointSecretResponse> {
+    let target = endpoint_ref(&r.organization_id, &r.workspace_id, &r.endpoint_id)?;
+    let grace = match r.grace_period.map(duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(())) => return Err(Error::invalid("grace_period", "must not be negative")),
+    };
+    let (secret, until) = s.rotate_endpoint_secret(who, target, grace).await?;
+    Ok(pb::RotateEndpointSecretResponse { secret, previous_secret_expire_time: Some(until.into()) })
+}

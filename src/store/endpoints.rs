@@ -1,0 +1,441 @@
+//! The endpoint store: one narrow trait, implemented for both stores. Every
+//! statement is scoped by organization, so another organization's endpoint
+//! is indistinguishable from a missing one. Secrets arrive and leave
+//! encrypted; this layer never sees them in the clear.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::postgres::PostgresStore;
+use super::sqlite::SqliteStore;
+use crate::domain::{Cursor, DeliveryPolicy, Endpoint, EndpointFilter, EndpointSpec};
+use crate::error::{Error, ErrorCode, Result};
+
+/// A new endpoint with its encrypted secret.
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    pub endpoint_id: Uuid,
+    pub organization_id: Uuid,
+    pub workspace_id: Option<Uuid>,
+    pub spec: EndpointSpec,
+    pub secret: Vec<u8>,
+}
+
+/// An endpoint's signing secrets, encrypted: the current one, and the
+/// previous one with the time it stops signing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSecrets {
+    pub current: Vec<u8>,
+    pub previous: Option<(Vec<u8>, DateTime<Utc>)>,
+}
+
+#[async_trait]
+pub trait EndpointStore: Send + Sync {
+    /// Stores a new endpoint unless its organization already has
+    /// `max_per_organization` (RESOURCE_EXHAUSTED then).
+    async fn insert_endpoint(&self, e: &NewEndpoint, max_per_organization: u32) -> Result<Endpoint>;
+
+    async fn get_endpoint(&self, organization_id: Uuid, endpoint_id: Uuid) -> Result<Option<Endpoint>>;
+
+    /// Up to `limit` endpoints after `after`, oldest first; and whether more follow.
+    async fn list_endpoints(
+        &self,
+        f: &EndpointFilter,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> Result<(Vec<Endpoint>, bool)>;
+
+    /// Replaces the settable fields; `None` when there is no such endpoint.
+    async fn update_endpoint(
+        &self,
+        organization_id: Uuid,
+        endpoint_id: Uuid,
+        spec: &EndpointSpec,
+    ) -> Result<Option<Endpoint>>;
+
+    async fn delete_endpoint(&self, organization_id: Uuid, endpoint_id: Uuid) -> Result<bool>;
+
+    async fn endpoint_secrets(&self, organization_id: Uuid, endpoint_id: Uuid) -> Result<Option<StoredSecrets>>;
+
+    /// Makes `new` the current secret and the current one the previous,
+    /// signing until `previous_until`. False when there is no such endpoint.
+    async fn rotate_endpoint_secret(
+        &self,
+        organization_id: Uuid,
+        endpoint_id: Uuid,
+        new: &[u8],
+        previous_until: DateTime<Utc>,
+    ) -> Result<bool>;
+}
+
+fn too_many(max: u32) -> Error {
+    Error::new(ErrorCode::ResourceExhausted, format!("the organization already has {max} endpoints, the most allowed"))
+}
+
+fn json_columns(spec: &EndpointSpec) -> Result<(String, String, String)> {
+    let enc = |v: serde_json::Result<String>| v.map_err(|e| Error::internal(e.into()));
+    Ok((
+        enc(serde_json::to_string(&spec.event_types))?,
+        enc(serde_json::to_string(&spec.headers))?,
+        enc(serde_json::to_string(&spec.policy))?,
+    ))
+}
+
+fn spec_from(
+    url: String,
+    description: String,
+    event_types: &str,
+    disabled: bool,
+    headers: &str,
+    policy: &str,
+) -> Result<EndpointSpec> {
+    let bad = |e: serde_json::Error| Error::internal(anyhow::anyhow!("a stored endpoint does not decode: {e}"));
+    Ok(EndpointSpec {
+        url,
+        description,
+        event_types: serde_json::from_str(event_types).map_err(bad)?,
+        disabled,
+        headers: serde_json::from_str(headers).map_err(bad)?,
+        policy: serde_json::from_str::<DeliveryPolicy>(policy).map_err(bad)?,
+    })
+}
+
+const PG_COLUMNS: &str = "id, endpoint_id, organization_id, workspace_id, url, description, event_types::text AS event_types, \
+     disabled, headers::text AS headers, policy::text AS policy, created_at, updated_at";
+
+fn pg_endpoint(row: &sqlx::postgres::PgRow) -> Result<Endpoint> {
+    Ok(Endpoint {
+        seq: row.try_get("id")?,
+        endpoint_id: row.try_get("endpoint_id")?,
+        organization_id: row.try_get("organization_id")?,
+        workspace_id: row.try_get("workspace_id")?,
+        spec: spec_from(
+            row.try_get("url")?,
+            row.try_get("description")?,
+            row.try_get("event_types")?,
+            row.try_get("disabled")?,
+            row.try_get("headers")?,
+            row.try_get("policy")?,
+        )?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+#[async_trait]
+impl EndpointStore for PostgresStore {
+    async fn insert_endpoint(&self, e: &NewEndpoint, max_per_organization: u32) -> Result<Endpoint> {
+        let (event_types, headers, policy) = json_columns(&e.spec)?;
+        let mut tx = self.pool().begin().await?;
+        // Creates of one organization take turns, so the count cannot be
+        // passed by two at once.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 1001))")
+            .bind(e.organization_id)
+            .execute(&mut *tx)
+            .await?;
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM endpoints WHERE organization_id = $1")
+            .bind(e.organization_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if count >= i64::from(max_per_organization) {
+            return Err(too_many(max_per_organization));
+        }
+        let row = sqlx::query(&format!(
+            "INSERT INTO endpoints (endpoint_id, organization_id, workspace_id, url, description, event_types, \
+               disabled, headers, policy, secret) \
+             VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8::jsonb, $9::jsonb, $10) RETURNING {PG_COLUMNS}"
+        ))
+        .bind(e.endpoint_id)
+        .bind(e.organization_id)
+        .bind(e.workspace_id)
+        .bind(&e.spec.url)
+        .bind(&e.spec.description)
+        .bind(event_types)
+        .bind(e.spec.disabled)
+        .bind(headers)
+        .bind(policy)
+        .bind(&e.secret)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        pg_endpoint(&row)
+    }
+
+    async fn get_endpoint(&self, organization_id: Uuid, endpoint_id: Uuid) -> Result<Option<Endpoint>> {
+        let row =
+            sqlx::query(&format!("SELECT {PG_COLUMNS} FROM endpoints WHERE endpoint_id = $1 AND organization_id = $2"))
+                .bind(endpoint_id)
+                .bind(organization_id)
+                .fetch_optional(self.pool())
+                .await?;
+        row.as_ref().map(pg_endpoint).transpose()
+    }
+
+    async fn list_endpoints(
+        &self,
+        f: &EndpointFilter,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> Result<(Vec<Endpoint>, bool)> {
+        let mut q = sqlx::QueryBuilder::new(format!("SELECT {PG_COLUMNS} FROM endpoints WHERE organization_id = "));
+        q.push_bind(f.organization_id);
+        if let Some(w) = f.workspace_id {
+            q.push(" AND workspace_id = ").push_bind(w);
+        }
+        if let Some(c) = after {
+            q.push(" AND (created_at, id) > (").push_bind(c.created_at).push(", ").push_bind(c.log_id).push(")");
+        }
+        q.push(format_args!(" ORDER BY created_at, id LIMIT {}", u64::from(limit) + 1));
+        let rows = q.build().fetch_all(self.pool()).await?;
+        let mut out = rows.iter().map(pg_endpoint).collect::<Result<Vec<_>>>()?;
+        let more = out.len() > limit as usize;
+        out.truncate(limit as usize);
+        Ok((out, more))
+    }
+
+    async fn update_endpoint(
+        &self,
+        organization_id: Uuid,
+        endpoint_id: Uuid,
+        spec: &EndpointSpec,
+    ) -> Result<Option<Endpoint>> {
+        let (event_types, headers, policy) = json_columns(spec)?;
+        let row = sqlx::query(&format!(
+            "UPDATE endpoints SET url = $3, description = $4, event_types = $5::jsonb, disabled = $6, \
+               headers = $7::jsonb, policy = $8::jsonb, updated_at = now() \
+             WHERE endpoint_id = $1 AND organization_id = $2 RETURNING {PG_COLUMNS}"
+        ))
+        .bind(endpoint_id)
+        .bind(organization_id)
+        .bind(&spec.url)
+        .bind(&spec.description)
+        .bind(event_types)
+        .bind(spec.disabled)
+        .bind(headers)
+        .bind(policy)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(pg_endpoint).transpose()
+    }
+
+    async fn delete_endpoint(&self, organization_id: Uuid, endpoint_id: Uuid) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM endpoints WHERE endpoint_id = $1 AND organization_id = $2")
+            .bind(endpoint_id)
+            .bind(organization_id)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn endpoint_secrets(&self, organization_id: Uuid, endpoint_id: Uuid) -> Result<Option<StoredSecrets>> {
+        let row = sqlx::query(
+            "SELECT secret, previous_secret, previous_secret_expires_at FROM endpoints \
+             WHERE endpoint_id = $1 AND organization_id = $2",
+        )
+        .bind(endpoint_id)
+        .bind(organization_id)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let previous: Option<Vec<u8>> = row.try_get("previous_secret")?;
+        let until: Option<DateTime<Utc>> = row.try_get("previous_secret_expires_at")?;
+        Ok(Some(StoredSecrets { current: row.try_get("secret")?, previous: previous.zip(until) }))
+    }
+
+    async fn rotate_endpoint_secret(
+        &self,
+        organization_id: Uuid,
+        endpoint_id: Uuid,
+        new: &[u8],
+        previous_until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE endpoints SET previous_secret = secret, previous_secret_expires_at = $4, secret = $3, \
+               updated_at = now() WHERE endpoint_id = $1 AND organization_id = $2",
+        )
+        .bind(endpoint_id)
+        .bind(organization_id)
+        .bind(new)
+        .bind(previous_until)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+const SQLITE_COLUMNS: &str = "id, endpoint_id, organization_id, workspace_id, url, description, event_types, \
+     disabled, headers, policy, created_at, updated_at";
+
+fn sqlite_endpoint(row: &sqlx::sqlite::SqliteRow) -> Result<Endpoint> {
+    let uuid = |col: &str| -> Result<Uuid> {
+        let s: String = row.try_get(col)?;
+        Uuid::parse_str(&s).map_err(|e| Error::internal(e.into()))
+    };
+    let workspace: Option<String> = row.try_get("workspace_id")?;
+    Ok(Endpoint {
+        seq: row.try_get("id")?,
+        endpoint_id: uuid("endpoint_id")?,
+        organization_id: uuid("organization_id")?,
+        workspace_id: workspace.map(|w| Uuid::parse_str(&w)).transpose().map_err(|e| Error::internal(e.into()))?,
+        spec: spec_from(
+            row.try_get("url")?,
+            row.try_get("description")?,
+            row.try_get("event_types")?,
+            row.try_get("disabled")?,
+            row.try_get("headers")?,
+            row.try_get("policy")?,
+        )?,
+        created_at: super::sqlite::time(row.try_get("created_at")?)?,
+        updated_at: super::sqlite::time(row.try_get("updated_at")?)?,
+    })
+}
+
+#[async_trait]
+impl EndpointStore for SqliteStore {
+    async fn insert_endpoint(&self, e: &NewEndpoint, max_per_organization: u32) -> Result<Endpoint> {
+        let (event_types, headers, policy) = json_columns(&e.spec)?;
+        let now = super::sqlite::micros(Utc::now());
+        // One writer connection: the count and the insert cannot interleave
+        // with another create.
+        let mut tx = self.writer().begin().await?;
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM endpoints WHERE organization_id = ?")
+            .bind(e.organization_id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        if count >= i64::from(max_per_organization) {
+            return Err(too_many(max_per_organization));
+        }
+        let row = sqlx::query(&format!(
+            "INSERT INTO endpoints (endpoint_id, organization_id, workspace_id, url, description, event_types, \
+               disabled, headers, policy, secret, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {SQLITE_COLUMNS}"
+        ))
+        .bind(e.endpoint_id.to_string())
+        .bind(e.organization_id.to_string())
+        .bind(e.workspace_id.map(|w| w.to_string()))
+        .bind(&e.spec.url)
+        .bind(&e.spec.description)
+        .bind(event_types)
+        .bind(e.spec.disabled)
+        .bind(headers)
+        .bind(policy)
+        .bind(&e.secret)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        sqlite_endpoint(&row)
+    }
+
+    async fn get_endpoint(&self, organization_id: Uuid, endpoint_id: Uuid) -> Result<Option<Endpoint>> {
+        let row = sqlx::query(&format!(
+            "SELECT {SQLITE_COLUMNS} FROM endpoints WHERE endpoint_id = ? AND organization_id = ?"
+        ))
+        .bind(endpoint_id.to_string())
+        .bind(organization_id.to_string())
+        .fetch_optional(self.reader())
+        .await?;
+        row.as_ref().map(sqlite_endpoint).transpose()
+    }
+
+    async fn list_endpoints(
+        &self,
+        f: &EndpointFilter,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> Result<(Vec<Endpoint>, bool)> {
+        let mut q: sqlx::QueryBuilder<sqlx::Sqlite> =
+            sqlx::QueryBuilder::new(format!("SELECT {SQLITE_COLUMNS} FROM endpoints WHERE organization_id = "));
+        q.push_bind(f.organization_id.to_string());
+        if let Some(w) = f.workspace_id {
+            q.push(" AND workspace_id = ").push_bind(w.to_string());
+        }
+        if let Some(c) = after {
+            q.push(" AND (created_at, id) > (")
+                .push_bind(super::sqlite::micros(c.created_at))
+                .push(", ")
+                .push_bind(c.log_id)
+                .push(")");
+        }
+        q.push(" ORDER BY created_at, id LIMIT ").push_bind(i64::from(limit) + 1);
+        let rows = q.build().fetch_all(self.reader()).await?;
+        let mut out = rows.iter().map(sqlite_endpoint).collect::<Result<Vec<_>>>()?;
+        let more = out.len() > limit as usize;
+        out.truncate(limit as usize);
+        Ok((out, more))
+    }
+
+    async fn update_endpoint(
+        &self,
+        organization_id: Uuid,
+        endpoint_id: Uuid,
+        spec: &EndpointSpec,
+    ) -> Result<Option<Endpoint>> {
+        let (event_types, headers, policy) = json_columns(spec)?;
+        let row = sqlx::query(&format!(
+            "UPDATE endpoints SET url = ?, description = ?, event_types = ?, disabled = ?, headers = ?, \
+               policy = ?, updated_at = ? WHERE endpoint_id = ? AND organization_id = ? RETURNING {SQLITE_COLUMNS}"
+        ))
+        .bind(&spec.url)
+        .bind(&spec.description)
+        .bind(event_types)
+        .bind(spec.disabled)
+        .bind(headers)
+        .bind(policy)
+        .bind(super::sqlite::micros(Utc::now()))
+        .bind(endpoint_id.to_string())
+        .bind(organization_id.to_string())
+        .fetch_optional(self.writer())
+        .await?;
+        row.as_ref().map(sqlite_endpoint).transpose()
+    }
+
+    async fn delete_endpoint(&self, organization_id: Uuid, endpoint_id: Uuid) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM endpoints WHERE endpoint_id = ? AND organization_id = ?")
+            .bind(endpoint_id.to_string())
+            .bind(organization_id.to_string())
+            .execute(self.writer())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn endpoint_secrets(&self, organization_id: Uuid, endpoint_id: Uuid) -> Result<Option<StoredSecrets>> {
+        let row = sqlx::query(
+            "SELECT secret, previous_secret, previous_secret_expires_at FROM endpoints \
+             WHERE endpoint_id = ? AND organization_id = ?",
+        )
+        .bind(endpoint_id.to_string())
+        .bind(organization_id.to_string())
+        .fetch_optional(self.reader())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let previous: Option<Vec<u8>> = row.try_get("previous_secret")?;
+        let until: Option<i64> = row.try_get("previous_secret_expires_at")?;
+        let until = until.map(super::sqlite::time).transpose()?;
+        Ok(Some(StoredSecrets { current: row.try_get("secret")?, previous: previous.zip(until) }))
+    }
+
+    async fn rotate_endpoint_secret(
+        &self,
+        organization_id: Uuid,
+        endpoint_id: Uuid,
+        new: &[u8],
+        previous_until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE endpoints SET previous_secret = secret, previous_secret_expires_at = ?, secret = ?, \
+               updated_at = ? WHERE endpoint_id = ? AND organization_id = ?",
+        )
+        .bind(super::sqlite::micros(previous_until))
+        .bind(new)
+        .bind(super::sqlite::micros(Utc::now()))
+        .bind(endpoint_id.to_string())
+        .bind(organization_id.to_string())
+        .execute(self.writer())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

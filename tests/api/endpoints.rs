@@ -1,0 +1,316 @@
+//! Endpoints (webhook subscriptions): CRUD over gRPC and REST, field masks,
+//! secrets, limits and tenant isolation.
+
+use hookpost::auth::KeyKind;
+use hookpost::proto::v1 as pb;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+fn endpoint(url: &str, event_types: &[&str]) -> pb::Endpoint {
+    pb::Endpoint {
+        url: url.into(),
+        event_types: event_types.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+async fn create(app: &TestApp, org: Uuid, ws: Uuid, e: pb::Endpoint) -> pb::CreateEndpointResponse {
+    let req =
+        pb::CreateEndpointRequest { organization_id: org.to_string(), workspace_id: ws.to_string(), endpoint: Some(e) };
+    app.client.clone().create_endpoint(app.authed(req)).await.unwrap().into_inner()
+}
+
+fn get_req(org: Uuid, id: &str) -> pb::GetEndpointRequest {
+    pb::GetEndpointRequest { organization_id: org.to_string(), endpoint_id: id.into(), ..Default::default() }
+}
+
+async fn endpoint_crud_and_secrets(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
+    let mut client = app.client.clone();
+    let (org, ws) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut e = endpoint("http://127.0.0.1:9/hook", &["call.*", "sms_received"]);
+    e.description = "billing".into();
+    e.headers.insert("X-Tenant".into(), "acme".into());
+    e.policy = Some(pb::DeliveryPolicy { max_in_flight: Some(4), ..Default::default() });
+    let created = create(&app, org, ws, e).await;
+    assert!(created.secret.starts_with("whsec_"), "{}", created.secret);
+    let made = created.endpoint.unwrap();
+    assert_eq!(
+        (made.organization_id.as_str(), made.workspace_id.as_str()),
+        (org.to_string().as_str(), ws.to_string().as_str())
+    );
+    assert_eq!(made.event_types, ["call.*", "sms_received"]);
+    assert_eq!(made.policy.as_ref().unwrap().max_in_flight, Some(4));
+
+    let got = client.get_endpoint(app.authed(get_req(org, &made.endpoint_id))).await.unwrap().into_inner();
+    assert_eq!(got.endpoint.unwrap(), made);
+
+    // The secret reads back; a rotation changes it.
+    let secret_req = pb::GetEndpointSecretRequest {
+        organization_id: org.to_string(),
+        endpoint_id: made.endpoint_id.clone(),
+        ..Default::default()
+    };
+    let read = client.get_endpoint_secret(app.authed(secret_req.clone())).await.unwrap().into_inner();
+    assert_eq!(read.secret, created.secret);
+    let rotated = client
+        .rotate_endpoint_secret(app.authed(pb::RotateEndpointSecretRequest {
+            organization_id: org.to_string(),
+            endpoint_id: made.endpoint_id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(rotated.secret.starts_with("whsec_") && rotated.secret != created.secret);
+    let expires = rotated.previous_secret_expire_time.unwrap();
+    let hours = (expires.seconds - chrono::Utc::now().timestamp()) as f64 / 3600.0;
+    assert!((23.9..=24.0).contains(&hours), "{hours}");
+    let read = client.get_endpoint_secret(app.authed(secret_req)).await.unwrap().into_inner();
+    assert_eq!(read.secret, rotated.secret);
+
+    // A mask changes only what it names.
+    let update = pb::UpdateEndpointRequest {
+        organization_id: org.to_string(),
+        endpoint_id: made.endpoint_id.clone(),
+        endpoint: Some(pb::Endpoint { description: "payments".into(), disabled: true, ..Default::default() }),
+        update_mask: Some(pbjson_types::FieldMask { paths: vec!["description".into()] }),
+        ..Default::default()
+    };
+    let updated = client.update_endpoint(app.authed(update)).await.unwrap().into_inner().endpoint.unwrap();
+    assert_eq!((updated.description.as_str(), updated.disabled), ("payments", false));
+    assert_eq!(updated.url, made.url);
+    assert_eq!(updated.headers, made.headers);
+
+    // Listing pages through every endpoint of the organization, oldest first.
+    let mut ids = vec![made.endpoint_id.clone()];
+    for i in 0..4 {
+        let e = create(&app, org, ws, endpoint(&format!("http://127.0.0.1:9/{i}"), &[])).await;
+        ids.push(e.endpoint.unwrap().endpoint_id);
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_endpoints(app.authed(pb::ListEndpointsRequest {
+                organization_id: org.to_string(),
+                page_size: 2,
+                page_token: token,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.endpoints.into_iter().map(|e| e.endpoint_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, ids);
+
+    let delete = pb::DeleteEndpointRequest {
+        organization_id: org.to_string(),
+        endpoint_id: made.endpoint_id.clone(),
+        ..Default::default()
+    };
+    client.delete_endpoint(app.authed(delete.clone())).await.unwrap();
+    let err = client.get_endpoint(app.authed(get_req(org, &made.endpoint_id))).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = client.delete_endpoint(app.authed(delete)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn endpoint_crud_and_secrets_on_postgres() {
+    endpoint_crud_and_secrets(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn endpoint_crud_and_secrets_on_sqlite() {
+    endpoint_crud_and_secrets(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn bad_endpoints_are_refused_naming_each_field() {
+    let app = spawn_app().await;
+    let mut e = endpoint("ftp://127.0.0.1/x", &["call.*.x"]);
+    e.headers.insert("webhook-signature".into(), "forged".into());
+    e.policy = Some(pb::DeliveryPolicy { max_in_flight: Some(0), ..Default::default() });
+    let req = pb::CreateEndpointRequest {
+        organization_id: "nope".into(),
+        workspace_id: String::new(),
+        endpoint: Some(e.clone()),
+    };
+    let err = app.client.clone().create_endpoint(app.authed(req)).await.unwrap_err();
+    assert_eq!(violated_fields(&err), ["organization_id"]);
+    let req = pb::CreateEndpointRequest {
+        organization_id: Uuid::new_v4().to_string(),
+        workspace_id: String::new(),
+        endpoint: Some(e),
+    };
+    let err = app.client.clone().create_endpoint(app.authed(req)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&err),
+        ["endpoint.event_types", "endpoint.headers", "endpoint.policy.max_in_flight", "endpoint.url"]
+    );
+}
+
+#[tokio::test]
+async fn another_organizations_endpoint_answers_like_a_missing_one() {
+    let app = spawn_app().await;
+    let (org, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let made = create(&app, org, Uuid::new_v4(), endpoint("http://127.0.0.1:9/a", &[])).await.endpoint.unwrap();
+    let intruder = app.create_key(KeyKind::Organization(other)).await;
+    let mut client = app.client.clone();
+    let missing = Uuid::new_v4().to_string();
+    for id in [made.endpoint_id.as_str(), missing.as_str()] {
+        let err = client.get_endpoint(with_key(get_req(org, id), &intruder)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{id}");
+        assert_eq!(err.message(), format!("no endpoint with ID {id}"));
+        let secret = pb::GetEndpointSecretRequest {
+            organization_id: org.to_string(),
+            endpoint_id: id.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            client.get_endpoint_secret(with_key(secret, &intruder)).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+        let rotate = pb::RotateEndpointSecretRequest {
+            organization_id: org.to_string(),
+            endpoint_id: id.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            client.rotate_endpoint_secret(with_key(rotate, &intruder)).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+        let delete = pb::DeleteEndpointRequest {
+            organization_id: org.to_string(),
+            endpoint_id: id.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            client.delete_endpoint(with_key(delete, &intruder)).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+        let update = pb::UpdateEndpointRequest {
+            organization_id: org.to_string(),
+            endpoint_id: id.into(),
+            endpoint: Some(pb::Endpoint { description: "x".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        assert_eq!(
+            client.update_endpoint(with_key(update, &intruder)).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+    }
+    let listed = client
+        .list_endpoints(with_key(
+            pb::ListEndpointsRequest { organization_id: org.to_string(), ..Default::default() },
+            &intruder,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.endpoints.is_empty());
+    // The owner still has it, unchanged.
+    let got = client.get_endpoint(app.authed(get_req(org, &made.endpoint_id))).await.unwrap().into_inner();
+    assert_eq!(got.endpoint.unwrap(), made);
+}
+
+#[tokio::test]
+async fn an_organization_may_register_only_so_many_endpoints() {
+    let app = spawn_app_with(|c| c.limits.max_endpoints_per_organization = 2).await;
+    let org = Uuid::new_v4();
+    for i in 0..2 {
+        create(&app, org, Uuid::new_v4(), endpoint(&format!("http://127.0.0.1:9/{i}"), &[])).await;
+    }
+    let req = pb::CreateEndpointRequest {
+        organization_id: org.to_string(),
+        workspace_id: String::new(),
+        endpoint: Some(endpoint("http://127.0.0.1:9/3", &[])),
+    };
+    let err = app.client.clone().create_endpoint(app.authed(req)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    // Another organization is not affected.
+    create(&app, Uuid::new_v4(), Uuid::new_v4(), endpoint("http://127.0.0.1:9/4", &[])).await;
+}
+
+#[tokio::test]
+async fn secrets_are_stored_encrypted() {
+    let app = spawn_app().await;
+    let created = create(&app, Uuid::new_v4(), Uuid::new_v4(), endpoint("http://127.0.0.1:9/a", &[])).await;
+    let raw: Vec<u8> = sqlx::query_scalar("SELECT secret FROM endpoints").fetch_one(app.pg()).await.unwrap();
+    let key_part = created.secret.trim_start_matches("whsec_");
+    assert!(!String::from_utf8_lossy(&raw).contains(key_part));
+    assert!(!raw.windows(6).any(|w| w == b"whsec_"));
+}
+
+#[tokio::test]
+async fn webhook_subscriptions_over_rest() {
+    let app = spawn_app().await;
+    let (org, ws) = (Uuid::new_v4(), Uuid::new_v4());
+    let base = format!("{}/organizations/{org}/workspaces/{ws}/webhook-subscriptions", app.base_url);
+    let http = reqwest::Client::new();
+    let send = |req: reqwest::RequestBuilder, key: &str| {
+        let req = req.bearer_auth(key);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, created) =
+        send(http.post(&base).json(&json!({"url": "http://127.0.0.1:9/hook", "eventTypes": ["call.*"]})), &app.key)
+            .await;
+    assert_eq!(status, 200, "{created}");
+    assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+    let id = created["endpoint"]["endpointId"].as_str().unwrap().to_owned();
+    let create_time = created["endpoint"]["createTime"].as_str().unwrap();
+    assert!(create_time.ends_with('Z'), "{create_time}");
+
+    let (status, got) = send(http.get(format!("{base}/{id}")), &app.key).await;
+    assert_eq!((status, &got["endpoint"]), (200, &created["endpoint"]));
+
+    let (status, patched) = send(
+        http.patch(format!("{base}/{id}?updateMask=description,policy.maxInFlight"))
+            .json(&json!({"description": "new", "url": "http://127.0.0.1:9/ignored", "policy": {"maxInFlight": 3}})),
+        &app.key,
+    )
+    .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["endpoint"]["description"], "new");
+    assert_eq!(patched["endpoint"]["url"], "http://127.0.0.1:9/hook");
+    assert_eq!(patched["endpoint"]["policy"]["maxInFlight"], 3);
+
+    let (status, listed) = send(http.get(&base), &app.key).await;
+    assert_eq!((status, listed["endpoints"].as_array().unwrap().len()), (200, 1));
+    let (status, secret) = send(http.get(format!("{base}/{id}/secret")), &app.key).await;
+    assert_eq!((status, &secret["secret"]), (200, &created["secret"]));
+    let (status, rotated) =
+        send(http.post(format!("{base}/{id}/secret:rotate")).json(&json!({"gracePeriod": "3600s"})), &app.key).await;
+    assert_eq!(status, 200, "{rotated}");
+    assert_ne!(rotated["secret"], created["secret"]);
+
+    // Bad input is named; another workspace's path or organization is 404.
+    let (status, bad) = send(http.post(&base).json(&json!({"url": "nope", "eventTypes": ["a b"]})), &app.key).await;
+    assert_eq!(status, 400);
+    let fields: Vec<_> =
+        bad["details"][0]["fieldViolations"].as_array().unwrap().iter().map(|v| v["field"].clone()).collect();
+    assert_eq!(fields, [json!("endpoint.url"), json!("endpoint.eventTypes")]);
+    let other_ws =
+        format!("{}/organizations/{org}/workspaces/{}/webhook-subscriptions/{id}", app.base_url, Uuid::new_v4());
+    assert_eq!(send(http.get(other_ws), &app.key).await.0, 404);
+    let intruder = app.create_key(KeyKind::Organization(Uuid::new_v4())).await;
+    let (status, body) = send(http.get(format!("{base}/{id}")), &intruder).await;
+    assert_eq!((status, body["code"].as_i64()), (404, Some(5)));
+
+    let (status, _) = send(http.delete(format!("{base}/{id}")), &app.key).await;
+    assert_eq!(status, 200);
+    assert_eq!(send(http.get(format!("{base}/{id}")), &app.key).await.0, 404);
+}
