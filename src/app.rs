@@ -248,6 +248,7 @@ fn secret_key(source: &SecretKeySource, store_kind: &str) -> anyhow::Result<Secr
                      need the same key (set HOOKPOST_SECRET_KEY)"
                 );
             }
+            std::fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
             SecretKey::load_or_create(dir).with_context(|| format!("the secret key in {}", dir.display()))?
         }
         SecretKeySource::Ephemeral => SecretKey::generate(),

@@ -174,7 +174,7 @@ async fn framework_rejections_have_the_routes_json_shape() {
         }
     };
     let base = &app.base_url;
-    let long = "a".repeat(10_000);
+    let long = "a".repeat(20_000);
     let cases = [
         (405, http.delete(format!("{base}/v1/webhook-logs"))),
         (405, http.post(format!("{base}/api/v1/calls/1/webhook-logs"))),

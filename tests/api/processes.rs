@@ -13,6 +13,13 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
+/// One key for every server of this test run, so restarted servers can read
+/// what earlier ones sealed, and no test writes a key file into the repository.
+fn test_secret_key() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| hookpost::secrets::SecretKey::generate().expose_base64())
+}
+
 struct ServerProcess {
     child: Child,
     addr: SocketAddr,
@@ -30,6 +37,7 @@ impl ServerProcess {
             .arg("--allow-private-targets")
             .args(extra)
             .env("RUST_LOG", "info")
+            .env("HOOKPOST_SECRET_KEY", test_secret_key())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
