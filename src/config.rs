@@ -106,6 +106,34 @@ impl DatabaseArgs {
     }
 }
 
+/// The shortest retention: logs are dropped by whole UTC days.
+pub const MIN_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest retention: far beyond any real use, and well inside every
+/// clock's calendar (a cutoff of `now - retention` must be a real date).
+pub const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Checks `--retention`: at least a day, at most a century, and (for a
+/// server, whose retry policy is known) longer than the longest a delivery
+/// can stay pending, so the logs of work still in progress are never
+/// candidates for removal.
+pub fn check_retention(retention: Duration, pending_horizon: Option<Duration>) -> anyhow::Result<()> {
+    let shown = |d: Duration| humantime::format_duration(d).to_string();
+    anyhow::ensure!(retention >= MIN_RETENTION, "--retention must be at least 1d (got {})", shown(retention));
+    anyhow::ensure!(retention <= MAX_RETENTION, "--retention must be at most 100 years (got {})", shown(retention));
+    if let Some(horizon) = pending_horizon {
+        anyhow::ensure!(
+            retention > horizon,
+            "--retention ({}) must be longer than the longest a delivery can stay pending ({}: the most retries a \
+             Dispatch may ask for, each after --backoff-max or --retry-after-max, plus each attempt's timeout and \
+             lease margin); raise --retention or lower --backoff-max / --retry-after-max",
+            shown(retention),
+            shown(horizon)
+        );
+    }
+    Ok(())
+}
+
 /// Parses `200ms`, `2s`, `1h`, `30d` and the like.
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 200ms, 2s, 1h)"))
@@ -280,6 +308,10 @@ impl TryFrom<ServeArgs> for Config {
             ..Limits::default()
         };
         anyhow::ensure!(a.max_retries <= limits.max_retries, "--max-retries must be at most {}", limits.max_retries);
+        let retry = RetryPolicy { base: a.backoff_base, max: a.backoff_max, retry_after_max: a.retry_after_max };
+        // A Dispatch may ask for up to limits.max_retries, so that is the bound.
+        let horizon = retry.horizon(limits.max_retries, a.attempt_timeout + a.lease_margin);
+        check_retention(a.retention, Some(horizon))?;
         a.database.prepare()?;
         Ok(Self {
             listen: a.listen,
@@ -296,7 +328,7 @@ impl TryFrom<ServeArgs> for Config {
                 connect_timeout: a.connect_timeout.min(a.attempt_timeout),
                 lease_margin: a.lease_margin,
                 poll_interval: a.poll_interval,
-                retry: RetryPolicy { base: a.backoff_base, max: a.backoff_max, retry_after_max: a.retry_after_max },
+                retry,
                 drain_timeout: a.drain_timeout,
                 allow_private_targets: a.allow_private_targets,
                 ..DeliveryConfig::default()
@@ -321,6 +353,41 @@ mod tests {
         assert_eq!(duration("30d").unwrap(), Duration::from_secs(30 * 86400));
         assert_eq!(duration("12h").unwrap(), Duration::from_secs(12 * 3600));
         assert!(duration("soon").unwrap_err().contains("200ms"));
+    }
+
+    fn serve(extra: &[&str]) -> anyhow::Result<Config> {
+        // A Postgres URL: nothing is created on disk and nothing connects.
+        let base = ["hookpost", "serve", "--database-url", "postgres://127.0.0.1:1/none"];
+        let cli = Cli::try_parse_from(base.iter().chain(extra)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        match cli.command {
+            Command::Serve(args) => Config::try_from(*args),
+            _ => unreachable!(),
+        }
+    }
+
+    fn refusal(extra: &[&str]) -> String {
+        format!("{:#}", serve(extra).expect_err("refused at start"))
+    }
+
+    #[test]
+    fn a_retention_of_300000_years_is_refused_at_start_naming_the_flag() {
+        let err = refusal(&["--retention", "300000y"]);
+        assert!(err.contains("--retention") && err.contains("at most 100 years"), "{err}");
+    }
+
+    #[test]
+    fn a_retention_under_a_day_is_refused_at_start() {
+        let err = refusal(&["--retention", "12h"]);
+        assert!(err.contains("--retention must be at least 1d"), "{err}");
+    }
+
+    #[test]
+    fn a_retention_within_the_retry_horizon_is_refused_at_start() {
+        // 50 retries (the most a Dispatch may ask) × 1h, plus attempts: over 2 days.
+        let err = refusal(&["--retention", "2d"]);
+        assert!(err.contains("--retention (2days) must be longer"), "{err}");
+        assert!(serve(&["--retention", "2d", "--backoff-max", "30m", "--retry-after-max", "30m"]).is_ok());
+        assert!(serve(&[]).is_ok(), "the defaults are consistent");
     }
 
     #[test]

@@ -2,6 +2,12 @@
 //! is given. WAL mode; every write goes through one connection, so writes are
 //! serialised in the process and `database is locked` never reaches a caller
 //! (a busy timeout covers other processes on the same file).
+//!
+//! Maintenance needs no lock here, unlike Postgres' advisory lock: the store
+//! belongs to one `hookpost serve` process, and its purge is batched DELETEs
+//! through the one writer, which serialises it with every other write. The
+//! process's clock is the store's clock (SQLite has no server), so due times
+//! and the purge cutoff are taken from it.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -292,7 +298,10 @@ impl Store for SqliteStore {
         let (status, next_at) = match a.next {
             NextStep::Succeeded => (ExecutionStatus::Succeeded, None),
             NextStep::Failed => (ExecutionStatus::Failed, None),
-            NextStep::RetryAt(at) => (ExecutionStatus::Pending, Some(micros(at))),
+            NextStep::RetryAfter(delay) => {
+                let delay = chrono::TimeDelta::from_std(delay).unwrap_or(chrono::TimeDelta::days(1));
+                (ExecutionStatus::Pending, Some(micros(Utc::now() + delay)))
+            }
         };
         // One transaction on the writer: the attempt row and the request's new
         // state land together. A lost lease still records the attempt.
@@ -363,7 +372,8 @@ impl Store for SqliteStore {
         Ok(held)
     }
 
-    async fn release(&self, claims: &[ClaimedDelivery], due_at: DateTime<Utc>) -> Result<()> {
+    async fn release(&self, claims: &[ClaimedDelivery], after: Duration) -> Result<()> {
+        let due_at = Utc::now() + chrono::TimeDelta::from_std(after).unwrap_or(chrono::TimeDelta::days(1));
         let mut tx = self.write.begin().await?;
         for c in claims {
             sqlx::query(
@@ -385,11 +395,14 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn prepare(&self, _now: DateTime<Utc>) -> Result<()> {
+    async fn prepare(&self) -> Result<()> {
         Ok(()) // nothing to create ahead of time: no partitions
     }
 
-    async fn purge(&self, cutoff: DateTime<Utc>, dry_run: bool) -> Result<PurgeReport> {
+    async fn purge(&self, older_than: chrono::TimeDelta, dry_run: bool) -> Result<PurgeReport> {
+        let cutoff = Utc::now()
+            .checked_sub_signed(older_than)
+            .ok_or_else(|| Error::invalid("retention", "the retention reaches beyond the calendar"))?;
         // Days are reported like Postgres' partitions: UTC dates of creation.
         let day = "strftime('%Y-%m-%d', created_at / 1000000, 'unixepoch')";
         let days: Vec<String> = sqlx::query_scalar(&format!(
@@ -417,6 +430,8 @@ impl Store for SqliteStore {
             requests: row.try_get::<i64, _>("n")? as u64,
             attempts: row.try_get::<i64, _>("a")? as u64,
             kept_pending: kept,
+            cutoff: Some(cutoff),
+            ..PurgeReport::default()
         };
         if dry_run {
             return Ok(report);

@@ -27,4 +27,5 @@ mod list;
 mod ops;
 mod processes;
 mod rest;
+mod retention;
 mod tenancy;
