@@ -96,10 +96,16 @@ impl DatabaseArgs {
         }
     }
 
-    /// Creates the data directory when the embedded store is used.
+    /// Creates the data directory when the embedded store is used: 0700,
+    /// since the store holds payloads and API key hashes. A directory that
+    /// already exists keeps its mode (it may be the operator's choice).
     pub fn prepare(&self) -> anyhow::Result<()> {
         if self.database_url.is_none() {
-            std::fs::create_dir_all(&self.data_dir)
+            let mut dir = std::fs::DirBuilder::new();
+            dir.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+            dir.create(&self.data_dir)
                 .map_err(|e| anyhow::anyhow!("creating the data directory {}: {e}", self.data_dir.display()))?;
         }
         Ok(())

@@ -141,6 +141,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        create_private(options.get_filename())?;
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(acquire_timeout.max(Duration::from_secs(30)))
@@ -158,6 +159,25 @@ impl SqliteStore {
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
         MIGRATOR.run(&self.write).await.context("applying the SQLite migrations")
+    }
+}
+
+/// Creates the database file readable by its owner only (0600) when it does
+/// not exist yet: it holds payloads and API key hashes, and SQLite would
+/// create it with the umask's mode (usually world-readable). SQLite gives its
+/// -wal and -shm files the database file's mode.
+fn create_private(path: &std::path::Path) -> anyhow::Result<()> {
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    match open.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("creating the SQLite database {}: {e}", path.display())),
     }
 }
 
