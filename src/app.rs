@@ -40,6 +40,10 @@ const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Checked here too, for configs built in code rather than parsed from
+        // the CLI: an unbounded retention would break the maintenance loop.
+        let horizon = config.delivery.retry.horizon(config.limits.max_retries, config.delivery.lease());
+        crate::config::check_retention(config.retention, Some(horizon))?;
         let (store, kind) = store::open(&config.database_url, config.db_pool_size, config.db_acquire_timeout).await?;
         let location = match kind {
             "sqlite" => config.database_url.trim_start_matches("sqlite://").to_owned(),
