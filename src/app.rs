@@ -45,6 +45,10 @@ const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Checked here too, for configs built in code rather than parsed from
+        // the CLI: an unbounded retention would break the maintenance loop.
+        let horizon = config.delivery.retry.horizon(config.limits.max_retries, config.delivery.lease());
+        crate::config::check_retention(config.retention, Some(horizon))?;
         let (store, kind) = store::open(&config.database_url, config.db_pool_size, config.db_acquire_timeout).await?;
         let location = match kind {
             "sqlite" => config.database_url.trim_start_matches("sqlite://").to_owned(),
@@ -77,7 +81,7 @@ impl Application {
         let dev_key = development_key(store.as_ref(), kind, addr).await?;
         let max_message_bytes = 4 * (config.limits.max_payload_bytes + config.limits.max_metadata_bytes) + (1 << 20);
         // Partitions for today must exist before the first Dispatch.
-        store.prepare(chrono::Utc::now()).await?;
+        store.prepare().await?;
         Ok(Self {
             listener,
             addr,
@@ -174,18 +178,26 @@ async fn maintain(
     interval: Duration,
     token: CancellationToken,
 ) {
+    // Config validation bounds the retention (at most 100 years), so this
+    // conversion cannot fail; were it to, the purge refuses a huge interval
+    // with an error that is logged, and the loop goes on.
+    let older_than = chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
     loop {
-        let now = chrono::Utc::now();
-        if let Err(err) = store.prepare(now).await {
+        if let Err(err) = store.prepare().await {
             tracing::warn!(error = %err, "preparing partitions failed");
         }
-        let cutoff = now - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
-        let purged = store.purge(cutoff, false).await;
+        let purged = store.purge(older_than, false).await;
         if let Ok(r) = &purged {
             metrics.purged_rows.get_or_create(&TableLabels { table: "webhook_requests" }).inc_by(r.requests);
             metrics.purged_rows.get_or_create(&TableLabels { table: "webhook_attempts" }).inc_by(r.attempts);
         }
         match purged {
+            Ok(r) if r.skipped => tracing::debug!("another process is running maintenance; this run skipped"),
+            Ok(r) if !r.left_attached.is_empty() => tracing::warn!(
+                left_attached = ?r.left_attached,
+                days = ?r.days,
+                "retention applied in part: some expired days could not be detached and stay until the next run"
+            ),
             Ok(r) if !r.days.is_empty() || !r.kept_pending.is_empty() => tracing::info!(
                 requests = r.requests,
                 attempts = r.attempts,

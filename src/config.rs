@@ -97,14 +97,48 @@ impl DatabaseArgs {
         }
     }
 
-    /// Creates the data directory when the embedded store is used.
+    /// Creates the data directory when the embedded store is used: 0700,
+    /// since the store holds payloads and API key hashes. A directory that
+    /// already exists keeps its mode (it may be the operator's choice).
     pub fn prepare(&self) -> anyhow::Result<()> {
         if self.database_url.is_none() {
-            std::fs::create_dir_all(&self.data_dir)
+            let mut dir = std::fs::DirBuilder::new();
+            dir.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+            dir.create(&self.data_dir)
                 .map_err(|e| anyhow::anyhow!("creating the data directory {}: {e}", self.data_dir.display()))?;
         }
         Ok(())
     }
+}
+
+/// The shortest retention: logs are dropped by whole UTC days.
+pub const MIN_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest retention: far beyond any real use, and well inside every
+/// clock's calendar (a cutoff of `now - retention` must be a real date).
+pub const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Checks `--retention`: at least a day, at most a century, and (for a
+/// server, whose retry policy is known) longer than the longest a delivery
+/// can stay pending, so the logs of work still in progress are never
+/// candidates for removal.
+pub fn check_retention(retention: Duration, pending_horizon: Option<Duration>) -> anyhow::Result<()> {
+    let shown = |d: Duration| humantime::format_duration(d).to_string();
+    anyhow::ensure!(retention >= MIN_RETENTION, "--retention must be at least 1d (got {})", shown(retention));
+    anyhow::ensure!(retention <= MAX_RETENTION, "--retention must be at most 100 years (got {})", shown(retention));
+    if let Some(horizon) = pending_horizon {
+        anyhow::ensure!(
+            retention > horizon,
+            "--retention ({}) must be longer than the longest a delivery can stay pending ({}: the most retries a \
+             Dispatch may ask for, each after --backoff-max or --retry-after-max, plus each attempt's timeout and \
+             lease margin); raise --retention or lower --backoff-max / --retry-after-max",
+            shown(retention),
+            shown(horizon)
+        );
+    }
+    Ok(())
 }
 
 /// Parses `200ms`, `2s`, `1h`, `30d` and the like.
@@ -363,6 +397,10 @@ impl TryFrom<ServeArgs> for Config {
             anyhow::ensure!(!d.is_zero(), "{flag} must be positive");
         }
         anyhow::ensure!(a.http2_max_concurrent_streams >= 1, "--http2-max-concurrent-streams must be at least 1");
+        let retry = RetryPolicy { base: a.backoff_base, max: a.backoff_max, retry_after_max: a.retry_after_max };
+        // A Dispatch may ask for up to limits.max_retries, so that is the bound.
+        let horizon = retry.horizon(limits.max_retries, a.attempt_timeout + a.lease_margin);
+        check_retention(a.retention, Some(horizon))?;
         a.database.prepare()?;
         Ok(Self {
             listen: a.listen,
@@ -383,7 +421,7 @@ impl TryFrom<ServeArgs> for Config {
                 connect_timeout: a.connect_timeout.min(a.attempt_timeout),
                 lease_margin: a.lease_margin,
                 poll_interval: a.poll_interval,
-                retry: RetryPolicy { base: a.backoff_base, max: a.backoff_max, retry_after_max: a.retry_after_max },
+                retry,
                 drain_timeout: a.drain_timeout,
                 allow_private_targets: a.allow_private_targets,
                 ..DeliveryConfig::default()
@@ -417,6 +455,41 @@ mod tests {
         assert_eq!(duration("30d").unwrap(), Duration::from_secs(30 * 86400));
         assert_eq!(duration("12h").unwrap(), Duration::from_secs(12 * 3600));
         assert!(duration("soon").unwrap_err().contains("200ms"));
+    }
+
+    fn serve(extra: &[&str]) -> anyhow::Result<Config> {
+        // A Postgres URL: nothing is created on disk and nothing connects.
+        let base = ["hookpost", "serve", "--database-url", "postgres://127.0.0.1:1/none"];
+        let cli = Cli::try_parse_from(base.iter().chain(extra)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        match cli.command {
+            Command::Serve(args) => Config::try_from(*args),
+            _ => unreachable!(),
+        }
+    }
+
+    fn refusal(extra: &[&str]) -> String {
+        format!("{:#}", serve(extra).expect_err("refused at start"))
+    }
+
+    #[test]
+    fn a_retention_of_300000_years_is_refused_at_start_naming_the_flag() {
+        let err = refusal(&["--retention", "300000y"]);
+        assert!(err.contains("--retention") && err.contains("at most 100 years"), "{err}");
+    }
+
+    #[test]
+    fn a_retention_under_a_day_is_refused_at_start() {
+        let err = refusal(&["--retention", "12h"]);
+        assert!(err.contains("--retention must be at least 1d"), "{err}");
+    }
+
+    #[test]
+    fn a_retention_within_the_retry_horizon_is_refused_at_start() {
+        // 50 retries (the most a Dispatch may ask) × 1h, plus attempts: over 2 days.
+        let err = refusal(&["--retention", "2d"]);
+        assert!(err.contains("--retention (2days) must be longer"), "{err}");
+        assert!(serve(&["--retention", "2d", "--backoff-max", "30m", "--retry-after-max", "30m"]).is_ok());
+        assert!(serve(&[]).is_ok(), "the defaults are consistent");
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //!   transport types.
 //! - [`domain`]: types parsed once at the edge (`NewDelivery`, `LogFilter`...).
 //! - [`store`]: the attempt store trait and its Postgres implementation; the
-//!   requests table doubles as the delivery queue.
+//!   requests table doubles as the delivery queue. Postgres partition upkeep
+//!   and retention (`store::postgres::maintenance`) run one process at a
+//!   time under an advisory lock.
 //! - [`delivery`]: the engine that claims due webhooks, POSTs them, records
 //!   each attempt and schedules retries (a pure backoff function).
 //! - [`client`]: the Rust client (generated tonic client + API key).

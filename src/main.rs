@@ -28,19 +28,22 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::ApiKey(cmd) => api_key(cmd).await,
         Command::Purge { database, retention, dry_run } => {
+            hookpost::config::check_retention(retention, None)?;
             let store = open_store(&database).await?;
-            let cutoff = chrono::Utc::now() - chrono::TimeDelta::from_std(retention)?;
-            let r = store.purge(cutoff, dry_run).await?;
+            let r = store.purge(chrono::TimeDelta::from_std(retention)?, dry_run).await?;
+            if r.skipped {
+                println!("skipped: another process is running maintenance (it applies retention); nothing done");
+                return Ok(());
+            }
             let verb = if dry_run { "would remove" } else { "removed" };
-            println!(
-                "{verb} {} requests and {} attempts created before {}",
-                r.requests,
-                r.attempts,
-                cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            );
+            let cutoff = r.cutoff.map_or("?".into(), |c| c.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            println!("{verb} {} requests and {} attempts created before {cutoff}", r.requests, r.attempts);
             println!("days: {}", if r.days.is_empty() { "none".to_string() } else { r.days.join(", ") });
             if !r.kept_pending.is_empty() {
                 println!("kept (deliveries still pending): {}", r.kept_pending.join(", "));
+            }
+            if !r.left_attached.is_empty() {
+                println!("left attached (detach failed; retried next run): {}", r.left_attached.join(", "));
             }
             Ok(())
         }

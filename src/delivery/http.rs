@@ -13,6 +13,33 @@ use crate::domain::{ClaimedDelivery, FailureCategory};
 /// Response bytes kept in the log.
 pub const KEPT_BODY_BYTES: usize = 10 * 1024;
 
+/// Longest error message kept: messages quote what receivers send (a
+/// `Location`, an error chain), and a receiver must not decide how much we
+/// store or show.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+
+/// What a tenant is told when the SSRF guard refuses a destination: how the
+/// name resolved is about our network, not theirs, and stays in our log.
+pub const BLOCKED_MESSAGE: &str = "address not allowed";
+
+/// `s` cut to at most `max` bytes on a character boundary, with `…` marking
+/// the cut.
+pub fn bounded(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    const MARK: &str = "…";
+    let mut end = max.saturating_sub(MARK.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    if max >= MARK.len() {
+        s.push_str(MARK);
+    }
+    s
+}
+
 /// The shared HTTP client and the limits of one attempt.
 #[derive(Clone)]
 pub struct HttpDeliverer {
@@ -85,8 +112,9 @@ impl HttpDeliverer {
         if !self.allow_private
             && let Some(ip) = blocked_literal(&d.webhook_url)
         {
+            tracing::warn!(%ip, "delivery refused: a private or reserved address");
             result.category = Some(FailureCategory::Blocked);
-            result.error_message = Some(format!("{ip} is a private or reserved address; delivery refused"));
+            result.error_message = Some(BLOCKED_MESSAGE.into());
             return result;
         }
         let request = self
@@ -103,7 +131,12 @@ impl HttpDeliverer {
             Err(err) => {
                 let (category, message) = classify(&err);
                 result.category = Some(category);
-                result.error_message = Some(message);
+                result.error_message = Some(if category == FailureCategory::Blocked {
+                    tracing::warn!(detail = %message, "delivery refused by the SSRF guard");
+                    BLOCKED_MESSAGE.into()
+                } else {
+                    message
+                });
             }
             Ok(mut response) => {
                 let status = response.status();
@@ -115,6 +148,7 @@ impl HttpDeliverer {
                     .and_then(|v| parse_retry_after(v, SystemTime::now()));
                 let mut kept = Vec::new();
                 let mut read = 0usize;
+                let mut body_err = None;
                 loop {
                     match response.chunk().await {
                         Ok(Some(chunk)) => {
@@ -132,15 +166,23 @@ impl HttpDeliverer {
                         }
                         Ok(None) => break,
                         Err(err) => {
-                            // The status already arrived and decides the outcome;
-                            // a body cut short is noted, not fatal.
                             result.response_truncated = true;
-                            result.error_message = Some(format!("reading the response body failed: {}", chain(&err)));
+                            body_err = Some(format!("reading the response body failed: {}", chain(&err)));
                             break;
                         }
                     }
                 }
                 result.response_body = String::from_utf8_lossy(&kept).into_owned();
+                // The status decides the outcome, as Svix and Standard Webhooks
+                // do: a 2xx means the receiver took the webhook, so it is
+                // delivered, and a success carries no error message (a body cut
+                // short is only `response_truncated`, the cause is in our log).
+                // Retrying would deliver it twice.
+                if status.is_success()
+                    && let Some(body_err) = &body_err
+                {
+                    tracing::info!(error = %body_err, "a 2xx answer's body could not be read; delivered all the same");
+                }
                 if !status.is_success() {
                     let category = match status.as_u16() {
                         300..=399 => FailureCategory::Redirect,
@@ -152,9 +194,11 @@ impl HttpDeliverer {
                     let mut message = format!("receiver answered HTTP {status}");
                     let location = response.headers().get("location").and_then(|v| v.to_str().ok());
                     if let (FailureCategory::Redirect, Some(loc)) = (category, location) {
+                        // Bounded here too, so the note after it survives.
+                        let loc = bounded(loc.to_owned(), MAX_ERROR_MESSAGE_BYTES / 2);
                         message.push_str(&format!(" to {loc} (redirects are not followed)"));
                     }
-                    result.error_message = Some(match result.error_message.take() {
+                    result.error_message = Some(match body_err {
                         Some(body_err) => format!("{message}; {body_err}"),
                         None => message,
                     });
@@ -162,6 +206,7 @@ impl HttpDeliverer {
             }
         }
         result.response_time_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        result.error_message = result.error_message.map(|m| bounded(m, MAX_ERROR_MESSAGE_BYTES));
         result
     }
 }
@@ -207,4 +252,20 @@ fn classify(err: &reqwest::Error) -> (FailureCategory, String) {
         FailureCategory::Connect
     };
     (category, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary_and_marked() {
+        let cut = bounded("é".repeat(1000), 1024);
+        assert!(cut.len() <= 1024, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(cut.trim_end_matches('…').chars().all(|c| c == 'é'));
+        assert_eq!(bounded("short".into(), 1024), "short");
+        assert_eq!(bounded("x".repeat(1024), 1024).len(), 1024, "exactly the limit is kept whole");
+        assert!(bounded("abcdef".into(), 2).len() <= 2);
+    }
 }

@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -192,12 +191,12 @@ impl DeliveryEngine {
                 drop((slot, host_permit));
             });
         }
-        if !deferred.is_empty() {
-            let due = Utc::now() + HOST_BUSY_DEFER;
-            if let Err(err) = self.store.release(&deferred, due).await {
-                // Their leases will expire and they will be claimed again.
-                tracing::warn!(error = %err, "releasing deferred deliveries failed");
-            }
+        // Due again after a delay the store adds to its own clock.
+        if !deferred.is_empty()
+            && let Err(err) = self.store.release(&deferred, HOST_BUSY_DEFER).await
+        {
+            // Their leases will expire and they will be claimed again.
+            tracing::warn!(error = %err, "releasing deferred deliveries failed");
         }
     }
 
@@ -231,7 +230,7 @@ impl DeliveryEngine {
         };
         self.metrics.attempts.get_or_create(&labels).inc();
         let attempt = self.settle(&claim, result);
-        if matches!(attempt.next, NextStep::RetryAt(_)) {
+        if matches!(attempt.next, NextStep::RetryAfter(_)) {
             self.metrics.retries_scheduled.inc();
         }
         tracing::debug!(request_id = %claim.request_id, next = ?attempt.next, "attempt done");
@@ -270,7 +269,7 @@ impl DeliveryEngine {
             NextStep::Succeeded
         } else if is_retryable(r.status, r.category) && number <= claim.max_retries {
             let delay = self.config.retry.next_delay(number, r.retry_after, rand::random::<f64>());
-            NextStep::RetryAt(Utc::now() + chrono::TimeDelta::from_std(delay).unwrap_or(chrono::TimeDelta::days(1)))
+            NextStep::RetryAfter(delay)
         } else {
             NextStep::Failed
         };

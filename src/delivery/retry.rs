@@ -45,6 +45,18 @@ impl RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The longest a delivery can stay pending: each of its `max_retries + 1`
+    /// attempts may hold its claim for a whole `lease`, and each retry may
+    /// wait the longest delay there is (the backoff cap, or a receiver's
+    /// clamped `Retry-After` when that is longer). Saturates rather than
+    /// overflows.
+    pub fn horizon(&self, max_retries: u32, lease: Duration) -> Duration {
+        let wait = self.max.max(self.retry_after_max);
+        wait.saturating_mul(max_retries).saturating_add(lease.saturating_mul(max_retries.saturating_add(1)))
+    }
+}
+
 /// Whether a failed attempt is worth repeating: connection trouble, timeouts,
 /// 408, 425, 429 and 5xx are; other statuses (4xx, 3xx) are the receiver's
 /// final answer.
@@ -101,6 +113,16 @@ mod tests {
         assert_eq!(p.next_delay(1, Some(S(2)), 0.0), S(5));
         assert_eq!(p.next_delay(1, Some(S(42)), 0.0), S(42));
         assert_eq!(p.next_delay(1, Some(S(86_400)), 0.0), S(60));
+    }
+
+    #[test]
+    fn the_horizon_covers_every_retry_and_every_attempt() {
+        let p = policy(); // backoff cap 100 s, Retry-After cap 60 s
+        assert_eq!(p.horizon(3, S(25)), S(3 * 100 + 4 * 25));
+        let long_retry_after = RetryPolicy { retry_after_max: S(1000), ..p };
+        assert_eq!(long_retry_after.horizon(3, S(25)), S(3 * 1000 + 4 * 25));
+        assert_eq!(p.horizon(0, S(25)), S(25));
+        assert_eq!(p.horizon(u32::MAX, Duration::MAX), Duration::MAX);
     }
 
     #[test]

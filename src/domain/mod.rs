@@ -173,7 +173,10 @@ pub struct ClaimedDelivery {
 pub enum NextStep {
     Succeeded,
     Failed,
-    RetryAt(DateTime<Utc>),
+    /// Due again this long after the attempt is recorded. A delay, not a
+    /// time: the store adds it to its own clock, the one due times are
+    /// compared with.
+    RetryAfter(std::time::Duration),
 }
 
 /// What a purge removed, or would remove with `--dry-run`.
@@ -185,4 +188,10 @@ pub struct PurgeReport {
     pub attempts: u64,
     /// Expired days kept because a delivery in them is still pending.
     pub kept_pending: Vec<String>,
+    /// Logs created before this (by the store's clock) were expired.
+    pub cutoff: Option<DateTime<Utc>>,
+    /// Partitions whose detach failed: left attached, retried next run.
+    pub left_attached: Vec<String>,
+    /// Nothing was done: another process holds the maintenance turn.
+    pub skipped: bool,
 }

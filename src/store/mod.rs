@@ -169,19 +169,23 @@ pub trait Store: EndpointStore + Send + Sync + 'static {
     /// another worker took the request); the attempt is recorded either way.
     async fn record_attempt(&self, claim: &ClaimedDelivery, attempt: &NewAttempt) -> Result<bool>;
 
-    /// Gives claimed deliveries back without an attempt, due at `due_at`.
-    async fn release(&self, claims: &[ClaimedDelivery], due_at: DateTime<Utc>) -> Result<()>;
+    /// Gives claimed deliveries back without an attempt, due `after` from
+    /// now by the store's clock.
+    async fn release(&self, claims: &[ClaimedDelivery], after: Duration) -> Result<()>;
 
     /// Cheap round trip, for health checks.
     async fn ping(&self) -> Result<()>;
 
-    /// Prepares storage for the days around `now` (Postgres: creates the day
-    /// partitions ahead of time).
-    async fn prepare(&self, now: DateTime<Utc>) -> Result<()>;
+    /// Prepares storage for the days around today by the store's clock
+    /// (Postgres: creates the day partitions ahead of time).
+    async fn prepare(&self) -> Result<()>;
 
-    /// Removes logs (requests and their attempts) created before `cutoff`,
-    /// never one still pending. With `dry_run`, only reports.
-    async fn purge(&self, cutoff: DateTime<Utc>, dry_run: bool) -> Result<PurgeReport>;
+    /// Removes logs (requests and their attempts) created more than
+    /// `older_than` before the store's own `now` (created_at comes from that
+    /// clock, so the cutoff must too), never one still pending. With
+    /// `dry_run`, only reports. One run at a time across processes: a run
+    /// that finds another in progress does nothing and says so (`skipped`).
+    async fn purge(&self, older_than: chrono::TimeDelta, dry_run: bool) -> Result<PurgeReport>;
 
     /// Pending deliveries and the creation time of the oldest one.
     async fn queue_stats(&self) -> Result<QueueStats>;

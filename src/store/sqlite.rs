@@ -2,6 +2,12 @@
 //! is given. WAL mode; every write goes through one connection, so writes are
 //! serialised in the process and `database is locked` never reaches a caller
 //! (a busy timeout covers other processes on the same file).
+//!
+//! Maintenance needs no lock here, unlike Postgres' advisory lock: the store
+//! belongs to one `hookpost serve` process, and its purge is batched DELETEs
+//! through the one writer, which serialises it with every other write. The
+//! process's clock is the store's clock (SQLite has no server), so due times
+//! and the purge cutoff are taken from it.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -145,6 +151,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        create_private(options.get_filename())?;
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(acquire_timeout.max(Duration::from_secs(30)))
@@ -162,6 +169,25 @@ impl SqliteStore {
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
         MIGRATOR.run(&self.write).await.context("applying the SQLite migrations")
+    }
+}
+
+/// Creates the database file readable by its owner only (0600) when it does
+/// not exist yet: it holds payloads and API key hashes, and SQLite would
+/// create it with the umask's mode (usually world-readable). SQLite gives its
+/// -wal and -shm files the database file's mode.
+fn create_private(path: &std::path::Path) -> anyhow::Result<()> {
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    match open.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("creating the SQLite database {}: {e}", path.display())),
     }
 }
 
@@ -325,7 +351,10 @@ impl Store for SqliteStore {
         let (status, next_at) = match a.next {
             NextStep::Succeeded => (ExecutionStatus::Succeeded, None),
             NextStep::Failed => (ExecutionStatus::Failed, None),
-            NextStep::RetryAt(at) => (ExecutionStatus::Pending, Some(micros(at))),
+            NextStep::RetryAfter(delay) => {
+                let delay = chrono::TimeDelta::from_std(delay).unwrap_or(chrono::TimeDelta::days(1));
+                (ExecutionStatus::Pending, Some(micros(Utc::now() + delay)))
+            }
         };
         // One transaction on the writer: the attempt row and the request's new
         // state land together. A lost lease still records the attempt.
@@ -396,7 +425,8 @@ impl Store for SqliteStore {
         Ok(held)
     }
 
-    async fn release(&self, claims: &[ClaimedDelivery], due_at: DateTime<Utc>) -> Result<()> {
+    async fn release(&self, claims: &[ClaimedDelivery], after: Duration) -> Result<()> {
+        let due_at = Utc::now() + chrono::TimeDelta::from_std(after).unwrap_or(chrono::TimeDelta::days(1));
         let mut tx = self.write.begin().await?;
         for c in claims {
             sqlx::query(
@@ -418,11 +448,14 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn prepare(&self, _now: DateTime<Utc>) -> Result<()> {
+    async fn prepare(&self) -> Result<()> {
         Ok(()) // nothing to create ahead of time: no partitions
     }
 
-    async fn purge(&self, cutoff: DateTime<Utc>, dry_run: bool) -> Result<PurgeReport> {
+    async fn purge(&self, older_than: chrono::TimeDelta, dry_run: bool) -> Result<PurgeReport> {
+        let cutoff = Utc::now()
+            .checked_sub_signed(older_than)
+            .ok_or_else(|| Error::invalid("retention", "the retention reaches beyond the calendar"))?;
         // Days are reported like Postgres' partitions: UTC dates of creation.
         let day = "strftime('%Y-%m-%d', created_at / 1000000, 'unixepoch')";
         let days: Vec<String> = sqlx::query_scalar(&format!(
@@ -450,6 +483,8 @@ impl Store for SqliteStore {
             requests: row.try_get::<i64, _>("n")? as u64,
             attempts: row.try_get::<i64, _>("a")? as u64,
             kept_pending: kept,
+            cutoff: Some(cutoff),
+            ..PurgeReport::default()
         };
         if dry_run {
             return Ok(report);

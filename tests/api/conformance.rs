@@ -104,7 +104,10 @@ async fn keyset_paging_with_every_filter(backend: Backend) {
         assert!(store.record_attempt(c, &settled(NextStep::Failed)).await.unwrap());
     }
     store
-        .release(&claims.iter().filter(|c| !failed.contains(&c.request_id)).cloned().collect::<Vec<_>>(), Utc::now())
+        .release(
+            &claims.iter().filter(|c| !failed.contains(&c.request_id)).cloned().collect::<Vec<_>>(),
+            Duration::ZERO,
+        )
         .await
         .unwrap();
 
@@ -159,8 +162,8 @@ async fn an_attempt_and_the_new_state_are_recorded_together(backend: Backend) {
     let store = store(backend).await;
     let d = store.insert_delivery(&delivery(Uuid::new_v4(), |_| {})).await.unwrap();
     let claim = store.claim_due(1, Duration::from_secs(30)).await.unwrap().pop().unwrap();
-    let retry_at = Utc::now() + chrono::TimeDelta::hours(1);
-    assert!(store.record_attempt(&claim, &settled(NextStep::RetryAt(retry_at))).await.unwrap());
+    let retry_in = Duration::from_secs(3600);
+    assert!(store.record_attempt(&claim, &settled(NextStep::RetryAfter(retry_in))).await.unwrap());
     let (log, attempts) = store.log_details(d.request_id, None).await.unwrap().unwrap();
     assert_eq!((log.status, log.attempt_count, attempts.len()), (ExecutionStatus::Pending, 1, 1));
     assert_eq!(log.last_attempt.as_ref().unwrap().status_code, Some(500));
@@ -169,7 +172,7 @@ async fn an_attempt_and_the_new_state_are_recorded_together(backend: Backend) {
     // Released work is due again at once.
     let d2 = store.insert_delivery(&delivery(Uuid::new_v4(), |_| {})).await.unwrap();
     let c2 = store.claim_due(10, Duration::from_secs(30)).await.unwrap();
-    store.release(&c2, Utc::now()).await.unwrap();
+    store.release(&c2, Duration::ZERO).await.unwrap();
     let c3 = store.claim_due(10, Duration::from_secs(30)).await.unwrap();
     assert_eq!(c3.iter().map(|c| c.request_id).collect::<Vec<_>>(), [d2.request_id]);
     // Every request's attempt_count equals its attempt rows.
@@ -181,7 +184,7 @@ async fn an_attempt_and_the_new_state_are_recorded_together(backend: Backend) {
 
 async fn purge_removes_settled_logs_and_never_pending_ones(backend: Backend) {
     let store = store(backend).await;
-    store.prepare(Utc::now()).await.unwrap();
+    store.prepare().await.unwrap();
     let org = Uuid::new_v4();
     for _ in 0..3 {
         store.insert_delivery(&delivery(org, |_| {})).await.unwrap();
@@ -189,8 +192,9 @@ async fn purge_removes_settled_logs_and_never_pending_ones(backend: Backend) {
     for c in store.claim_due(10, Duration::from_secs(30)).await.unwrap() {
         store.record_attempt(&c, &settled(NextStep::Succeeded)).await.unwrap();
     }
-    // Everything created before the cutoff goes (whole days on Postgres).
-    let cutoff = Utc::now() + chrono::TimeDelta::days(2);
+    // Everything created before the cutoff goes (whole days on Postgres): a
+    // cutoff two days ahead takes today.
+    let cutoff = -chrono::TimeDelta::days(2);
     let dry = store.purge(cutoff, true).await.unwrap();
     assert_eq!((dry.requests, dry.attempts), (3, 3));
     assert_eq!(all_pages(store.as_ref(), &LogFilter::default(), 10).await.len(), 3, "a dry run removes nothing");
@@ -199,7 +203,7 @@ async fn purge_removes_settled_logs_and_never_pending_ones(backend: Backend) {
     assert!(all_pages(store.as_ref(), &LogFilter::default(), 10).await.is_empty());
 
     // A pending delivery is never purged.
-    store.prepare(Utc::now()).await.unwrap();
+    store.prepare().await.unwrap();
     let pending = store.insert_delivery(&delivery(org, |_| {})).await.unwrap();
     let report = store.purge(cutoff, false).await.unwrap();
     assert_eq!(report.requests, 0);
@@ -218,9 +222,12 @@ async fn a_claim_records_at_most_one_attempt(backend: Backend) {
         async move { store.claim_due(1, Duration::from_secs(30)).await.unwrap().pop() }
     })
     .await;
-    let later = Utc::now() + chrono::TimeDelta::hours(1);
-    assert!(store.record_attempt(&b, &settled(NextStep::RetryAt(later))).await.unwrap());
-    assert!(store.record_attempt(&b, &settled(NextStep::RetryAt(later))).await.unwrap(), "a retried record is a no-op");
+    let later = Duration::from_secs(3600);
+    assert!(store.record_attempt(&b, &settled(NextStep::RetryAfter(later))).await.unwrap());
+    assert!(
+        store.record_attempt(&b, &settled(NextStep::RetryAfter(later))).await.unwrap(),
+        "a retried record is a no-op"
+    );
     assert!(!store.record_attempt(&a, &settled(NextStep::Succeeded)).await.unwrap(), "A's lease is lost");
     store.record_attempt(&a, &settled(NextStep::Succeeded)).await.unwrap();
     let (log, attempts) = store.log_details(d.request_id, None).await.unwrap().unwrap();

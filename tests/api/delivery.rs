@@ -141,6 +141,109 @@ async fn a_redirect_fails_and_is_not_followed(backend: Backend) {
     assert!(receiver.received().iter().all(|r| r.path == "/hook"));
 }
 
+async fn a_redirect_with_a_300_kb_location_stores_a_message_of_at_most_1_kib(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
+    let receiver = Receiver::start().await;
+    let far = format!("http://{}/{}", receiver.addr, "x".repeat(300 * 1024));
+    receiver.script([Reply::status(302).header("location", far)]);
+    let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
+    let d = app.settled(&res.request_id, SETTLE).await;
+    let message = d.attempts[0].error_message.clone().unwrap();
+    assert!(message.len() <= 1024, "a {}-byte message was stored", message.len());
+    assert!(message.starts_with("receiver answered HTTP 302"), "{message}");
+    assert!(message.ends_with("(redirects are not followed)"), "{message}");
+    assert_eq!(d.attempts[0].error_category.as_deref(), Some("redirect"));
+}
+
+/// A receiver on 127.0.0.1 that answers every connection with `response`
+/// verbatim, then closes it.
+async fn raw_receiver(response: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Read the whole request (headers, then the announced body).
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}/hook")
+}
+
+async fn a_2xx_whose_body_breaks_off_is_delivered_without_an_error_message(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
+    // 100 bytes announced, 5 sent, then the connection closes.
+    let url = raw_receiver("HTTP/1.1 200 OK\r\ncontent-length: 100\r\nconnection: close\r\n\r\nshort").await;
+    let res = app.dispatch(dispatch_to(&url, Uuid::new_v4())).await.unwrap();
+    let d = app.settled(&res.request_id, SETTLE).await;
+    // The status is the outcome: the receiver took the webhook.
+    assert_eq!(d.log.as_ref().unwrap().execution_status(), pb::ExecutionStatus::Succeeded);
+    assert_eq!(d.attempts.len(), 1, "a delivered webhook is not sent again");
+    let a = &d.attempts[0];
+    assert_eq!(a.execution_status(), pb::ExecutionStatus::Succeeded);
+    assert_eq!(a.error_message, None, "a success carries no error message");
+    assert!(a.response_truncated, "the cut body is flagged");
+}
+
+async fn a_receiver_answering_500_always_sees_four_attempts_by_default(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
+    let receiver = Receiver::start().await;
+    receiver.script((0..10).map(|_| Reply::status(500)));
+    // No max_retries on the Dispatch: the server's default of 3 applies.
+    let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
+    let d = app.settled(&res.request_id, SETTLE).await;
+    let log = d.log.clone().unwrap();
+    assert_eq!(log.execution_status(), pb::ExecutionStatus::Failed);
+    assert_eq!(log.attempt_count, 4);
+    assert_eq!(log.max_retries, 3);
+    assert_eq!(statuses(&d), [Some(500); 4]);
+    assert_eq!(receiver.received().len(), 4, "the receiver saw exactly four attempts");
+}
+
+async fn a_retry_after_beyond_its_maximum_is_clamped(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |c| c.delivery.retry.retry_after_max = Duration::from_secs(60)).await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(429).header("retry-after", "999999")]);
+    let res = app.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
+    let log = eventually(SETTLE, "the 429 to be recorded", || async {
+        let log = app.details(&res.request_id).await.ok()?.log?;
+        (log.attempt_count == 1).then_some(log)
+    })
+    .await;
+    assert_eq!(log.execution_status(), pb::ExecutionStatus::Pending);
+    let at = |t: Option<pbjson_types::Timestamp>| {
+        let t = t.unwrap();
+        t.seconds as f64 + f64::from(t.nanos) / 1e9
+    };
+    // Both stamped by the store when the attempt was recorded.
+    let delay = at(log.next_attempt_at) - at(log.updated_at);
+    assert!((59.9..=60.5).contains(&delay), "next attempt {delay} s after the 429, not the 60 s maximum");
+}
+
 async fn a_refused_connection_is_a_connect_failure_and_is_retried(backend: Backend) {
     let app = spawn_app_on_backend(backend, |_| {}).await;
     // A loopback port that was free a moment ago: nothing listens there.
@@ -233,6 +336,10 @@ async fn a_binary_response_body_is_recorded(backend: Backend) {
 }
 
 on_both_stores!(
+    a_redirect_with_a_300_kb_location_stores_a_message_of_at_most_1_kib,
+    a_2xx_whose_body_breaks_off_is_delivered_without_an_error_message,
+    a_receiver_answering_500_always_sees_four_attempts_by_default,
+    a_retry_after_beyond_its_maximum_is_clamped,
     a_binary_response_body_is_recorded,
     the_webhook_is_posted_as_stored_with_identifying_headers,
     two_500s_then_a_200_make_three_attempts_and_succeed,

@@ -29,4 +29,5 @@ mod list;
 mod ops;
 mod processes;
 mod rest;
+mod retention;
 mod tenancy;

@@ -12,7 +12,7 @@ use crate::helpers::*;
 /// Inserts a request created at `at` (and, unless pending, one attempt), as if
 /// it had been dispatched then. Pending ones are due far in the future, so the
 /// engine leaves them alone.
-async fn backdated(app: &TestApp, org: Uuid, at: DateTime<Utc>, pending: bool, key: Option<&str>) -> Uuid {
+pub(crate) async fn backdated(app: &TestApp, org: Uuid, at: DateTime<Utc>, pending: bool, key: Option<&str>) -> Uuid {
     let id = Uuid::new_v4();
     let (status, attempts) = if pending { ("pending", 0) } else { ("succeeded", 1) };
     let log_id: i64 = sqlx::query_scalar(

@@ -337,3 +337,28 @@ async fn reading_large_logs_costs_memory_in_proportion_to_what_is_sent() {
     drop(client);
     server.terminate().await;
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_embedded_store_and_its_new_directory_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::env::temp_dir().join(format!("hookpost-test-perms-{}", Uuid::new_v4().simple()));
+    let data = root.join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_hookpost"))
+        .arg("migrate")
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    assert_eq!(mode(&data.join("hookpost.db")), 0o600, "the database file");
+    for side in ["hookpost.db-wal", "hookpost.db-shm"] {
+        if data.join(side).exists() {
+            assert_eq!(mode(&data.join(side)), 0o600, "{side}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}

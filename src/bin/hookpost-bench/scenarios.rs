@@ -471,7 +471,7 @@ pub async fn purge_figures(
     reseed().await?;
     let dispatch_alone = grpc_dispatch(&app, url, n, concurrency).await?;
     let (w0, t0) = (wal_bytes(&pool).await?, Instant::now());
-    store.purge(cutoff, false).await?;
+    store.purge(Utc::now() - cutoff, false).await?;
     let (drop_secs, drop_wal) = (t0.elapsed().as_secs_f64(), wal_bytes(&pool).await? - w0);
 
     reseed().await?;
@@ -497,7 +497,7 @@ pub async fn purge_figures(
     reseed().await?;
     let purge = tokio::spawn({
         let store = store.clone();
-        async move { store.purge(cutoff, false).await }
+        async move { store.purge(Utc::now() - cutoff, false).await }
     });
     let dispatch_during_drop = grpc_dispatch(&app, url, n, concurrency).await?;
     purge.await??;

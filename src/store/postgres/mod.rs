@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
@@ -74,7 +74,8 @@ pub mod sql {
                    UPDATE webhook_requests r SET \
                      attempt_count = old.attempt_count + 1, \
                      status = CASE WHEN old.held THEN $3 ELSE r.status END, \
-                     next_attempt_at = CASE WHEN old.held THEN $4 ELSE r.next_attempt_at END, \
+                     next_attempt_at = CASE WHEN old.held \
+                       THEN now() + make_interval(secs => $4::float8 / 1000) ELSE r.next_attempt_at END, \
                      lease_id = CASE WHEN old.held THEN NULL ELSE r.lease_id END, \
                      updated_at = now() \
                    FROM old WHERE r.id = old.id AND r.created_at = $13 \
@@ -88,11 +89,15 @@ pub mod sql {
                    WHERE request_pk = $1 AND lease_id = $2 AND request_created_at = $13)) AS held";
 }
 
+mod maintenance;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// For maintenance's own session, outside the pool (see `maintenance`).
+    options: PgConnectOptions,
     /// Group commit for dispatches without an idempotency key.
     batcher: Arc<InsertBatcher>,
 }
@@ -112,11 +117,11 @@ impl PostgresStore {
             // No ping before each use: a round trip on every query. A broken
             // connection fails its query as UNAVAILABLE and leaves the pool.
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .context("connecting to Postgres")?;
         let batcher = Arc::new(InsertBatcher::start(pool.clone()));
-        Ok(Self { pool, batcher })
+        Ok(Self { pool, options, batcher })
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
@@ -338,10 +343,13 @@ impl Store for PostgresStore {
 
     #[tracing::instrument(skip_all, fields(request_id = %claim.request_id))]
     async fn record_attempt(&self, claim: &ClaimedDelivery, a: &NewAttempt) -> Result<bool> {
-        let (status, next_at) = match a.next {
+        // The retry time is computed by the database (now() + delay): due
+        // times are compared with the database's clock, so they must come
+        // from it, whatever this host's clock says.
+        let (status, retry_in_ms) = match a.next {
             NextStep::Succeeded => (ExecutionStatus::Succeeded, None),
             NextStep::Failed => (ExecutionStatus::Failed, None),
-            NextStep::RetryAt(at) => (ExecutionStatus::Pending, Some(at)),
+            NextStep::RetryAfter(delay) => (ExecutionStatus::Pending, Some(millis(delay))),
         };
         // One statement, so one implicit transaction: the attempt row and the
         // request's new state land together or not at all. FOR UPDATE reads the
@@ -352,7 +360,7 @@ impl Store for PostgresStore {
             .bind(claim.log_id)
             .bind(claim.lease_id)
             .bind(status.as_str())
-            .bind(next_at)
+            .bind(retry_in_ms)
             .bind(a.attempted_at)
             .bind(a.success)
             .bind(a.status_code)
@@ -371,7 +379,7 @@ impl Store for PostgresStore {
         }
     }
 
-    async fn release(&self, claims: &[ClaimedDelivery], due_at: DateTime<Utc>) -> Result<()> {
+    async fn release(&self, claims: &[ClaimedDelivery], after: Duration) -> Result<()> {
         if claims.is_empty() {
             return Ok(());
         }
@@ -379,14 +387,15 @@ impl Store for PostgresStore {
         let leases: Vec<Uuid> = claims.iter().map(|c| c.lease_id).collect();
         let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.created_at).collect();
         sqlx::query(
-            "UPDATE webhook_requests r SET next_attempt_at = $3, lease_id = NULL \
+            "UPDATE webhook_requests r SET next_attempt_at = now() + make_interval(secs => $3::float8 / 1000), \
+               lease_id = NULL \
              FROM unnest($1::bigint[], $2::uuid[], $4::timestamptz[]) AS c(id, lease_id, created_at) \
              WHERE r.id = c.id AND r.created_at = c.created_at AND r.lease_id = c.lease_id \
                AND r.status = 'pending'",
         )
         .bind(&ids)
         .bind(&leases)
-        .bind(due_at)
+        .bind(millis(after))
         .bind(&created)
         .execute(&self.pool)
         .await?;
@@ -398,75 +407,12 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn prepare(&self, now: DateTime<Utc>) -> Result<()> {
-        let today = now.date_naive();
-        self.ensure_partitions(today - chrono::Days::new(1), today + chrono::Days::new(PARTITION_DAYS_AHEAD)).await
+    async fn prepare(&self) -> Result<()> {
+        self.prepare_days().await
     }
 
-    async fn purge(&self, cutoff: DateTime<Utc>, dry_run: bool) -> Result<PurgeReport> {
-        let mut report = PurgeReport::default();
-        for day in self.partition_days().await? {
-            let end = day_start(day + chrono::Days::new(1));
-            if end > cutoff {
-                continue; // not wholly expired
-            }
-            let requests = partition_name("webhook_requests", day);
-            let attempts = partition_name("webhook_attempts", day);
-            let row = sqlx::query(&format!(
-                "SELECT count(*) AS n, count(*) FILTER (WHERE status = 'pending') AS pending FROM {requests}"
-            ))
-            .fetch_one(&self.pool)
-            .await?;
-            let (n, pending): (i64, i64) = (row.try_get("n")?, row.try_get("pending")?);
-            let label = day.format("%Y-%m-%d").to_string();
-            if pending > 0 {
-                // A delivery still in progress keeps its day; it becomes
-                // droppable once its last retry is recorded.
-                report.kept_pending.push(label);
-                continue;
-            }
-            let a: i64 =
-                match sqlx::query_scalar(&format!("SELECT count(*) FROM {attempts}")).fetch_one(&self.pool).await {
-                    Ok(a) => a,
-                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => 0,
-                    Err(e) => return Err(e.into()),
-                };
-            report.days.push(label);
-            report.requests += n as u64;
-            report.attempts += a as u64;
-            if dry_run {
-                continue;
-            }
-            // DETACH CONCURRENTLY does not block dispatches and deliveries on
-            // the parent tables while a day goes.
-            for (parent, part) in [("webhook_attempts", &attempts), ("webhook_requests", &requests)] {
-                let detach = format!("ALTER TABLE {parent} DETACH PARTITION {part} CONCURRENTLY");
-                if let Err(e) = sqlx::query(&detach).execute(&self.pool).await {
-                    // Already detached (an earlier purge stopped halfway) or gone.
-                    tracing::debug!(partition = %part, error = %e, "detach skipped");
-                }
-                sqlx::query(&format!("DROP TABLE IF EXISTS {part}")).execute(&self.pool).await?;
-            }
-        }
-        if !dry_run {
-            // Idempotency keys whose request is gone (a kept day keeps its
-            // keys, so a retried Dispatch still finds its request): batched.
-            loop {
-                let done = sqlx::query(
-                    "DELETE FROM idempotency_keys WHERE ctid IN \
-                     (SELECT k.ctid FROM idempotency_keys k WHERE k.created_at < $1 AND NOT EXISTS \
-                       (SELECT 1 FROM webhook_requests r WHERE r.id = k.log_id AND r.created_at = k.created_at) \
-                      LIMIT 10000)",
-                )
-                .bind(cutoff)
-                .execute(&self.pool)
-                .await?;
-                if done.rows_affected() < 10000 {
-                    break;
-                }
-            }
-        }
-        Ok(report)
+    async fn purge(&self, older_than: chrono::TimeDelta, dry_run: bool) -> Result<PurgeReport> {
+        self.purge_days(older_than, dry_run).await
     }
 
     fn pool_usage(&self) -> (u32, u32) {
@@ -524,63 +470,6 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
-    }
-}
-
-/// Days of partitions created ahead of today.
-const PARTITION_DAYS_AHEAD: u64 = 7;
-
-fn partition_name(table: &str, day: NaiveDate) -> String {
-    format!("{table}_p{}", day.format("%Y%m%d"))
-}
-
-fn day_start(day: NaiveDate) -> DateTime<Utc> {
-    day.and_time(NaiveTime::MIN).and_utc()
-}
-
-impl PostgresStore {
-    /// Creates the day partitions of both tables from `first` to `last`.
-    pub async fn ensure_partitions(&self, first: NaiveDate, last: NaiveDate) -> Result<()> {
-        let mut day = first;
-        while day <= last {
-            let (from, to) = (day_start(day), day_start(day + chrono::Days::new(1)));
-            for (parent, part) in [
-                ("webhook_requests", partition_name("webhook_requests", day)),
-                ("webhook_attempts", partition_name("webhook_attempts", day)),
-            ] {
-                let sql = format!(
-                    "CREATE TABLE IF NOT EXISTS {part} PARTITION OF {parent} FOR VALUES FROM ('{}') TO ('{}')",
-                    from.to_rfc3339(),
-                    to.to_rfc3339()
-                );
-                if let Err(e) = sqlx::query(&sql).execute(&self.pool).await {
-                    // Another replica may be creating the same partition.
-                    let raced = matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") || d.code().as_deref() == Some("42P07"));
-                    if !raced {
-                        return Err(e.into());
-                    }
-                }
-            }
-            day = day + chrono::Days::new(1);
-        }
-        Ok(())
-    }
-
-    /// The days that have a partition of webhook_requests, oldest first.
-    async fn partition_days(&self) -> Result<Vec<NaiveDate>> {
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'webhook_requests'",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut days: Vec<NaiveDate> = names
-            .iter()
-            .filter_map(|n| n.strip_prefix("webhook_requests_p"))
-            .filter_map(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok())
-            .collect();
-        days.sort();
-        Ok(days)
     }
 }
 
