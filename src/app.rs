@@ -65,12 +65,12 @@ impl Application {
             config.default_max_retries,
             wake.clone(),
             metrics.clone(),
-            secrets,
+            secrets.clone(),
         );
         if config.limits.allow_private_targets {
             tracing::warn!("--allow-private-targets: the SSRF guard is off; webhooks may reach private networks");
         }
-        let engine = DeliveryEngine::new(store.clone(), config.delivery.clone(), wake, metrics.clone())?;
+        let engine = DeliveryEngine::new(store.clone(), config.delivery.clone(), wake, metrics.clone(), secrets)?;
         match crate::transport::raise_open_file_limit() {
             Ok(limit) => tracing::debug!(limit, "open-file limit"),
             Err(err) => tracing::warn!(error = %err, "raising the open-file limit failed"),

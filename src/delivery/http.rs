@@ -42,6 +42,14 @@ pub fn bounded(mut s: String, max: usize) -> String {
 
 /// The shared HTTP client and the limits of one attempt.
 #[derive(Clone)]
+/// How one attempt is signed and bounded.
+pub struct Signing {
+    /// Secrets that sign it (two during a rotation); none leaves it unsigned.
+    pub secrets: Vec<super::sign::Secret>,
+    /// The whole attempt's time limit.
+    pub timeout: std::time::Duration,
+}
+
 pub struct HttpDeliverer {
     client: reqwest::Client,
     /// Response bytes read (and discarded past [`KEPT_BODY_BYTES`]) before the
@@ -66,6 +74,21 @@ pub struct AttemptResult {
 }
 
 impl AttemptResult {
+    /// An attempt that could not be made at all, for `reason`: nothing is
+    /// sent, and it is not retried.
+    pub fn refused(reason: String) -> Self {
+        Self {
+            attempted_at: Utc::now(),
+            status: None,
+            response_body: String::new(),
+            response_truncated: false,
+            response_time_ms: 0,
+            category: Some(FailureCategory::Request),
+            error_message: Some(reason),
+            retry_after: None,
+        }
+    }
+
     pub fn success(&self) -> bool {
         self.category.is_none()
     }
@@ -96,7 +119,7 @@ impl HttpDeliverer {
     }
 
     #[tracing::instrument(skip_all, fields(request_id = %d.request_id, attempt = d.attempt_count + 1))]
-    pub async fn attempt(&self, d: &ClaimedDelivery) -> AttemptResult {
+    pub async fn attempt(&self, d: &ClaimedDelivery, signing: &Signing) -> AttemptResult {
         let attempted_at = Utc::now();
         let started = Instant::now();
         let mut result = AttemptResult {
@@ -117,16 +140,31 @@ impl HttpDeliverer {
             result.error_message = Some(BLOCKED_MESSAGE.into());
             return result;
         }
-        let request = self
-            .client
-            .post(&d.webhook_url)
+        let mut request = self.client.post(&d.webhook_url).timeout(signing.timeout);
+        // The endpoint's own headers first: hookpost's below cannot be
+        // overridden (and registration refuses webhook-* and hop-by-hop ones).
+        if let Some(endpoint) = &d.endpoint {
+            for (name, value) in &endpoint.headers {
+                request = request.header(name, value);
+            }
+        }
+        let timestamp = attempted_at.timestamp();
+        let message_id = d.message_id.to_string();
+        let mut request = request
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            // Standard Webhooks header names, so receivers' libraries recognise them.
-            .header("webhook-id", d.request_id.to_string())
-            .header("webhook-timestamp", attempted_at.timestamp().to_string())
+            // Standard Webhooks: webhook-id is the message, the same for every
+            // endpoint and retry, so receivers can deduplicate on it.
+            .header(super::sign::HEADER_ID, &message_id)
+            .header(super::sign::HEADER_TIMESTAMP, timestamp.to_string())
+            .header("x-hookpost-request-id", d.request_id.to_string())
             .header("x-hookpost-event", &d.webhook_type)
-            .header("x-hookpost-attempt", (d.attempt_count + 1).to_string())
-            .body(d.body.clone());
+            .header("x-hookpost-attempt", (d.attempt_count + 1).to_string());
+        if !signing.secrets.is_empty() {
+            let secrets: Vec<&super::sign::Secret> = signing.secrets.iter().collect();
+            let signature = super::sign::sign(&message_id, timestamp, d.body.as_bytes(), &secrets);
+            request = request.header(super::sign::HEADER_SIGNATURE, signature);
+        }
+        let request = request.body(d.body.clone());
         match request.send().await {
             Err(err) => {
                 let (category, message) = classify(&err);

@@ -25,7 +25,7 @@ use crate::domain::{ClaimedDelivery, NextStep};
 use crate::error::ErrorCode;
 use crate::metrics::{AttemptLabels, Metrics};
 use crate::store::{NewAttempt, Store};
-use http::{AttemptResult, HttpDeliverer};
+use http::{AttemptResult, HttpDeliverer, Signing};
 use retry::{RetryPolicy, is_retryable};
 
 /// How the engine runs; every field is a server option.
@@ -94,6 +94,8 @@ pub struct DeliveryEngine {
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
     tracker: TaskTracker,
     metrics: Arc<Metrics>,
+    /// Opens the signing secrets each claim carries.
+    secrets: Arc<crate::secrets::SecretKey>,
 }
 
 impl DeliveryEngine {
@@ -102,6 +104,7 @@ impl DeliveryEngine {
         config: DeliveryConfig,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
+        secrets: Arc<crate::secrets::SecretKey>,
     ) -> anyhow::Result<Arc<Self>> {
         let http = HttpDeliverer::new(
             config.attempt_timeout,
@@ -118,6 +121,7 @@ impl DeliveryEngine {
             hosts: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             metrics,
+            secrets,
         }))
     }
 
@@ -218,10 +222,47 @@ impl DeliveryEngine {
         sem.try_acquire_owned().ok()
     }
 
+    /// The secrets that sign `claim` now (decrypted), and its time limit;
+    /// `Err` with a reason when it must not be sent at all.
+    fn signing(&self, claim: &ClaimedDelivery) -> Result<Signing, String> {
+        let policy_timeout =
+            claim.endpoint.as_ref().and_then(|e| e.policy.attempt_timeout_ms).map(Duration::from_millis);
+        // The lease was sized for the server's timeout: an endpoint may only
+        // shorten it.
+        let timeout = policy_timeout.map_or(self.config.attempt_timeout, |t| t.min(self.config.attempt_timeout));
+        if claim.endpoint_id.is_some() && claim.endpoint.is_none() {
+            return Err("the endpoint was deleted".into());
+        }
+        let Some(sealed) = &claim.secrets else {
+            // Only deliveries stored before signing existed lack a secret.
+            tracing::warn!(request_id = %claim.request_id, "no signing secret; sending unsigned");
+            return Ok(Signing { secrets: Vec::new(), timeout });
+        };
+        let owner = claim.endpoint_id.unwrap_or(claim.organization_id);
+        let open = |sealed: &[u8]| -> Result<sign::Secret, String> {
+            let plain = self.secrets.decrypt(sealed, owner.as_bytes()).map_err(|e| {
+                tracing::error!(request_id = %claim.request_id, error = %e, "a signing secret does not decrypt");
+                "the signing secret cannot be read (was --secret-key changed?)".to_string()
+            })?;
+            let text = String::from_utf8(plain).map_err(|_| "the signing secret is corrupt".to_string())?;
+            text.parse::<sign::Secret>().map_err(|_| "the signing secret is corrupt".to_string())
+        };
+        let mut secrets = vec![open(&sealed.current)?];
+        if let Some((previous, until)) = &sealed.previous
+            && *until > chrono::Utc::now()
+        {
+            secrets.push(open(previous)?);
+        }
+        Ok(Signing { secrets, timeout })
+    }
+
     async fn deliver(&self, claim: ClaimedDelivery) {
         self.metrics.in_flight.inc();
         let started = std::time::Instant::now();
-        let result = self.http.attempt(&claim).await;
+        let result = match self.signing(&claim) {
+            Ok(signing) => self.http.attempt(&claim, &signing).await,
+            Err(reason) => AttemptResult::refused(reason),
+        };
         self.metrics.in_flight.dec();
         self.metrics.attempt_duration.observe(started.elapsed().as_secs_f64());
         let labels = AttemptLabels {
@@ -268,7 +309,13 @@ impl DeliveryEngine {
         let next = if r.success() {
             NextStep::Succeeded
         } else if is_retryable(r.status, r.category) && number <= claim.max_retries {
-            let delay = self.config.retry.next_delay(number, r.retry_after, rand::random::<f64>());
+            let schedule: Vec<Duration> = claim
+                .endpoint
+                .as_ref()
+                .map(|e| e.policy.retry_schedule_ms.iter().map(|m| Duration::from_millis(*m)).collect())
+                .unwrap_or_default();
+            let delay = retry::scheduled_delay(&schedule, number, r.retry_after, self.config.retry.retry_after_max)
+                .unwrap_or_else(|| self.config.retry.next_delay(number, r.retry_after, rand::random::<f64>()));
             NextStep::RetryAfter(delay)
         } else {
             NextStep::Failed

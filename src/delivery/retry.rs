@@ -45,6 +45,23 @@ impl RetryPolicy {
     }
 }
 
+/// The delay before retry number `attempt` (1 for the first retry) from an
+/// endpoint's own schedule: its entries in order, the last one repeating; a
+/// receiver's `Retry-After` (clamped) still wins when it asks for longer.
+pub fn scheduled_delay(
+    schedule: &[Duration],
+    attempt: u32,
+    retry_after: Option<Duration>,
+    retry_after_max: Duration,
+) -> Option<Duration> {
+    let last = schedule.len().checked_sub(1)?;
+    let delay = schedule[(attempt.saturating_sub(1) as usize).min(last)];
+    Some(match retry_after {
+        Some(ra) => delay.max(ra.min(retry_after_max)),
+        None => delay,
+    })
+}
+
 impl RetryPolicy {
     /// The longest a delivery can stay pending: each of its `max_retries + 1`
     /// attempts may hold its claim for a whole `lease`, and each retry may
@@ -81,6 +98,18 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_schedule_is_followed_and_its_last_delay_repeats() {
+        let s = [Duration::from_secs(5), Duration::from_secs(60)];
+        let max = Duration::from_secs(3600);
+        assert_eq!(scheduled_delay(&s, 1, None, max), Some(Duration::from_secs(5)));
+        assert_eq!(scheduled_delay(&s, 2, None, max), Some(Duration::from_secs(60)));
+        assert_eq!(scheduled_delay(&s, 9, None, max), Some(Duration::from_secs(60)));
+        assert_eq!(scheduled_delay(&s, 1, Some(Duration::from_secs(30)), max), Some(Duration::from_secs(30)));
+        assert_eq!(scheduled_delay(&s, 1, Some(Duration::from_secs(99_999)), max), Some(max));
+        assert_eq!(scheduled_delay(&[], 1, None, max), None);
+    }
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 

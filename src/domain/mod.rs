@@ -9,7 +9,7 @@ pub use endpoint::{
     DeliveryPolicy, Endpoint, EndpointFilter, EndpointInput, EndpointSpec, PolicyInput, UPDATABLE_FIELDS, apply_update,
     event_type_matches,
 };
-pub use new_delivery::{DispatchInput, Limits, NewDelivery, WebhookUrl};
+pub use new_delivery::{DispatchInput, Draft, Limits, NewDelivery, Target, WebhookUrl};
 pub(crate) use new_delivery::{parse_uuid, valid_webhook_type};
 
 use chrono::{DateTime, Utc};
@@ -45,10 +45,28 @@ impl ExecutionStatus {
 /// What was stored for a Dispatch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dispatched {
+    pub message_id: Uuid,
+    /// The first delivery's request ID and log ID (nil and 0 when no endpoint
+    /// subscribed).
     pub request_id: Uuid,
     pub log_id: i64,
+    /// Every delivery's request ID.
+    pub request_ids: Vec<Uuid>,
     /// The idempotency key had been used: this is the earlier request.
     pub duplicate: bool,
+}
+
+impl Dispatched {
+    /// A message stored as this one delivery.
+    pub fn one(d: &NewDelivery, log_id: i64) -> Self {
+        Self {
+            message_id: d.message_id,
+            request_id: d.request_id,
+            log_id,
+            request_ids: vec![d.request_id],
+            duplicate: false,
+        }
+    }
 }
 
 /// Filters of a log listing; `None` matches everything.
@@ -166,6 +184,31 @@ pub struct ClaimedDelivery {
     /// Attempts already made; the next one is `attempt_count + 1`.
     pub attempt_count: u32,
     pub max_retries: u32,
+    /// The `webhook-id` receivers deduplicate on.
+    pub message_id: Uuid,
+    pub organization_id: Uuid,
+    /// The registered endpoint, when the delivery goes to one; then its
+    /// headers and policy as they are now (`None` once it was deleted).
+    pub endpoint_id: Option<Uuid>,
+    pub endpoint: Option<EndpointSettings>,
+    /// The signing secrets (the endpoint's, or the organization's for a bare
+    /// URL), still encrypted.
+    pub secrets: Option<SealedSecrets>,
+}
+
+/// What an endpoint adds to each of its deliveries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointSettings {
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub policy: DeliveryPolicy,
+}
+
+/// Signing secrets as stored (encrypted): the current one, and the previous
+/// one with the time it stops signing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecrets {
+    pub current: Vec<u8>,
+    pub previous: Option<(Vec<u8>, DateTime<Utc>)>,
 }
 
 /// What becomes of a request after an attempt.

@@ -51,6 +51,8 @@ pub struct DispatchInput {
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     pub idempotency_key: String,
     pub max_retries: Option<u32>,
+    /// A registered endpoint to deliver to, instead of `webhook_url`.
+    pub endpoint_id: String,
 }
 
 /// An absolute `http`/`https` URL with a host.
@@ -97,10 +99,73 @@ impl WebhookUrl {
     }
 }
 
+/// Where a Dispatch goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A URL given in the request (the seed-000 style of caller).
+    Url(WebhookUrl),
+    /// One registered endpoint.
+    Endpoint(Uuid),
+    /// Every enabled endpoint whose event types match.
+    Subscribers,
+}
+
+/// A validated Dispatch: the message, and where it goes. Each delivery is
+/// made from it by [`Draft::delivery`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Draft {
+    pub message_id: Uuid,
+    pub organization_id: Uuid,
+    pub workspace_id: Option<Uuid>,
+    pub subscription_id: Option<Uuid>,
+    pub call_id: Option<i64>,
+    pub assistant_id: Option<i64>,
+    pub webhook_type: String,
+    pub body: String,
+    pub metadata: Option<serde_json::Value>,
+    pub idempotency_key: Option<String>,
+    /// Given in the request; else the endpoint's policy, else the default.
+    pub max_retries: Option<u32>,
+    pub target: Target,
+}
+
+impl Draft {
+    /// One delivery of this message to `url` (an endpoint's, when
+    /// `endpoint_id` is set).
+    pub fn delivery(&self, url: WebhookUrl, endpoint_id: Option<Uuid>, max_retries: u32) -> NewDelivery {
+        NewDelivery {
+            // A message sent to a URL of its own has one delivery, whose
+            // request ID is the message ID: `webhook-id` stays the request ID
+            // that callers of the URL style have always seen.
+            request_id: match self.target {
+                Target::Url(_) => self.message_id,
+                _ => Uuid::new_v4(),
+            },
+            message_id: self.message_id,
+            endpoint_id,
+            organization_id: self.organization_id,
+            workspace_id: self.workspace_id,
+            subscription_id: self.subscription_id.or(endpoint_id),
+            call_id: self.call_id,
+            assistant_id: self.assistant_id,
+            webhook_url: url,
+            webhook_type: self.webhook_type.clone(),
+            body: self.body.clone(),
+            metadata: self.metadata.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            max_retries,
+        }
+    }
+}
+
 /// A validated webhook, ready to be stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDelivery {
     pub request_id: Uuid,
+    /// Shared by every delivery of one Dispatch; the `webhook-id` header.
+    pub message_id: Uuid,
+    /// The registered endpoint this delivery goes to, if any.
+    pub endpoint_id: Option<Uuid>,
     pub organization_id: Uuid,
     pub workspace_id: Option<Uuid>,
     pub subscription_id: Option<Uuid>,
@@ -131,8 +196,22 @@ pub(crate) fn valid_webhook_type(t: &str) -> bool {
 }
 
 impl NewDelivery {
-    /// Validates every field and reports all violations at once.
+    /// A Dispatch to a URL, validated (every violation reported at once).
     pub fn parse(input: DispatchInput, limits: &Limits, default_max_retries: u32) -> Result<Self> {
+        if input.webhook_url.is_empty() {
+            return Err(Error::invalid("webhook_url", "is required"));
+        }
+        let draft = Draft::parse(input, limits)?;
+        match draft.target.clone() {
+            Target::Url(url) => Ok(draft.delivery(url, None, draft.max_retries.unwrap_or(default_max_retries))),
+            _ => Err(Error::invalid("webhook_url", "is required")),
+        }
+    }
+}
+
+impl Draft {
+    /// Validates every field and reports all violations at once.
+    pub fn parse(input: DispatchInput, limits: &Limits) -> Result<Self> {
         let mut v = Vec::new();
         let mut violation =
             |field: &str, description: String| v.push(FieldViolation { field: field.into(), description });
@@ -140,9 +219,24 @@ impl NewDelivery {
         if input.organization_id.is_empty() {
             violation("organization_id", "is required".into());
         }
-        let url = WebhookUrl::parse(&input.webhook_url, limits.max_url_len, limits.allow_private_targets)
-            .map_err(|e| violation("webhook_url", e))
-            .ok();
+        let target = match (input.webhook_url.is_empty(), input.endpoint_id.is_empty()) {
+            (false, false) => {
+                violation("endpoint_id", "give either webhook_url or endpoint_id, not both".into());
+                None
+            }
+            (false, true) => WebhookUrl::parse(&input.webhook_url, limits.max_url_len, limits.allow_private_targets)
+                .map_err(|e| violation("webhook_url", e))
+                .ok()
+                .map(Target::Url),
+            (true, false) => match Uuid::parse_str(&input.endpoint_id) {
+                Ok(id) => Some(Target::Endpoint(id)),
+                Err(_) => {
+                    violation("endpoint_id", "must be a UUID".into());
+                    None
+                }
+            },
+            (true, true) => Some(Target::Subscribers),
+        };
         if input.webhook_type.is_empty() {
             violation("webhook_type", "is required".into());
         } else if input.webhook_type.len() > limits.max_webhook_type_len {
@@ -174,8 +268,8 @@ impl NewDelivery {
         } else if input.idempotency_key.contains('\0') {
             violation("idempotency_key", "must not contain NUL characters".into());
         }
-        let max_retries = input.max_retries.unwrap_or(default_max_retries);
-        if max_retries > limits.max_retries {
+        let max_retries = input.max_retries;
+        if max_retries.is_some_and(|m| m > limits.max_retries) {
             violation("max_retries", format!("must be at most {}", limits.max_retries));
         }
 
@@ -187,20 +281,20 @@ impl NewDelivery {
         let workspace_id = input.workspace_id.as_deref().and_then(|s| parse_uuid("workspace_id", s, &mut v));
         let subscription_id = input.subscription_id.as_deref().and_then(|s| parse_uuid("subscription_id", s, &mut v));
 
-        match (organization_id, url) {
-            (Some(organization_id), Some(webhook_url)) if v.is_empty() => Ok(Self {
-                request_id: Uuid::new_v4(),
+        match (organization_id, target) {
+            (Some(organization_id), Some(target)) if v.is_empty() => Ok(Self {
+                message_id: Uuid::new_v4(),
                 organization_id,
                 workspace_id,
                 subscription_id,
                 call_id: input.call_id,
                 assistant_id: input.assistant_id,
-                webhook_url,
                 webhook_type: input.webhook_type,
                 body,
                 metadata,
                 idempotency_key: Some(input.idempotency_key).filter(|k| !k.is_empty()),
                 max_retries,
+                target,
             }),
             _ => Err(Error::invalid_fields(v)),
         }

@@ -94,6 +94,7 @@ impl TryFrom<pb::DispatchRequest> for DispatchInput {
             metadata,
             idempotency_key: r.idempotency_key,
             max_retries: r.max_retries,
+            endpoint_id: r.endpoint_id,
         })
     }
 }

@@ -174,3 +174,31 @@ pub async fn rotate(
     let (secret, until) = s.rotate_endpoint_secret(who, target, grace).await?;
     Ok(pb::RotateEndpointSecretResponse { secret, previous_secret_expire_time: Some(until.into()) })
 }
+
+pub async fn organization_secret(
+    s: &WebhookService,
+    who: &Principal,
+    r: pb::GetOrganizationSecretRequest,
+) -> Result<pb::GetOrganizationSecretResponse> {
+    let mut v = Vec::new();
+    let organization_id = required_uuid("organization_id", &r.organization_id, &mut v);
+    let Some(organization_id) = organization_id else { return Err(Error::invalid_fields(v)) };
+    Ok(pb::GetOrganizationSecretResponse { secret: s.organization_secret(who, organization_id).await? })
+}
+
+pub async fn rotate_organization_secret(
+    s: &WebhookService,
+    who: &Principal,
+    r: pb::RotateOrganizationSecretRequest,
+) -> Result<pb::RotateOrganizationSecretResponse> {
+    let mut v = Vec::new();
+    let organization_id = required_uuid("organization_id", &r.organization_id, &mut v);
+    let Some(organization_id) = organization_id else { return Err(Error::invalid_fields(v)) };
+    let grace = match r.grace_period.map(duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(())) => return Err(Error::invalid("grace_period", "must not be negative")),
+    };
+    let (secret, until) = s.rotate_organization_secret(who, organization_id, grace).await?;
+    Ok(pb::RotateOrganizationSecretResponse { secret, previous_secret_expire_time: Some(until.into()) })
+}

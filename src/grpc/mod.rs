@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::proto::v1 as pb;
 use crate::proto::v1::webhook_service_server::{WebhookService as WebhookServiceRpc, WebhookServiceServer};
 use crate::service::{DetailsQuery, ListQuery, WebhookService};
+use uuid::Uuid;
 
 /// The `hookpost.v1.WebhookService` implementation.
 #[derive(Clone)]
@@ -69,9 +70,11 @@ impl WebhookServiceRpc for GrpcApi {
             let d = self.service.dispatch(&who, input).await?;
             tracing::Span::current().record("request_id", tracing::field::display(d.request_id));
             Ok(Response::new(pb::DispatchResponse {
-                request_id: d.request_id.to_string(),
+                request_id: if d.request_ids.is_empty() { String::new() } else { d.request_id.to_string() },
                 log_id: d.log_id,
                 duplicate: d.duplicate,
+                message_id: d.message_id.to_string(),
+                request_ids: d.request_ids.iter().map(Uuid::to_string).collect(),
             }))
         })
         .await
@@ -189,6 +192,30 @@ impl WebhookServiceRpc for GrpcApi {
         self.observed("RotateEndpointSecret", async {
             let who = self.caller(&request).await?;
             Ok(Response::new(endpoints::rotate(&self.service, &who, request.into_inner()).await?))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, name = "GetOrganizationSecret")]
+    async fn get_organization_secret(
+        &self,
+        request: Request<pb::GetOrganizationSecretRequest>,
+    ) -> Result<Response<pb::GetOrganizationSecretResponse>, Status> {
+        self.observed("GetOrganizationSecret", async {
+            let who = self.caller(&request).await?;
+            Ok(Response::new(endpoints::organization_secret(&self.service, &who, request.into_inner()).await?))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, name = "RotateOrganizationSecret")]
+    async fn rotate_organization_secret(
+        &self,
+        request: Request<pb::RotateOrganizationSecretRequest>,
+    ) -> Result<Response<pb::RotateOrganizationSecretResponse>, Status> {
+        self.observed("RotateOrganizationSecret", async {
+            let who = self.caller(&request).await?;
+            Ok(Response::new(endpoints::rotate_organization_secret(&self.service, &who, request.into_inner()).await?))
         })
         .await
     }

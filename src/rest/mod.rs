@@ -56,6 +56,8 @@ pub fn router(state: RestState) -> axum::Router {
         .routes(routes!(gateway::endpoints::get, gateway::endpoints::update, gateway::endpoints::delete))
         .routes(routes!(gateway::endpoints::secret))
         .routes(routes!(gateway::endpoints::rotate))
+        .routes(routes!(gateway::endpoints::organization_secret))
+        .routes(routes!(gateway::endpoints::rotate_organization_secret))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))

@@ -172,4 +172,59 @@ impl WebhookService {
             false => Err(not_found(r.endpoint_id)),
         }
     }
+
+    /// Gives the organization a signing secret unless it has one.
+    pub(super) async fn ensure_organization_secret(&self, organization_id: Uuid) -> Result<()> {
+        let known = |set: &std::collections::HashSet<Uuid>| set.contains(&organization_id);
+        if known(&self.signed_organizations.lock().expect("organization set poisoned")) {
+            return Ok(());
+        }
+        let secret = SigningSecret::generate();
+        let sealed = self.secrets.encrypt(secret.expose().as_bytes(), organization_id.as_bytes());
+        self.store.ensure_organization_secret(organization_id, &sealed).await?;
+        let mut set = self.signed_organizations.lock().expect("organization set poisoned");
+        if set.len() >= 100_000 {
+            set.clear();
+        }
+        set.insert(organization_id);
+        Ok(())
+    }
+
+    /// The organization's current signing secret (created on first use).
+    pub async fn organization_secret(&self, who: &Principal, organization_id: Uuid) -> Result<String> {
+        if !may_act_for(who, organization_id) {
+            return Err(Error::new(
+                crate::error::ErrorCode::PermissionDenied,
+                "organization_id differs from the API key's organization",
+            ));
+        }
+        self.ensure_organization_secret(organization_id).await?;
+        let stored = self.store.organization_secrets(organization_id).await?;
+        let stored = stored.ok_or_else(|| Error::internal(anyhow::anyhow!("an organization secret vanished")))?;
+        let plain = self
+            .secrets
+            .decrypt(&stored.current, organization_id.as_bytes())
+            .map_err(|e| Error::internal(anyhow::anyhow!("decrypting an organization secret: {e}")))?;
+        String::from_utf8(plain).map_err(|e| Error::internal(e.into()))
+    }
+
+    /// As [`Self::rotate_endpoint_secret`], for the organization's secret.
+    pub async fn rotate_organization_secret(
+        &self,
+        who: &Principal,
+        organization_id: Uuid,
+        grace: Option<Duration>,
+    ) -> Result<(String, DateTime<Utc>)> {
+        let grace = grace.unwrap_or(DEFAULT_GRACE);
+        if grace > MAX_GRACE {
+            return Err(Error::invalid("grace_period", "must be at most 7 days"));
+        }
+        // Checks the caller's organization and creates a first secret if needed.
+        self.organization_secret(who, organization_id).await?;
+        let secret = SigningSecret::generate();
+        let sealed = self.secrets.encrypt(secret.expose().as_bytes(), organization_id.as_bytes());
+        let until = Utc::now() + chrono::TimeDelta::from_std(grace).map_err(|e| Error::internal(e.into()))?;
+        self.store.rotate_organization_secret(organization_id, &sealed, until).await?;
+        Ok((secret.expose(), until))
+    }
 }

@@ -11,7 +11,10 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::domain::valid_webhook_type;
-use crate::domain::{AttemptRecord, DispatchInput, Dispatched, Limits, LogFilter, LogRecord, NewDelivery};
+use crate::domain::{
+    AttemptRecord, Cursor, DispatchInput, Dispatched, Draft, Endpoint, EndpointFilter, Limits, LogFilter, LogRecord,
+    NewDelivery, Target, WebhookUrl, event_type_matches,
+};
 use crate::error::{Error, ErrorCode, FieldViolation, Result};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::pagination;
@@ -94,6 +97,9 @@ pub struct WebhookService {
     metrics: Arc<Metrics>,
     /// Encrypts signing secrets at rest.
     secrets: Arc<crate::secrets::SecretKey>,
+    /// Organizations known to have a signing secret, so that dispatching to
+    /// a bare URL checks the store once per organization, not per webhook.
+    signed_organizations: Arc<std::sync::Mutex<std::collections::HashSet<Uuid>>>,
 }
 
 impl WebhookService {
@@ -105,7 +111,7 @@ impl WebhookService {
         metrics: Arc<Metrics>,
         secrets: Arc<crate::secrets::SecretKey>,
     ) -> Self {
-        Self { store, limits, default_max_retries, wake, metrics, secrets }
+        Self { store, limits, default_max_retries, wake, metrics, secrets, signed_organizations: Default::default() }
     }
 
     /// An organization key dispatches for its own organization (which the
@@ -121,8 +127,22 @@ impl WebhookService {
                 ));
             }
         }
-        let delivery = NewDelivery::parse(input, &self.limits, self.default_max_retries)?;
-        let dispatched = self.store.insert_delivery(&delivery).await?;
+        let draft = Draft::parse(input, &self.limits)?;
+        let deliveries = self.deliveries_of(&draft).await?;
+        let dispatched = match deliveries.as_slice() {
+            // No endpoint subscribes: nothing to store or deliver.
+            [] => {
+                return Ok(Dispatched {
+                    message_id: draft.message_id,
+                    request_id: Uuid::nil(),
+                    log_id: 0,
+                    request_ids: Vec::new(),
+                    duplicate: false,
+                });
+            }
+            [one] => self.store.insert_delivery(one).await?,
+            many => self.store.insert_deliveries(many).await?,
+        };
         let outcome = if dispatched.duplicate { "duplicate" } else { "stored" };
         self.metrics.dispatches.get_or_create(&OutcomeLabels { outcome }).inc();
         if !dispatched.duplicate {
@@ -130,6 +150,62 @@ impl WebhookService {
         }
         tracing::debug!(request_id = %dispatched.request_id, duplicate = dispatched.duplicate, "dispatched");
         Ok(dispatched)
+    }
+
+    /// One delivery per target of the message: the URL given, the endpoint
+    /// named, or every enabled endpoint whose event types match.
+    async fn deliveries_of(&self, draft: &Draft) -> Result<Vec<NewDelivery>> {
+        let org = draft.organization_id;
+        match &draft.target {
+            Target::Url(url) => {
+                // Deliveries to a bare URL are signed with the organization's
+                // secret: make sure it has one before the first is sent.
+                self.ensure_organization_secret(org).await?;
+                Ok(vec![draft.delivery(url.clone(), None, draft.max_retries.unwrap_or(self.default_max_retries))])
+            }
+            Target::Endpoint(id) => {
+                let missing = || Error::not_found(format!("no endpoint with ID {id}"));
+                let endpoint = self.store.get_endpoint(org, *id).await?.ok_or_else(missing)?;
+                if draft.workspace_id.is_some_and(|w| endpoint.workspace_id != Some(w)) {
+                    return Err(missing());
+                }
+                if endpoint.spec.disabled {
+                    return Err(Error::new(ErrorCode::FailedPrecondition, format!("endpoint {id} is disabled")));
+                }
+                if !event_type_matches(&endpoint.spec.event_types, &draft.webhook_type) {
+                    return Err(Error::new(
+                        ErrorCode::FailedPrecondition,
+                        format!("endpoint {id} does not take {:?} events", draft.webhook_type),
+                    ));
+                }
+                Ok(vec![self.delivery_to(draft, &endpoint)?])
+            }
+            Target::Subscribers => {
+                let filter = EndpointFilter { organization_id: org, workspace_id: draft.workspace_id };
+                let mut out = Vec::new();
+                let mut after = None;
+                loop {
+                    let (page, more) = self.store.list_endpoints(&filter, after, MAX_PAGE_SIZE).await?;
+                    for e in &page {
+                        if !e.spec.disabled && event_type_matches(&e.spec.event_types, &draft.webhook_type) {
+                            out.push(self.delivery_to(draft, e)?);
+                        }
+                    }
+                    match page.last() {
+                        Some(last) if more => after = Some(Cursor { created_at: last.created_at, log_id: last.seq }),
+                        _ => return Ok(out),
+                    }
+                }
+            }
+        }
+    }
+
+    fn delivery_to(&self, draft: &Draft, e: &Endpoint) -> Result<NewDelivery> {
+        let url = WebhookUrl::parse(&e.spec.url, self.limits.max_url_len, self.limits.allow_private_targets).map_err(
+            |err| Error::new(ErrorCode::FailedPrecondition, format!("endpoint {}: its URL {err}", e.endpoint_id)),
+        )?;
+        let max_retries = draft.max_retries.or(e.spec.policy.max_retries).unwrap_or(self.default_max_retries);
+        Ok(draft.delivery(url, Some(e.endpoint_id), max_retries))
     }
 
     /// Lists logs; an organization key sees only its own organization, and a

@@ -72,10 +72,12 @@ async fn insert(pool: &PgPool, jobs: Vec<Job>) {
     }
     let result = sqlx::query_as::<_, (i64, Uuid)>(
         "INSERT INTO webhook_requests (request_id, organization_id, workspace_id, subscription_id, call_id, \
-           assistant_id, webhook_url, webhook_type, body, metadata, max_retries, next_attempt_at) \
-         SELECT r, o, w, s, c, a, u, t, b, m, x, now() \
+           assistant_id, webhook_url, webhook_type, body, metadata, max_retries, next_attempt_at, message_id, \
+           endpoint_id) \
+         SELECT r, o, w, s, c, a, u, t, b, m, x, now(), g, e \
          FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int8[], $6::int8[], $7::text[], \
-           $8::text[], $9::text[], $10::jsonb[], $11::int4[]) AS v(r, o, w, s, c, a, u, t, b, m, x) \
+           $8::text[], $9::text[], $10::jsonb[], $11::int4[], $12::uuid[], $13::uuid[]) \
+           AS v(r, o, w, s, c, a, u, t, b, m, x, g, e) \
          RETURNING id, request_id",
     )
     .bind(&cols.request_id)
@@ -89,6 +91,8 @@ async fn insert(pool: &PgPool, jobs: Vec<Job>) {
     .bind(&cols.body)
     .bind(&cols.metadata)
     .bind(&cols.max_retries)
+    .bind(&cols.message_id)
+    .bind(&cols.endpoint_id)
     .fetch_all(pool)
     .await;
     let rows = match result {
@@ -159,6 +163,8 @@ struct Columns {
     body: Vec<String>,
     metadata: Vec<Option<serde_json::Value>>,
     max_retries: Vec<i32>,
+    message_id: Vec<Uuid>,
+    endpoint_id: Vec<Option<Uuid>>,
 }
 
 impl Columns {
@@ -175,6 +181,8 @@ impl Columns {
             body: Vec::with_capacity(n),
             metadata: Vec::with_capacity(n),
             max_retries: Vec::with_capacity(n),
+            message_id: Vec::with_capacity(n),
+            endpoint_id: Vec::with_capacity(n),
         }
     }
 
@@ -190,5 +198,7 @@ impl Columns {
         self.body.push(d.body);
         self.metadata.push(d.metadata);
         self.max_retries.push(i32::try_from(d.max_retries).unwrap_or(i32::MAX));
+        self.message_id.push(d.message_id);
+        self.endpoint_id.push(d.endpoint_id);
     }
 }

@@ -23,13 +23,8 @@ pub struct NewEndpoint {
     pub secret: Vec<u8>,
 }
 
-/// An endpoint's signing secrets, encrypted: the current one, and the
-/// previous one with the time it stops signing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredSecrets {
-    pub current: Vec<u8>,
-    pub previous: Option<(Vec<u8>, DateTime<Utc>)>,
-}
+/// An endpoint's or organization's signing secrets, encrypted.
+pub use crate::domain::SealedSecrets as StoredSecrets;
 
 #[async_trait]
 pub trait EndpointStore: Send + Sync {
@@ -68,6 +63,19 @@ pub trait EndpointStore: Send + Sync {
         new: &[u8],
         previous_until: DateTime<Utc>,
     ) -> Result<bool>;
+
+    /// Stores `secret` as the organization's signing secret unless it has one.
+    async fn ensure_organization_secret(&self, organization_id: Uuid, secret: &[u8]) -> Result<()>;
+
+    async fn organization_secrets(&self, organization_id: Uuid) -> Result<Option<StoredSecrets>>;
+
+    /// As [`EndpointStore::rotate_endpoint_secret`], for the organization's secret.
+    async fn rotate_organization_secret(
+        &self,
+        organization_id: Uuid,
+        new: &[u8],
+        previous_until: DateTime<Utc>,
+    ) -> Result<bool>;
 }
 
 fn too_many(max: u32) -> Error {
@@ -100,6 +108,28 @@ fn spec_from(
         headers: serde_json::from_str(headers).map_err(bad)?,
         policy: serde_json::from_str::<DeliveryPolicy>(policy).map_err(bad)?,
     })
+}
+
+/// An endpoint's headers and policy as a claim reads them (JSON text).
+pub(crate) fn settings(
+    headers: Option<String>,
+    policy: Option<String>,
+) -> Result<Option<crate::domain::EndpointSettings>> {
+    let (Some(headers), Some(policy)) = (headers, policy) else { return Ok(None) };
+    let bad = |e: serde_json::Error| Error::internal(anyhow::anyhow!("a stored endpoint does not decode: {e}"));
+    Ok(Some(crate::domain::EndpointSettings {
+        headers: serde_json::from_str(&headers).map_err(bad)?,
+        policy: serde_json::from_str(&policy).map_err(bad)?,
+    }))
+}
+
+/// Sealed secrets as a claim reads them.
+pub(crate) fn sealed(
+    current: Option<Vec<u8>>,
+    previous: Option<Vec<u8>>,
+    until: Option<DateTime<Utc>>,
+) -> Option<StoredSecrets> {
+    current.map(|current| StoredSecrets { current, previous: previous.zip(until) })
 }
 
 const PG_COLUMNS: &str = "id, endpoint_id, organization_id, workspace_id, url, description, event_types::text AS event_types, \
@@ -256,6 +286,49 @@ impl EndpointStore for PostgresStore {
                updated_at = now() WHERE endpoint_id = $1 AND organization_id = $2",
         )
         .bind(endpoint_id)
+        .bind(organization_id)
+        .bind(new)
+        .bind(previous_until)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn ensure_organization_secret(&self, organization_id: Uuid, secret: &[u8]) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO organization_secrets (organization_id, secret) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(organization_id)
+        .bind(secret)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn organization_secrets(&self, organization_id: Uuid) -> Result<Option<StoredSecrets>> {
+        let row = sqlx::query(
+            "SELECT secret, previous_secret, previous_secret_expires_at FROM organization_secrets \
+             WHERE organization_id = $1",
+        )
+        .bind(organization_id)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let previous: Option<Vec<u8>> = row.try_get("previous_secret")?;
+        let until: Option<DateTime<Utc>> = row.try_get("previous_secret_expires_at")?;
+        Ok(Some(StoredSecrets { current: row.try_get("secret")?, previous: previous.zip(until) }))
+    }
+
+    async fn rotate_organization_secret(
+        &self,
+        organization_id: Uuid,
+        new: &[u8],
+        previous_until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE organization_secrets SET previous_secret = secret, previous_secret_expires_at = $3, \
+               secret = $2, updated_at = now() WHERE organization_id = $1",
+        )
         .bind(organization_id)
         .bind(new)
         .bind(previous_until)
@@ -433,6 +506,55 @@ impl EndpointStore for SqliteStore {
         .bind(new)
         .bind(super::sqlite::micros(Utc::now()))
         .bind(endpoint_id.to_string())
+        .bind(organization_id.to_string())
+        .execute(self.writer())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn ensure_organization_secret(&self, organization_id: Uuid, secret: &[u8]) -> Result<()> {
+        let now = super::sqlite::micros(Utc::now());
+        sqlx::query(
+            "INSERT INTO organization_secrets (organization_id, secret, created_at, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(organization_id.to_string())
+        .bind(secret)
+        .bind(now)
+        .bind(now)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    async fn organization_secrets(&self, organization_id: Uuid) -> Result<Option<StoredSecrets>> {
+        let row = sqlx::query(
+            "SELECT secret, previous_secret, previous_secret_expires_at FROM organization_secrets \
+             WHERE organization_id = ?",
+        )
+        .bind(organization_id.to_string())
+        .fetch_optional(self.reader())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let previous: Option<Vec<u8>> = row.try_get("previous_secret")?;
+        let until: Option<i64> = row.try_get("previous_secret_expires_at")?;
+        let until = until.map(super::sqlite::time).transpose()?;
+        Ok(Some(StoredSecrets { current: row.try_get("secret")?, previous: previous.zip(until) }))
+    }
+
+    async fn rotate_organization_secret(
+        &self,
+        organization_id: Uuid,
+        new: &[u8],
+        previous_until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE organization_secrets SET previous_secret = secret, previous_secret_expires_at = ?, secret = ?, \
+               updated_at = ? WHERE organization_id = ?",
+        )
+        .bind(super::sqlite::micros(previous_until))
+        .bind(new)
+        .bind(super::sqlite::micros(Utc::now()))
         .bind(organization_id.to_string())
         .execute(self.writer())
         .await?;

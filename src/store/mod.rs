@@ -130,6 +130,11 @@ pub trait Store: EndpointStore + Send + Sync + 'static {
     /// idempotency key in the same organization returns the earlier request.
     async fn insert_delivery(&self, delivery: &NewDelivery) -> Result<Dispatched>;
 
+    /// Stores every delivery of one message (same message ID and idempotency
+    /// key) in one transaction. A repeated key answers the earlier message's
+    /// deliveries and stores nothing.
+    async fn insert_deliveries(&self, deliveries: &[NewDelivery]) -> Result<Dispatched>;
+
     /// Up to `limit` logs matching `filter`, newest first, strictly after
     /// `after` in that order; fewer (at least one) once the bodies read reach
     /// `max_bytes`, so that no page holds more than about that much.

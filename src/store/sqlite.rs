@@ -131,6 +131,33 @@ fn key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord> {
 }
 
 impl SqliteStore {
+    /// The Dispatch `d`'s idempotency key was first used for.
+    async fn earlier_dispatch(&self, d: &NewDelivery) -> Result<Dispatched> {
+        let row = sqlx::query(
+            "SELECT id, request_id, COALESCE(message_id, request_id) AS message_id FROM webhook_requests \
+             WHERE organization_id = ? AND idempotency_key = ?",
+        )
+        .bind(d.organization_id.to_string())
+        .bind(&d.idempotency_key)
+        .fetch_one(&self.write)
+        .await?;
+        let message_id: String = row.try_get("message_id")?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT request_id FROM webhook_requests WHERE message_id = ? AND organization_id = ? ORDER BY id",
+        )
+        .bind(&message_id)
+        .bind(d.organization_id.to_string())
+        .fetch_all(&self.write)
+        .await?;
+        Ok(Dispatched {
+            message_id: uuid(&message_id)?,
+            request_id: uuid(row.try_get("request_id")?)?,
+            log_id: row.try_get("id")?,
+            request_ids: ids.iter().map(|s| uuid(s)).collect::<Result<_>>()?,
+            duplicate: true,
+        })
+    }
+
     /// The readers' pool, for the other concerns' statements.
     pub(crate) fn reader(&self) -> &SqlitePool {
         &self.read
@@ -194,42 +221,62 @@ fn create_private(path: &std::path::Path) -> anyhow::Result<()> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<Dispatched> {
+        self.insert_deliveries(std::slice::from_ref(d)).await
+    }
+
+    async fn insert_deliveries(&self, ds: &[NewDelivery]) -> Result<Dispatched> {
+        let Some(first) = ds.first() else {
+            return Err(Error::internal(anyhow::anyhow!("a message with no delivery")));
+        };
         let now = micros(Utc::now());
-        let row = sqlx::query(
-            "INSERT INTO webhook_requests (request_id, organization_id, workspace_id, subscription_id, call_id, \
-               assistant_id, webhook_url, webhook_type, body, metadata, idempotency_key, max_retries, \
-               next_attempt_at, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (organization_id, idempotency_key) DO NOTHING RETURNING id",
-        )
-        .bind(d.request_id.to_string())
-        .bind(d.organization_id.to_string())
-        .bind(d.workspace_id.map(|u| u.to_string()))
-        .bind(d.subscription_id.map(|u| u.to_string()))
-        .bind(d.call_id)
-        .bind(d.assistant_id)
-        .bind(d.webhook_url.as_str())
-        .bind(&d.webhook_type)
-        .bind(&d.body)
-        .bind(d.metadata.as_ref().map(|m| m.to_string()))
-        .bind(&d.idempotency_key)
-        .bind(i64::from(d.max_retries))
-        .bind(now)
-        .bind(now)
-        .bind(now)
-        .fetch_optional(&self.write)
-        .await?;
-        if let Some(row) = row {
-            return Ok(Dispatched { request_id: d.request_id, log_id: row.try_get("id")?, duplicate: false });
+        // One transaction on the one writer. The key lives on the first
+        // delivery, whose unique (organization, key) decides a duplicate.
+        let mut tx = self.write.begin().await?;
+        let mut log_ids = Vec::with_capacity(ds.len());
+        for (i, d) in ds.iter().enumerate() {
+            let key = if i == 0 { d.idempotency_key.as_deref() } else { None };
+            let row = sqlx::query(
+                "INSERT INTO webhook_requests (request_id, organization_id, workspace_id, subscription_id, call_id, \
+                   assistant_id, webhook_url, webhook_type, body, metadata, idempotency_key, max_retries, \
+                   next_attempt_at, created_at, updated_at, message_id, endpoint_id) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (organization_id, idempotency_key) DO NOTHING RETURNING id",
+            )
+            .bind(d.request_id.to_string())
+            .bind(d.organization_id.to_string())
+            .bind(d.workspace_id.map(|u| u.to_string()))
+            .bind(d.subscription_id.map(|u| u.to_string()))
+            .bind(d.call_id)
+            .bind(d.assistant_id)
+            .bind(d.webhook_url.as_str())
+            .bind(&d.webhook_type)
+            .bind(&d.body)
+            .bind(d.metadata.as_ref().map(|m| m.to_string()))
+            .bind(key)
+            .bind(i64::from(d.max_retries))
+            .bind(now)
+            .bind(now)
+            .bind(now)
+            .bind(d.message_id.to_string())
+            .bind(d.endpoint_id.map(|u| u.to_string()))
+            .fetch_optional(&mut *tx)
+            .await?;
+            match row {
+                Some(row) => log_ids.push(row.try_get::<i64, _>("id")?),
+                None => {
+                    drop(tx);
+                    return self.earlier_dispatch(first).await;
+                }
+            }
         }
-        let row = sqlx::query(
-            "SELECT id, request_id FROM webhook_requests WHERE organization_id = ? AND idempotency_key = ?",
-        )
-        .bind(d.organization_id.to_string())
-        .bind(&d.idempotency_key)
-        .fetch_one(&self.write)
-        .await?;
-        Ok(Dispatched { request_id: uuid(row.try_get("request_id")?)?, log_id: row.try_get("id")?, duplicate: true })
+        tx.commit().await?;
+        Ok(Dispatched {
+            message_id: first.message_id,
+            request_id: first.request_id,
+            log_id: log_ids[0],
+            request_ids: ds.iter().map(|d| d.request_id).collect(),
+            duplicate: false,
+        })
     }
 
     async fn list_logs(&self, f: &LogFilter, after: Option<Cursor>, limit: u32, max_bytes: usize) -> Result<LogBatch> {
@@ -317,21 +364,44 @@ impl Store for SqliteStore {
     async fn claim_due(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedDelivery>> {
         let now = Utc::now();
         let until = micros(now) + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
-        // One writer: the UPDATE is atomic, so no two workers claim a row.
-        let rows = sqlx::query(
+        let lease_id = Uuid::new_v4().to_string();
+        // One writer: the UPDATE is atomic, so no two workers claim a row. The
+        // batch shares one lease ID, by which the second statement reads the
+        // claimed rows with their endpoint and secrets (SQLite's RETURNING
+        // cannot join).
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
             "UPDATE webhook_requests SET next_attempt_at = ?, lease_id = ? \
              WHERE id IN (SELECT id FROM webhook_requests WHERE status = 'pending' AND next_attempt_at <= ? \
-                          ORDER BY next_attempt_at LIMIT ?) \
-             RETURNING id, created_at, request_id, lease_id, webhook_url, webhook_type, body, attempt_count, max_retries",
+                          ORDER BY next_attempt_at LIMIT ?)",
         )
         .bind(until)
-        .bind(Uuid::new_v4().to_string())
+        .bind(&lease_id)
         .bind(micros(now))
         .bind(i64::from(limit))
-        .fetch_all(&self.write)
+        .execute(&mut *tx)
         .await?;
+        let rows = sqlx::query(
+            "SELECT r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
+               r.attempt_count, r.max_retries, COALESCE(r.message_id, r.request_id) AS message_id, \
+               r.organization_id, r.endpoint_id, e.headers AS endpoint_headers, e.policy AS endpoint_policy, \
+               CASE WHEN r.endpoint_id IS NULL THEN o.secret ELSE e.secret END AS secret, \
+               CASE WHEN r.endpoint_id IS NULL THEN o.previous_secret ELSE e.previous_secret END AS previous_secret, \
+               CASE WHEN r.endpoint_id IS NULL THEN o.previous_secret_expires_at \
+                 ELSE e.previous_secret_expires_at END AS previous_secret_expires_at \
+             FROM webhook_requests r \
+             LEFT JOIN endpoints e ON e.endpoint_id = r.endpoint_id \
+             LEFT JOIN organization_secrets o ON r.endpoint_id IS NULL AND o.organization_id = r.organization_id \
+             WHERE r.lease_id = ? AND r.status = 'pending' ORDER BY r.next_attempt_at",
+        )
+        .bind(&lease_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
         rows.iter()
             .map(|row| {
+                let endpoint_id: Option<String> = row.try_get("endpoint_id")?;
+                let until: Option<i64> = row.try_get("previous_secret_expires_at")?;
                 Ok(ClaimedDelivery {
                     log_id: row.try_get("id")?,
                     created_at: time(row.try_get("created_at")?)?,
@@ -342,6 +412,18 @@ impl Store for SqliteStore {
                     body: row.try_get("body")?,
                     attempt_count: to_u32(row.try_get("attempt_count")?),
                     max_retries: to_u32(row.try_get("max_retries")?),
+                    message_id: uuid(row.try_get("message_id")?)?,
+                    organization_id: uuid(row.try_get("organization_id")?)?,
+                    endpoint_id: endpoint_id.as_deref().map(uuid).transpose()?,
+                    endpoint: super::endpoints::settings(
+                        row.try_get("endpoint_headers")?,
+                        row.try_get("endpoint_policy")?,
+                    )?,
+                    secrets: super::endpoints::sealed(
+                        row.try_get("secret")?,
+                        row.try_get("previous_secret")?,
+                        until.map(time).transpose()?,
+                    ),
                 })
             })
             .collect()

@@ -8,6 +8,8 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(20);
+
 fn endpoint(url: &str, event_types: &[&str]) -> pb::Endpoint {
     pb::Endpoint {
         url: url.into(),
@@ -313,4 +315,181 @@ async fn webhook_subscriptions_over_rest() {
     let (status, _) = send(http.delete(format!("{base}/{id}")), &app.key).await;
     assert_eq!(status, 200);
     assert_eq!(send(http.get(format!("{base}/{id}")), &app.key).await.0, 404);
+}
+
+/// True when `r` carries a valid Standard Webhooks signature under `secret`.
+fn verifies(r: &Received, secret: &str) -> bool {
+    use hookpost::delivery::sign::{self, Secret};
+    let header = |name: &str| r.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let received = sign::Received {
+        id: header("webhook-id"),
+        timestamp: header("webhook-timestamp"),
+        signature: header("webhook-signature"),
+        body: r.body.as_bytes(),
+    };
+    let key = secret.parse::<Secret>().unwrap().verification_key();
+    sign::verify(&received, &[&key], chrono::Utc::now().timestamp(), sign::DEFAULT_TOLERANCE).is_ok()
+}
+
+fn dispatch_event(org: Uuid, event: &str) -> pb::DispatchRequest {
+    pb::DispatchRequest { organization_id: org.to_string(), webhook_type: event.into(), ..Default::default() }
+}
+
+async fn signed_deliveries_to_an_endpoint(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
+    let receiver = Receiver::start().await;
+    let org = Uuid::new_v4();
+    let mut e = endpoint(&receiver.url(), &["call.*"]);
+    e.headers.insert("X-Tenant".into(), "acme".into());
+    let created = create(&app, org, Uuid::new_v4(), e).await;
+    let endpoint_id = created.endpoint.unwrap().endpoint_id;
+
+    let mut req = dispatch_event(org, "call.started");
+    req.endpoint_id = endpoint_id.clone();
+    let sent = app.dispatch(req).await.unwrap();
+    assert_eq!(sent.request_ids, std::slice::from_ref(&sent.request_id));
+    let got = receiver.wait_for(1, SETTLE).await;
+    let r = &got[0];
+    assert_eq!(r.headers["webhook-id"], sent.message_id.as_str());
+    assert_eq!(r.headers["x-hookpost-request-id"], sent.request_id.as_str());
+    assert_eq!(r.headers["x-tenant"], "acme");
+    assert!(verifies(r, &created.secret), "{:?}", r.headers);
+    let mut tampered = Received { body: r.body.replace('}', ",\"x\":1}"), ..r.clone() };
+    assert!(!verifies(&tampered, &created.secret), "a tampered body verifies");
+    tampered.body = r.body.clone();
+    tampered.headers.insert("webhook-timestamp", "1600000000".parse().unwrap());
+    assert!(!verifies(&tampered, &created.secret), "a stale timestamp verifies");
+
+    // During a rotation both secrets sign, and each verifies on its own.
+    let rotated = app
+        .client
+        .clone()
+        .rotate_endpoint_secret(app.authed(pb::RotateEndpointSecretRequest {
+            organization_id: org.to_string(),
+            endpoint_id: endpoint_id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut req = dispatch_event(org, "call.ended");
+    req.endpoint_id = endpoint_id.clone();
+    app.dispatch(req).await.unwrap();
+    let got = receiver.wait_for(2, SETTLE).await;
+    let r = &got[1];
+    assert_eq!(r.headers["webhook-signature"].to_str().unwrap().split(' ').count(), 2);
+    assert!(verifies(r, &created.secret) && verifies(r, &rotated.secret));
+
+    // An event the endpoint does not take, another organization's endpoint,
+    // and both a URL and an endpoint are refused.
+    let mut req = dispatch_event(org, "sms_received");
+    req.endpoint_id = endpoint_id.clone();
+    assert_eq!(app.dispatch(req).await.unwrap_err().code(), tonic::Code::FailedPrecondition);
+    let mut req = dispatch_event(Uuid::new_v4(), "call.started");
+    req.endpoint_id = endpoint_id.clone();
+    assert_eq!(app.dispatch(req).await.unwrap_err().code(), tonic::Code::NotFound);
+    let mut req = dispatch_event(org, "call.started");
+    req.endpoint_id = endpoint_id;
+    req.webhook_url = receiver.url();
+    assert_eq!(violated_fields(&app.dispatch(req).await.unwrap_err()), ["endpoint_id"]);
+}
+
+#[tokio::test]
+async fn signed_deliveries_to_an_endpoint_on_postgres() {
+    signed_deliveries_to_an_endpoint(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn signed_deliveries_to_an_endpoint_on_sqlite() {
+    signed_deliveries_to_an_endpoint(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_bare_url_delivery_is_signed_with_the_organization_secret() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let org = Uuid::new_v4();
+    let sent = app.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap();
+    assert_eq!(sent.message_id, sent.request_id, "one URL, one delivery: webhook-id stays the request ID");
+    let secret = app
+        .client
+        .clone()
+        .get_organization_secret(app.authed(pb::GetOrganizationSecretRequest { organization_id: org.to_string() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let got = receiver.wait_for(1, SETTLE).await;
+    assert_eq!(got[0].headers["webhook-id"], sent.request_id.as_str());
+    assert!(verifies(&got[0], &secret));
+    // Another organization's key cannot read it.
+    let intruder = app.create_key(KeyKind::Organization(Uuid::new_v4())).await;
+    let err = app
+        .client
+        .clone()
+        .get_organization_secret(with_key(
+            pb::GetOrganizationSecretRequest { organization_id: org.to_string() },
+            &intruder,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+}
+
+async fn fan_out(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
+    let org = Uuid::new_v4();
+    let receivers = [
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    ];
+    let filters: [&[&str]; 5] = [&["call.*"], &["call.started"], &[], &["sms_received"], &["call.*"]];
+    let mut secrets = Vec::new();
+    for (i, (r, f)) in receivers.iter().zip(filters).enumerate() {
+        let mut e = endpoint(&r.url(), f);
+        e.disabled = i == 4;
+        secrets.push(create(&app, org, Uuid::new_v4(), e).await.secret);
+    }
+    // Another organization's endpoint never receives this organization's events.
+    let stranger = Receiver::start().await;
+    create(&app, Uuid::new_v4(), Uuid::new_v4(), endpoint(&stranger.url(), &[])).await;
+
+    let mut req = dispatch_event(org, "call.started");
+    req.idempotency_key = "fan-1".into();
+    let sent = app.dispatch(req.clone()).await.unwrap();
+    assert_eq!(sent.request_ids.len(), 3, "{sent:?}");
+    for (i, r) in receivers.iter().enumerate().take(3) {
+        let got = r.wait_for(1, SETTLE).await;
+        assert_eq!(got[0].headers["webhook-id"], sent.message_id.as_str(), "receiver {i}");
+        assert!(verifies(&got[0], &secrets[i]), "receiver {i}");
+        assert!(!verifies(&got[0], &secrets[(i + 1) % 3]), "receiver {i} verifies with another endpoint's secret");
+    }
+    // The idempotent repeat answers the same deliveries and stores nothing.
+    let again = app.dispatch(req).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!((again.message_id, again.request_ids.clone()), (sent.message_id.clone(), sent.request_ids.clone()));
+    for id in &sent.request_ids {
+        app.settled(id, SETTLE).await;
+    }
+    for (i, r) in receivers.iter().enumerate() {
+        assert_eq!(r.received().len(), usize::from(i < 3), "receiver {i}");
+    }
+    assert!(stranger.received().is_empty());
+    // No endpoint takes the event (an organization without endpoints):
+    // answered, nothing stored.
+    let none = app.dispatch(dispatch_event(Uuid::new_v4(), "invoice.paid")).await.unwrap();
+    assert!(none.request_ids.is_empty() && none.request_id.is_empty());
+}
+
+#[tokio::test]
+async fn fan_out_reaches_3_of_5_endpoints_once_on_postgres() {
+    fan_out(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn fan_out_reaches_3_of_5_endpoints_once_on_sqlite() {
+    fan_out(Backend::Sqlite).await;
 }

@@ -385,6 +385,8 @@ async fn openapi_lists_exactly_the_served_routes() {
         format!("{sub}/secret"),
         format!("{sub}/secret:rotate"),
         "/metrics".into(),
+        "/organizations/{organizationId}/webhook-secret".into(),
+        "/organizations/{organizationId}/webhook-secret:rotate".into(),
         "/v1/webhooks:dispatch".into(),
         "/v1/webhook-logs".into(),
         "/v1/webhook-logs/{request_id}".into(),

@@ -231,3 +231,49 @@ pub async fn rotate(
     (request.organization_id, request.workspace_id, request.endpoint_id) = (organization_id, workspace_id, endpoint_id);
     proto_json(&rpc::rotate(&state.service, &who, request).await.map_err(rest_error)?)
 }
+
+/// The organization's signing secret (`GetOrganizationSecret`), which signs
+/// deliveries to a bare `webhookUrl`.
+#[utoipa::path(
+    get,
+    path = "/organizations/{organizationId}/webhook-secret",
+    tag = "webhook-subscriptions",
+    params(("organizationId" = uuid::Uuid, Path)),
+    responses((status = 200, description = "hookpost.v1.GetOrganizationSecretResponse", body = Object)),
+    security(("bearer" = []), ("accessKey" = []))
+)]
+pub async fn organization_secret(
+    State(state): State<RestState>,
+    Path(organization_id): Path<String>,
+    extensions: axum::http::Extensions,
+) -> Result<Json<Value>, RestError> {
+    let who = caller(&extensions, Style::Status)?;
+    let request = pb::GetOrganizationSecretRequest { organization_id };
+    proto_json(&rpc::organization_secret(&state.service, &who, request).await.map_err(rest_error)?)
+}
+
+/// Rotate the organization's signing secret (`RotateOrganizationSecret`).
+#[utoipa::path(
+    post,
+    path = "/organizations/{organizationId}/webhook-secret:rotate",
+    tag = "webhook-subscriptions",
+    params(("organizationId" = uuid::Uuid, Path)),
+    request_body(content = Object, description = "{\"gracePeriod\": \"3600s\"} (optional)"),
+    responses((status = 200, description = "hookpost.v1.RotateOrganizationSecretResponse", body = Object)),
+    security(("bearer" = []), ("accessKey" = []))
+)]
+pub async fn rotate_organization_secret(
+    State(state): State<RestState>,
+    Path(organization_id): Path<String>,
+    extensions: axum::http::Extensions,
+    body: Bytes,
+) -> Result<Json<Value>, RestError> {
+    let who = caller(&extensions, Style::Status)?;
+    let mut request: pb::RotateOrganizationSecretRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        Default::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad_request(format!("body is not a valid rotation request: {e}")))?
+    };
+    request.organization_id = organization_id;
+    proto_json(&rpc::rotate_organization_secret(&state.service, &who, request).await.map_err(rest_error)?)
+}

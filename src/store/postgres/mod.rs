@@ -36,15 +36,16 @@ pub mod sql {
 
     /// Dispatch: the idempotency key row (if any) and the request, one statement.
     pub const INSERT_DELIVERY: &str = "WITH key AS ( \
-                   INSERT INTO idempotency_keys (organization_id, idempotency_key, request_id, log_id, created_at) \
-                   SELECT $2, $11, $1, nextval('webhook_requests_log_id_seq'), now() WHERE $11::text IS NOT NULL \
+                   INSERT INTO idempotency_keys (organization_id, idempotency_key, request_id, log_id, created_at, \
+                     message_id) \
+                   SELECT $2, $11, $1, nextval('webhook_requests_log_id_seq'), now(), $13 WHERE $11::text IS NOT NULL \
                    ON CONFLICT DO NOTHING RETURNING log_id), \
                  ins AS ( \
                    INSERT INTO webhook_requests (id, request_id, organization_id, workspace_id, subscription_id, \
                      call_id, assistant_id, webhook_url, webhook_type, body, metadata, idempotency_key, \
-                     max_retries, next_attempt_at) \
+                     max_retries, next_attempt_at, message_id, endpoint_id) \
                    SELECT COALESCE((SELECT log_id FROM key), nextval('webhook_requests_log_id_seq')), \
-                     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() \
+                     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now(), $13, $14 \
                    WHERE $11::text IS NULL OR EXISTS (SELECT 1 FROM key) \
                    RETURNING id) \
                  SELECT id FROM ins";
@@ -53,13 +54,23 @@ pub mod sql {
     pub const CLAIM_DUE: &str = "WITH due AS ( \
                    SELECT id, created_at FROM webhook_requests \
                    WHERE status = 'pending' AND next_attempt_at <= now() \
-                   ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                 UPDATE webhook_requests r \
-                 SET next_attempt_at = now() + make_interval(secs => $2::float8 / 1000), \
-                     lease_id = gen_random_uuid() \
-                 FROM due WHERE r.id = due.id AND r.created_at = due.created_at \
-                 RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
-                           r.attempt_count, r.max_retries";
+                   ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
+                 claimed AS ( \
+                   UPDATE webhook_requests r \
+                   SET next_attempt_at = now() + make_interval(secs => $2::float8 / 1000), \
+                       lease_id = gen_random_uuid() \
+                   FROM due WHERE r.id = due.id AND r.created_at = due.created_at \
+                   RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
+                             r.attempt_count, r.max_retries, r.message_id, r.organization_id, r.endpoint_id) \
+                 SELECT c.*, e.headers::text AS endpoint_headers, e.policy::text AS endpoint_policy, \
+                   CASE WHEN c.endpoint_id IS NULL THEN o.secret ELSE e.secret END AS secret, \
+                   CASE WHEN c.endpoint_id IS NULL THEN o.previous_secret ELSE e.previous_secret END \
+                     AS previous_secret, \
+                   CASE WHEN c.endpoint_id IS NULL THEN o.previous_secret_expires_at \
+                     ELSE e.previous_secret_expires_at END AS previous_secret_expires_at \
+                 FROM claimed c \
+                 LEFT JOIN endpoints e ON e.endpoint_id = c.endpoint_id \
+                 LEFT JOIN organization_secrets o ON c.endpoint_id IS NULL AND o.organization_id = c.organization_id";
 
     /// Records one attempt and the request's new state, one statement. A
     /// claim records at most one attempt: if this lease's attempt is already
@@ -131,6 +142,29 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// The Dispatch an idempotency key was first used for: its message and
+    /// every delivery of it.
+    async fn earlier_dispatch(&self, organization_id: Uuid, key: &str) -> Result<Dispatched> {
+        let row = sqlx::query(
+            "SELECT log_id, request_id, message_id FROM idempotency_keys \
+             WHERE organization_id = $1 AND idempotency_key = $2",
+        )
+        .bind(organization_id)
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await?;
+        let request_id: Uuid = row.try_get("request_id")?;
+        let message_id: Uuid = row.try_get::<Option<Uuid>, _>("message_id")?.unwrap_or(request_id);
+        let request_ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT request_id FROM webhook_requests WHERE message_id = $1 AND organization_id = $2 ORDER BY id",
+        )
+        .bind(message_id)
+        .bind(organization_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Dispatched { message_id, request_id, log_id: row.try_get("log_id")?, request_ids, duplicate: true })
+    }
 }
 
 fn status_from_db(s: &str) -> Result<ExecutionStatus> {
@@ -193,6 +227,15 @@ fn claim_from_row(row: &PgRow) -> Result<ClaimedDelivery> {
         body: row.try_get("body")?,
         attempt_count: to_u32(row.try_get("attempt_count")?),
         max_retries: to_u32(row.try_get("max_retries")?),
+        message_id: row.try_get("message_id")?,
+        organization_id: row.try_get("organization_id")?,
+        endpoint_id: row.try_get("endpoint_id")?,
+        endpoint: super::endpoints::settings(row.try_get("endpoint_headers")?, row.try_get("endpoint_policy")?)?,
+        secrets: super::endpoints::sealed(
+            row.try_get("secret")?,
+            row.try_get("previous_secret")?,
+            row.try_get("previous_secret_expires_at")?,
+        ),
     })
 }
 
@@ -206,7 +249,7 @@ impl Store for PostgresStore {
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<Dispatched> {
         if d.idempotency_key.is_none() {
             let log_id = self.batcher.insert(d.clone()).await?;
-            return Ok(Dispatched { request_id: d.request_id, log_id, duplicate: false });
+            return Ok(Dispatched::one(d, log_id));
         }
         // With a key, the key row and the request are inserted by one
         // statement of their own; the key's primary key decides a duplicate,
@@ -225,19 +268,85 @@ impl Store for PostgresStore {
             .bind(&d.metadata)
             .bind(&d.idempotency_key)
             .bind(i32::try_from(d.max_retries).unwrap_or(i32::MAX))
+            .bind(d.message_id)
+            .bind(d.endpoint_id)
             .fetch_optional(&self.pool)
             .await?;
         if let Some(row) = row {
-            return Ok(Dispatched { request_id: d.request_id, log_id: row.try_get("id")?, duplicate: false });
+            return Ok(Dispatched::one(d, row.try_get("id")?));
         }
-        let row = sqlx::query(
-            "SELECT log_id, request_id FROM idempotency_keys WHERE organization_id = $1 AND idempotency_key = $2",
-        )
-        .bind(d.organization_id)
-        .bind(&d.idempotency_key)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Dispatched { request_id: row.try_get("request_id")?, log_id: row.try_get("log_id")?, duplicate: true })
+        self.earlier_dispatch(d.organization_id, d.idempotency_key.as_deref().unwrap_or_default()).await
+    }
+
+    async fn insert_deliveries(&self, ds: &[NewDelivery]) -> Result<Dispatched> {
+        let Some(first) = ds.first() else {
+            return Err(Error::internal(anyhow::anyhow!("a message with no delivery")));
+        };
+        if ds.len() == 1 {
+            return self.insert_delivery(first).await;
+        }
+        // One transaction: every delivery of the message, or none. With a
+        // key, its row goes first: a concurrent duplicate waits on it, then
+        // finds it and rolls back.
+        let mut tx = self.pool.begin().await?;
+        let mut first_id = None;
+        if let Some(key) = &first.idempotency_key {
+            let reserved: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO idempotency_keys (organization_id, idempotency_key, request_id, log_id, created_at, \
+                   message_id) VALUES ($1, $2, $3, nextval('webhook_requests_log_id_seq'), now(), $4) \
+                 ON CONFLICT DO NOTHING RETURNING log_id",
+            )
+            .bind(first.organization_id)
+            .bind(key)
+            .bind(first.request_id)
+            .bind(first.message_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match reserved {
+                Some(id) => first_id = Some(id),
+                None => {
+                    drop(tx);
+                    return self.earlier_dispatch(first.organization_id, key).await;
+                }
+            }
+        }
+        let mut log_ids = Vec::with_capacity(ds.len());
+        for (i, d) in ds.iter().enumerate() {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO webhook_requests (id, request_id, organization_id, workspace_id, subscription_id, \
+                   call_id, assistant_id, webhook_url, webhook_type, body, metadata, idempotency_key, max_retries, \
+                   next_attempt_at, message_id, endpoint_id) \
+                 VALUES (COALESCE($1, nextval('webhook_requests_log_id_seq')), $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                   $11, $12, $13, now(), $14, $15) RETURNING id",
+            )
+            .bind(if i == 0 { first_id } else { None })
+            .bind(d.request_id)
+            .bind(d.organization_id)
+            .bind(d.workspace_id)
+            .bind(d.subscription_id)
+            .bind(d.call_id)
+            .bind(d.assistant_id)
+            .bind(d.webhook_url.as_str())
+            .bind(&d.webhook_type)
+            .bind(&d.body)
+            .bind(&d.metadata)
+            // The key lives on the first delivery only (and in its own table).
+            .bind(if i == 0 { d.idempotency_key.as_deref() } else { None })
+            .bind(i32::try_from(d.max_retries).unwrap_or(i32::MAX))
+            .bind(d.message_id)
+            .bind(d.endpoint_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            log_ids.push(id);
+        }
+        tx.commit().await?;
+        Ok(Dispatched {
+            message_id: first.message_id,
+            request_id: first.request_id,
+            log_id: log_ids[0],
+            request_ids: ds.iter().map(|d| d.request_id).collect(),
+            duplicate: false,
+        })
     }
 
     async fn list_logs(&self, f: &LogFilter, after: Option<Cursor>, limit: u32, max_bytes: usize) -> Result<LogBatch> {
