@@ -17,11 +17,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use std::num::NonZeroU32;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{ClaimedDelivery, NextStep};
+use crate::domain::{ClaimedDelivery, DueQueue, NextStep};
 use crate::error::ErrorCode;
 use crate::metrics::{AttemptLabels, Metrics};
 use crate::store::{NewAttempt, Store};
@@ -82,8 +85,17 @@ impl DeliveryConfig {
     }
 }
 
-/// Delay before a claimed delivery whose host is at its cap is offered again.
-const HOST_BUSY_DEFER: Duration = Duration::from_millis(500);
+/// Queues looked at per claim round.
+const QUEUES_PER_ROUND: u32 = 256;
+
+/// A cursor from which the next round starts at `key` itself: the key
+/// without its last character sorts before it. (A queue between the two is
+/// looked at again, which costs a probe and skips nobody.)
+fn before(key: &str) -> String {
+    let mut k = key.to_owned();
+    k.pop();
+    k
+}
 
 pub struct DeliveryEngine {
     store: Arc<dyn Store>,
@@ -91,7 +103,10 @@ pub struct DeliveryEngine {
     config: DeliveryConfig,
     wake: Arc<Notify>,
     slots: Arc<Semaphore>,
-    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Deliveries in flight per queue in this process.
+    in_flight: Mutex<HashMap<String, u32>>,
+    /// Per-queue rate limiters, for endpoints that set a rate.
+    limiters: Mutex<HashMap<String, (NonZeroU32, Arc<DefaultDirectRateLimiter>)>>,
     tracker: TaskTracker,
     metrics: Arc<Metrics>,
     /// Opens the signing secrets each claim carries.
@@ -118,7 +133,8 @@ impl DeliveryEngine {
             slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
             config,
             wake,
-            hosts: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            limiters: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             metrics,
             secrets,
@@ -127,12 +143,19 @@ impl DeliveryEngine {
 
     /// Claims and delivers until `shutdown` fires, then drains: in-flight
     /// attempts finish and are recorded (bounded by the drain timeout).
+    ///
+    /// Each round walks the next queues (endpoints, or hosts for bare URLs)
+    /// after a round-robin cursor and claims from each due one only what its
+    /// in-flight cap, its rate limit and this process's free slots allow: a
+    /// busy queue is skipped, never claimed and given back, and one queue's
+    /// backlog never stands in front of another's.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         if !self.config.enabled {
             tracing::info!("delivery disabled on this replica");
             return;
         }
         let mut failures = 0u32;
+        let mut cursor = String::new();
         while !shutdown.is_cancelled() {
             // Claim in batches: while most slots are busy, wait for a quarter
             // of them to free up rather than claiming one row at a time.
@@ -145,14 +168,23 @@ impl DeliveryEngine {
                 }
                 continue;
             }
-            let want = (free as u32).min(self.config.batch_size);
-            match self.store.claim_due(want, self.config.lease()).await {
-                Ok(claims) => {
+            let from_start = cursor.is_empty();
+            let round = async {
+                let queues = self.store.due_queues(&cursor, QUEUES_PER_ROUND).await?;
+                let (quotas, next) = self.quotas(&queues, free.min(self.config.batch_size as usize));
+                let claims = self.store.claim_from(&quotas, self.config.lease()).await?;
+                Ok::<_, crate::error::Error>((claims, next))
+            };
+            match round.await {
+                Ok((claims, next)) => {
                     failures = 0;
-                    let full = claims.len() as u32 == want;
-                    self.start(claims).await;
-                    if full {
-                        continue; // more may be due right now
+                    let claimed = !claims.is_empty();
+                    self.start(claims);
+                    cursor = next.unwrap_or_default();
+                    // More may be due now: in the queues after the cursor, or
+                    // before it when this round started mid-ring.
+                    if claimed || !cursor.is_empty() || !from_start {
+                        continue;
                     }
                 }
                 Err(err) => {
@@ -178,48 +210,79 @@ impl DeliveryEngine {
         }
     }
 
-    async fn start(self: &Arc<Self>, claims: Vec<ClaimedDelivery>) {
-        let mut deferred = Vec::new();
-        for claim in claims {
-            let Some(host_permit) = self.host_permit(&claim.webhook_url) else {
-                deferred.push(claim);
+    /// How many deliveries to claim from each due queue, in ring order, with
+    /// `free` slots in all; and where the next round starts (`None`: from the
+    /// beginning of the ring).
+    fn quotas(&self, queues: &[DueQueue], free: usize) -> (Vec<(String, u32)>, Option<String>) {
+        let mut remaining = free as u32;
+        let mut out = Vec::new();
+        let in_flight = self.in_flight.lock().expect("queue state poisoned");
+        for q in queues {
+            if remaining == 0 {
+                // Out of slots: the next round starts at this queue.
+                return (out, Some(before(&q.key)));
+            }
+            if !q.due {
                 continue;
-            };
-            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-                deferred.push(claim);
-                continue;
-            };
-            let engine = self.clone();
-            self.tracker.spawn(async move {
-                engine.deliver(claim).await;
-                drop((slot, host_permit));
-            });
+            }
+            let cap = q.max_in_flight.unwrap_or(self.config.per_host_concurrency as u32);
+            let busy = in_flight.get(&q.key).copied().unwrap_or(0);
+            let mut quota = cap.saturating_sub(busy).min(remaining);
+            if let Some(rate) = q.rate_limit_per_second.and_then(NonZeroU32::new) {
+                quota = quota.min(rate.get());
+                if let Some(n) = NonZeroU32::new(quota)
+                    && !matches!(self.limiter(&q.key, rate).check_n(n), Ok(Ok(())))
+                {
+                    quota = 0;
+                }
+            }
+            if quota > 0 {
+                out.push((q.key.clone(), quota));
+                remaining -= quota;
+            }
         }
-        // Due again after a delay the store adds to its own clock.
-        if !deferred.is_empty()
-            && let Err(err) = self.store.release(&deferred, HOST_BUSY_DEFER).await
-        {
-            // Their leases will expire and they will be claimed again.
-            tracing::warn!(error = %err, "releasing deferred deliveries failed");
+        let next = if queues.len() < QUEUES_PER_ROUND as usize { None } else { queues.last().map(|q| q.key.clone()) };
+        (out, next)
+    }
+
+    /// The rate limiter of one queue, made (or remade) for `rate` per second.
+    fn limiter(&self, key: &str, rate: NonZeroU32) -> Arc<DefaultDirectRateLimiter> {
+        let mut limiters = self.limiters.lock().expect("rate limiters poisoned");
+        if limiters.len() > 10_000 {
+            limiters.clear();
+        }
+        match limiters.get(key) {
+            Some((r, l)) if *r == rate => l.clone(),
+            _ => {
+                let l = Arc::new(RateLimiter::direct(Quota::per_second(rate)));
+                limiters.insert(key.to_owned(), (rate, l.clone()));
+                l
+            }
         }
     }
 
-    fn host_permit(&self, url: &str) -> Option<OwnedSemaphorePermit> {
-        let key = url::Url::parse(url)
-            .ok()
-            .map(|u| format!("{}:{}", u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0)))
-            .unwrap_or_default();
-        let mut hosts = self.hosts.lock().expect("host map poisoned");
-        if hosts.len() > 10_000 {
-            // Forget idle hosts so the map does not grow without bound.
-            let cap = self.config.per_host_concurrency;
-            hosts.retain(|_, s| s.available_permits() < cap);
+    fn start(self: &Arc<Self>, claims: Vec<ClaimedDelivery>) {
+        for claim in claims {
+            // Quotas never exceed the free slots, so a slot is there.
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                tracing::warn!(request_id = %claim.request_id, "no free slot; the lease will bring it back");
+                continue;
+            };
+            *self.in_flight.lock().expect("queue state poisoned").entry(claim.queue_key.clone()).or_insert(0) += 1;
+            let engine = self.clone();
+            self.tracker.spawn(async move {
+                let key = claim.queue_key.clone();
+                engine.deliver(claim).await;
+                let mut in_flight = engine.in_flight.lock().expect("queue state poisoned");
+                if let Some(n) = in_flight.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        in_flight.remove(&key);
+                    }
+                }
+                drop(slot);
+            });
         }
-        let sem = hosts
-            .entry(key)
-            .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_host_concurrency.max(1))))
-            .clone();
-        sem.try_acquire_owned().ok()
     }
 
     /// The secrets that sign `claim` now (decrypted), and its time limit;

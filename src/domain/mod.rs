@@ -194,6 +194,19 @@ pub struct ClaimedDelivery {
     /// The signing secrets (the endpoint's, or the organization's for a bare
     /// URL), still encrypted.
     pub secrets: Option<SealedSecrets>,
+    /// The queue it was claimed from (see [`NewDelivery::queue_key`]).
+    pub queue_key: String,
+}
+
+/// A queue with pending deliveries, as the claimer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueQueue {
+    pub key: String,
+    /// Its oldest pending delivery is due now.
+    pub due: bool,
+    /// The endpoint's caps, when the queue is an endpoint's and sets them.
+    pub max_in_flight: Option<u32>,
+    pub rate_limit_per_second: Option<u32>,
 }
 
 /// What an endpoint adds to each of its deliveries.

@@ -180,6 +180,25 @@ pub struct NewDelivery {
     pub max_retries: u32,
 }
 
+impl NewDelivery {
+    /// The queue this delivery waits in: its endpoint's, or its host's for a
+    /// bare URL. Caps, rate limits and round-robin apply per queue.
+    pub fn queue_key(&self) -> String {
+        queue_key(self.endpoint_id, &self.webhook_url)
+    }
+}
+
+/// See [`NewDelivery::queue_key`].
+pub fn queue_key(endpoint_id: Option<Uuid>, url: &WebhookUrl) -> String {
+    match endpoint_id {
+        Some(e) => format!("e:{e}"),
+        None => {
+            let u = url.as_url();
+            format!("h:{}:{}", u.host_str().unwrap_or_default(), u.port_or_known_default().unwrap_or(0))
+        }
+    }
+}
+
 /// Parses an optional UUID field, recording a violation when it is malformed.
 pub(crate) fn parse_uuid(field: &str, raw: &str, violations: &mut Vec<FieldViolation>) -> Option<Uuid> {
     match Uuid::parse_str(raw) {

@@ -73,11 +73,11 @@ async fn insert(pool: &PgPool, jobs: Vec<Job>) {
     let result = sqlx::query_as::<_, (i64, Uuid)>(
         "INSERT INTO webhook_requests (request_id, organization_id, workspace_id, subscription_id, call_id, \
            assistant_id, webhook_url, webhook_type, body, metadata, max_retries, next_attempt_at, message_id, \
-           endpoint_id) \
-         SELECT r, o, w, s, c, a, u, t, b, m, x, now(), g, e \
+           endpoint_id, queue_key) \
+         SELECT r, o, w, s, c, a, u, t, b, m, x, now(), g, e, q \
          FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int8[], $6::int8[], $7::text[], \
-           $8::text[], $9::text[], $10::jsonb[], $11::int4[], $12::uuid[], $13::uuid[]) \
-           AS v(r, o, w, s, c, a, u, t, b, m, x, g, e) \
+           $8::text[], $9::text[], $10::jsonb[], $11::int4[], $12::uuid[], $13::uuid[], $14::text[]) \
+           AS v(r, o, w, s, c, a, u, t, b, m, x, g, e, q) \
          RETURNING id, request_id",
     )
     .bind(&cols.request_id)
@@ -93,6 +93,7 @@ async fn insert(pool: &PgPool, jobs: Vec<Job>) {
     .bind(&cols.max_retries)
     .bind(&cols.message_id)
     .bind(&cols.endpoint_id)
+    .bind(&cols.queue_key)
     .fetch_all(pool)
     .await;
     let rows = match result {
@@ -165,6 +166,7 @@ struct Columns {
     max_retries: Vec<i32>,
     message_id: Vec<Uuid>,
     endpoint_id: Vec<Option<Uuid>>,
+    queue_key: Vec<String>,
 }
 
 impl Columns {
@@ -183,10 +185,12 @@ impl Columns {
             max_retries: Vec::with_capacity(n),
             message_id: Vec::with_capacity(n),
             endpoint_id: Vec::with_capacity(n),
+            queue_key: Vec::with_capacity(n),
         }
     }
 
     fn push(&mut self, d: NewDelivery) {
+        self.queue_key.push(d.queue_key());
         self.request_id.push(d.request_id);
         self.organization_id.push(d.organization_id);
         self.workspace_id.push(d.workspace_id);

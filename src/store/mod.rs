@@ -41,7 +41,7 @@ use uuid::Uuid;
 
 use crate::auth::{ApiKeyRecord, NewApiKey};
 use crate::domain::{
-    AttemptRecord, ClaimedDelivery, Cursor, Dispatched, LogFilter, LogRecord, NewDelivery, NextStep, PurgeReport,
+    AttemptRecord, ClaimedDelivery, Cursor, Dispatched, DueQueue, LogFilter, LogRecord, NewDelivery, NextStep, PurgeReport,
 };
 use crate::error::Result;
 
@@ -165,8 +165,18 @@ pub trait Store: EndpointStore + Send + Sync + 'static {
         organization_id: Option<Uuid>,
     ) -> Result<Option<(LogRecord, Vec<AttemptRecord>)>>;
 
-    /// Claims up to `limit` due deliveries for `lease`: until it ends, no other
-    /// worker claims them; after it, they are due again.
+    /// Up to `max_queues` queues with pending deliveries whose keys follow
+    /// `after`, in key order (the claimer's round-robin cursor).
+    async fn due_queues(&self, after: &str, max_queues: u32) -> Result<Vec<DueQueue>>;
+
+    /// Claims from each queue up to its quota of due deliveries, oldest
+    /// first, for `lease`. Queues not named are not touched at all.
+    async fn claim_from(&self, quotas: &[(String, u32)], lease: Duration) -> Result<Vec<ClaimedDelivery>>;
+
+    /// Claims up to `limit` due deliveries for `lease`, oldest first across
+    /// every queue: until it ends, no other worker claims them; after it,
+    /// they are due again. (The engine claims per queue; this global order
+    /// serves tests and the benchmark's baseline.)
     async fn claim_due(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedDelivery>>;
 
     /// Records one attempt and the request's new state in one transaction.

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use super::{CallCursor, CallLogFilter, LogBatch, NewAttempt, QueueStats, Store, take_within_budget};
 use crate::auth::{ApiKeyRecord, KeyKind, NewApiKey};
 use crate::domain::{
-    AttemptRecord, ClaimedDelivery, Cursor, Dispatched, ExecutionStatus, LogFilter, LogRecord, NewDelivery, NextStep,
+    AttemptRecord, ClaimedDelivery, Cursor, Dispatched, DueQueue, ExecutionStatus, LogFilter, LogRecord, NewDelivery, NextStep,
     PurgeReport,
 };
 use crate::error::{Error, Result};
@@ -128,6 +128,54 @@ fn key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord> {
         created_at: time(row.try_get("created_at")?)?,
         revoked_at: opt_time(row.try_get("revoked_at")?)?,
     })
+}
+
+/// The rows claimed under `lease_id`, with their endpoint's settings and
+/// the secrets that sign them.
+async fn claimed_with(tx: &mut sqlx::SqliteConnection, lease_id: &str) -> Result<Vec<ClaimedDelivery>> {
+    let rows = sqlx::query(
+        "SELECT r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
+           r.attempt_count, r.max_retries, COALESCE(r.message_id, r.request_id) AS message_id, \
+           r.organization_id, r.endpoint_id, r.queue_key, e.headers AS endpoint_headers, e.policy AS endpoint_policy, \
+           CASE WHEN r.endpoint_id IS NULL THEN o.secret ELSE e.secret END AS secret, \
+           CASE WHEN r.endpoint_id IS NULL THEN o.previous_secret ELSE e.previous_secret END AS previous_secret, \
+           CASE WHEN r.endpoint_id IS NULL THEN o.previous_secret_expires_at \
+             ELSE e.previous_secret_expires_at END AS previous_secret_expires_at \
+         FROM webhook_requests r \
+         LEFT JOIN endpoints e ON e.endpoint_id = r.endpoint_id \
+         LEFT JOIN organization_secrets o ON r.endpoint_id IS NULL AND o.organization_id = r.organization_id \
+         WHERE r.lease_id = ? AND r.status = 'pending' ORDER BY r.next_attempt_at",
+    )
+    .bind(lease_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let endpoint_id: Option<String> = row.try_get("endpoint_id")?;
+            let until: Option<i64> = row.try_get("previous_secret_expires_at")?;
+            Ok(ClaimedDelivery {
+                log_id: row.try_get("id")?,
+                created_at: time(row.try_get("created_at")?)?,
+                request_id: uuid(row.try_get("request_id")?)?,
+                lease_id: uuid(row.try_get("lease_id")?)?,
+                webhook_url: row.try_get("webhook_url")?,
+                webhook_type: row.try_get("webhook_type")?,
+                body: row.try_get("body")?,
+                attempt_count: to_u32(row.try_get("attempt_count")?),
+                max_retries: to_u32(row.try_get("max_retries")?),
+                message_id: uuid(row.try_get("message_id")?)?,
+                organization_id: uuid(row.try_get("organization_id")?)?,
+                endpoint_id: endpoint_id.as_deref().map(uuid).transpose()?,
+                endpoint: super::endpoints::settings(row.try_get("endpoint_headers")?, row.try_get("endpoint_policy")?)?,
+                secrets: super::endpoints::sealed(
+                    row.try_get("secret")?,
+                    row.try_get("previous_secret")?,
+                    until.map(time).transpose()?,
+                ),
+                queue_key: row.try_get::<Option<String>, _>("queue_key")?.unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 impl SqliteStore {
@@ -238,8 +286,8 @@ impl Store for SqliteStore {
             let row = sqlx::query(
                 "INSERT INTO webhook_requests (request_id, organization_id, workspace_id, subscription_id, call_id, \
                    assistant_id, webhook_url, webhook_type, body, metadata, idempotency_key, max_retries, \
-                   next_attempt_at, created_at, updated_at, message_id, endpoint_id) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                   next_attempt_at, created_at, updated_at, message_id, endpoint_id, queue_key) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (organization_id, idempotency_key) DO NOTHING RETURNING id",
             )
             .bind(d.request_id.to_string())
@@ -259,6 +307,7 @@ impl Store for SqliteStore {
             .bind(now)
             .bind(d.message_id.to_string())
             .bind(d.endpoint_id.map(|u| u.to_string()))
+            .bind(d.queue_key())
             .fetch_optional(&mut *tx)
             .await?;
             match row {
@@ -361,14 +410,73 @@ impl Store for SqliteStore {
         Ok(Some((log, attempts)))
     }
 
+    async fn due_queues(&self, after: &str, max_queues: u32) -> Result<Vec<DueQueue>> {
+        // A loose index scan, as on Postgres: one probe per queue.
+        let rows = sqlx::query(
+            "WITH RECURSIVE keys(k, n) AS ( \
+               SELECT (SELECT queue_key FROM webhook_requests WHERE status = 'pending' AND queue_key > ? \
+                       ORDER BY queue_key LIMIT 1), 1 \
+               UNION ALL \
+               SELECT (SELECT queue_key FROM webhook_requests WHERE status = 'pending' AND queue_key > keys.k \
+                       ORDER BY queue_key LIMIT 1), keys.n + 1 FROM keys WHERE keys.k IS NOT NULL AND keys.n < ?) \
+             SELECT keys.k, \
+               (SELECT min(next_attempt_at) FROM webhook_requests WHERE status = 'pending' AND queue_key = keys.k) \
+                 <= ? AS due, \
+               json_extract(e.policy, '$.max_in_flight') AS max_in_flight, \
+               json_extract(e.policy, '$.rate_limit_per_second') AS rate_limit_per_second \
+             FROM keys LEFT JOIN endpoints e ON 'e:' || e.endpoint_id = keys.k \
+             WHERE keys.k IS NOT NULL ORDER BY keys.n",
+        )
+        .bind(after)
+        .bind(i64::from(max_queues))
+        .bind(micros(Utc::now()))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DueQueue {
+                    key: row.try_get("k")?,
+                    due: row.try_get("due")?,
+                    max_in_flight: row.try_get::<Option<i64>, _>("max_in_flight")?.map(|v| v.clamp(0, 1000) as u32),
+                    rate_limit_per_second: row
+                        .try_get::<Option<i64>, _>("rate_limit_per_second")?
+                        .map(|v| v.clamp(0, 10_000) as u32),
+                })
+            })
+            .collect()
+    }
+
+    async fn claim_from(&self, quotas: &[(String, u32)], lease: Duration) -> Result<Vec<ClaimedDelivery>> {
+        let now = Utc::now();
+        let until = micros(now) + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
+        let lease_id = Uuid::new_v4().to_string();
+        let mut tx = self.write.begin().await?;
+        for (key, quota) in quotas {
+            sqlx::query(
+                "UPDATE webhook_requests SET next_attempt_at = ?, lease_id = ? \
+                 WHERE id IN (SELECT id FROM webhook_requests WHERE status = 'pending' AND queue_key = ? \
+                              AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)",
+            )
+            .bind(until)
+            .bind(&lease_id)
+            .bind(key)
+            .bind(micros(now))
+            .bind(i64::from(*quota))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let claims = claimed_with(&mut tx, &lease_id).await?;
+        tx.commit().await?;
+        Ok(claims)
+    }
+
     async fn claim_due(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedDelivery>> {
         let now = Utc::now();
         let until = micros(now) + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
         let lease_id = Uuid::new_v4().to_string();
         // One writer: the UPDATE is atomic, so no two workers claim a row. The
-        // batch shares one lease ID, by which the second statement reads the
-        // claimed rows with their endpoint and secrets (SQLite's RETURNING
-        // cannot join).
+        // batch shares one lease ID, by which the claimed rows are then read
+        // with their endpoint and secrets (SQLite's RETURNING cannot join).
         let mut tx = self.write.begin().await?;
         sqlx::query(
             "UPDATE webhook_requests SET next_attempt_at = ?, lease_id = ? \
@@ -381,52 +489,9 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .execute(&mut *tx)
         .await?;
-        let rows = sqlx::query(
-            "SELECT r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
-               r.attempt_count, r.max_retries, COALESCE(r.message_id, r.request_id) AS message_id, \
-               r.organization_id, r.endpoint_id, e.headers AS endpoint_headers, e.policy AS endpoint_policy, \
-               CASE WHEN r.endpoint_id IS NULL THEN o.secret ELSE e.secret END AS secret, \
-               CASE WHEN r.endpoint_id IS NULL THEN o.previous_secret ELSE e.previous_secret END AS previous_secret, \
-               CASE WHEN r.endpoint_id IS NULL THEN o.previous_secret_expires_at \
-                 ELSE e.previous_secret_expires_at END AS previous_secret_expires_at \
-             FROM webhook_requests r \
-             LEFT JOIN endpoints e ON e.endpoint_id = r.endpoint_id \
-             LEFT JOIN organization_secrets o ON r.endpoint_id IS NULL AND o.organization_id = r.organization_id \
-             WHERE r.lease_id = ? AND r.status = 'pending' ORDER BY r.next_attempt_at",
-        )
-        .bind(&lease_id)
-        .fetch_all(&mut *tx)
-        .await?;
+        let claims = claimed_with(&mut tx, &lease_id).await?;
         tx.commit().await?;
-        rows.iter()
-            .map(|row| {
-                let endpoint_id: Option<String> = row.try_get("endpoint_id")?;
-                let until: Option<i64> = row.try_get("previous_secret_expires_at")?;
-                Ok(ClaimedDelivery {
-                    log_id: row.try_get("id")?,
-                    created_at: time(row.try_get("created_at")?)?,
-                    request_id: uuid(row.try_get("request_id")?)?,
-                    lease_id: uuid(row.try_get("lease_id")?)?,
-                    webhook_url: row.try_get("webhook_url")?,
-                    webhook_type: row.try_get("webhook_type")?,
-                    body: row.try_get("body")?,
-                    attempt_count: to_u32(row.try_get("attempt_count")?),
-                    max_retries: to_u32(row.try_get("max_retries")?),
-                    message_id: uuid(row.try_get("message_id")?)?,
-                    organization_id: uuid(row.try_get("organization_id")?)?,
-                    endpoint_id: endpoint_id.as_deref().map(uuid).transpose()?,
-                    endpoint: super::endpoints::settings(
-                        row.try_get("endpoint_headers")?,
-                        row.try_get("endpoint_policy")?,
-                    )?,
-                    secrets: super::endpoints::sealed(
-                        row.try_get("secret")?,
-                        row.try_get("previous_secret")?,
-                        until.map(time).transpose()?,
-                    ),
-                })
-            })
-            .collect()
+        Ok(claims)
     }
 
     async fn record_attempt(&self, claim: &ClaimedDelivery, a: &NewAttempt) -> Result<bool> {

@@ -15,7 +15,7 @@ use super::batch::InsertBatcher;
 use super::{CallCursor, CallLogFilter, LogBatch, NewAttempt, QueueStats, Store, take_within_budget};
 use crate::auth::{ApiKeyRecord, KeyKind, NewApiKey};
 use crate::domain::{
-    AttemptRecord, ClaimedDelivery, Cursor, Dispatched, ExecutionStatus, LogFilter, LogRecord, NewDelivery, NextStep,
+    AttemptRecord, ClaimedDelivery, Cursor, Dispatched, DueQueue, ExecutionStatus, LogFilter, LogRecord, NewDelivery, NextStep,
     PurgeReport,
 };
 use crate::error::{Error, Result};
@@ -43,9 +43,9 @@ pub mod sql {
                  ins AS ( \
                    INSERT INTO webhook_requests (id, request_id, organization_id, workspace_id, subscription_id, \
                      call_id, assistant_id, webhook_url, webhook_type, body, metadata, idempotency_key, \
-                     max_retries, next_attempt_at, message_id, endpoint_id) \
+                     max_retries, next_attempt_at, message_id, endpoint_id, queue_key) \
                    SELECT COALESCE((SELECT log_id FROM key), nextval('webhook_requests_log_id_seq')), \
-                     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now(), $13, $14 \
+                     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now(), $13, $14, $15 \
                    WHERE $11::text IS NULL OR EXISTS (SELECT 1 FROM key) \
                    RETURNING id) \
                  SELECT id FROM ins";
@@ -61,7 +61,53 @@ pub mod sql {
                        lease_id = gen_random_uuid() \
                    FROM due WHERE r.id = due.id AND r.created_at = due.created_at \
                    RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
-                             r.attempt_count, r.max_retries, r.message_id, r.organization_id, r.endpoint_id) \
+                             r.attempt_count, r.max_retries, r.message_id, r.organization_id, r.endpoint_id, \
+                             r.queue_key) \
+                 SELECT c.*, e.headers::text AS endpoint_headers, e.policy::text AS endpoint_policy, \
+                   CASE WHEN c.endpoint_id IS NULL THEN o.secret ELSE e.secret END AS secret, \
+                   CASE WHEN c.endpoint_id IS NULL THEN o.previous_secret ELSE e.previous_secret END \
+                     AS previous_secret, \
+                   CASE WHEN c.endpoint_id IS NULL THEN o.previous_secret_expires_at \
+                     ELSE e.previous_secret_expires_at END AS previous_secret_expires_at \
+                 FROM claimed c \
+                 LEFT JOIN endpoints e ON e.endpoint_id = c.endpoint_id \
+                 LEFT JOIN organization_secrets o ON c.endpoint_id IS NULL AND o.organization_id = c.organization_id";
+
+    /// The queues with pending deliveries after $1 in key order, at most $2,
+    /// each with whether its oldest delivery is due and its endpoint's caps.
+    /// One index probe per queue (a loose index scan), so the cost follows
+    /// the number of queues, never their backlogs.
+    pub const DUE_QUEUES: &str = "WITH RECURSIVE keys(k, due_at, n) AS ( \
+                   (SELECT queue_key, next_attempt_at, 1 FROM webhook_requests \
+                    WHERE status = 'pending' AND queue_key > $1 ORDER BY queue_key, next_attempt_at LIMIT 1) \
+                   UNION ALL \
+                   (SELECT nxt.queue_key, nxt.next_attempt_at, keys.n + 1 FROM keys \
+                    CROSS JOIN LATERAL (SELECT queue_key, next_attempt_at FROM webhook_requests \
+                      WHERE status = 'pending' AND queue_key > keys.k ORDER BY queue_key, next_attempt_at LIMIT 1) nxt \
+                    WHERE keys.n < $2)) \
+                 SELECT keys.k, keys.due_at <= now() AS due, \
+                   (e.policy->>'max_in_flight')::int4 AS max_in_flight, \
+                   (e.policy->>'rate_limit_per_second')::int4 AS rate_limit_per_second \
+                 FROM keys LEFT JOIN endpoints e \
+                   ON e.endpoint_id = CASE WHEN left(keys.k, 2) = 'e:' THEN substr(keys.k, 3)::uuid END \
+                 ORDER BY keys.n";
+
+    /// Claims, from each queue in $1, up to its quota in $2 of due deliveries,
+    /// oldest first, for a lease of $3 milliseconds; with each its endpoint's
+    /// settings and the secrets that sign it.
+    pub const CLAIM_FROM: &str = "WITH picked AS ( \
+                   SELECT r.id, r.created_at FROM unnest($1::text[], $2::int4[]) AS q(k, quota) \
+                   CROSS JOIN LATERAL (SELECT id, created_at FROM webhook_requests \
+                     WHERE status = 'pending' AND queue_key = q.k AND next_attempt_at <= now() \
+                     ORDER BY next_attempt_at LIMIT q.quota FOR UPDATE SKIP LOCKED) r), \
+                 claimed AS ( \
+                   UPDATE webhook_requests r \
+                   SET next_attempt_at = now() + make_interval(secs => $3::float8 / 1000), \
+                       lease_id = gen_random_uuid() \
+                   FROM picked WHERE r.id = picked.id AND r.created_at = picked.created_at \
+                   RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
+                             r.attempt_count, r.max_retries, r.message_id, r.organization_id, r.endpoint_id, \
+                             r.queue_key) \
                  SELECT c.*, e.headers::text AS endpoint_headers, e.policy::text AS endpoint_policy, \
                    CASE WHEN c.endpoint_id IS NULL THEN o.secret ELSE e.secret END AS secret, \
                    CASE WHEN c.endpoint_id IS NULL THEN o.previous_secret ELSE e.previous_secret END \
@@ -236,6 +282,7 @@ fn claim_from_row(row: &PgRow) -> Result<ClaimedDelivery> {
             row.try_get("previous_secret")?,
             row.try_get("previous_secret_expires_at")?,
         ),
+        queue_key: row.try_get::<Option<String>, _>("queue_key")?.unwrap_or_default(),
     })
 }
 
@@ -270,6 +317,7 @@ impl Store for PostgresStore {
             .bind(i32::try_from(d.max_retries).unwrap_or(i32::MAX))
             .bind(d.message_id)
             .bind(d.endpoint_id)
+            .bind(d.queue_key())
             .fetch_optional(&self.pool)
             .await?;
         if let Some(row) = row {
@@ -315,9 +363,9 @@ impl Store for PostgresStore {
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO webhook_requests (id, request_id, organization_id, workspace_id, subscription_id, \
                    call_id, assistant_id, webhook_url, webhook_type, body, metadata, idempotency_key, max_retries, \
-                   next_attempt_at, message_id, endpoint_id) \
+                   next_attempt_at, message_id, endpoint_id, queue_key) \
                  VALUES (COALESCE($1, nextval('webhook_requests_log_id_seq')), $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                   $11, $12, $13, now(), $14, $15) RETURNING id",
+                   $11, $12, $13, now(), $14, $15, $16) RETURNING id",
             )
             .bind(if i == 0 { first_id } else { None })
             .bind(d.request_id)
@@ -335,6 +383,7 @@ impl Store for PostgresStore {
             .bind(i32::try_from(d.max_retries).unwrap_or(i32::MAX))
             .bind(d.message_id)
             .bind(d.endpoint_id)
+            .bind(d.queue_key())
             .fetch_one(&mut *tx)
             .await?;
             log_ids.push(id);
@@ -443,6 +492,30 @@ impl Store for PostgresStore {
         let rows = sqlx::query(&sql).bind(log.log_id).bind(log.created_at).fetch_all(&self.pool).await?;
         let attempts = rows.iter().map(attempt_from_row).collect::<Result<_>>()?;
         Ok(Some((log, attempts)))
+    }
+
+    async fn due_queues(&self, after: &str, max_queues: u32) -> Result<Vec<DueQueue>> {
+        let rows = sqlx::query(sql::DUE_QUEUES).bind(after).bind(i32::try_from(max_queues).unwrap_or(i32::MAX)).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DueQueue {
+                    key: row.try_get("k")?,
+                    due: row.try_get("due")?,
+                    max_in_flight: row.try_get::<Option<i32>, _>("max_in_flight")?.map(|v| v.max(0) as u32),
+                    rate_limit_per_second: row.try_get::<Option<i32>, _>("rate_limit_per_second")?.map(|v| v.max(0) as u32),
+                })
+            })
+            .collect()
+    }
+
+    async fn claim_from(&self, quotas: &[(String, u32)], lease: Duration) -> Result<Vec<ClaimedDelivery>> {
+        if quotas.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&str> = quotas.iter().map(|(k, _)| k.as_str()).collect();
+        let counts: Vec<i32> = quotas.iter().map(|(_, q)| i32::try_from(*q).unwrap_or(i32::MAX)).collect();
+        let rows = sqlx::query(sql::CLAIM_FROM).bind(&keys).bind(&counts).bind(millis(lease)).fetch_all(&self.pool).await?;
+        rows.iter().map(claim_from_row).collect()
     }
 
     async fn claim_due(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedDelivery>> {
