@@ -23,6 +23,7 @@ mod conformance;
 mod delivery;
 mod dispatch;
 mod endpoints;
+mod fairness;
 mod hardening;
 mod helpers;
 mod list;
