@@ -13,15 +13,19 @@ const OPEN_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
 /// Statuses any route can return, whatever it does.
 const EVERY_ROUTE: &[(&str, &str)] = &[
     ("405", "The route does not take this method"),
-    ("414", "The request target is too long"),
     ("500", "An internal error"),
     ("503", "The store is unavailable"),
     ("504", "The request took longer than the request timeout"),
 ];
 
-/// Answered by the HTTP layer itself, without a body: a request head larger
-/// than the server buffers (128 KiB).
-const HEAD_TOO_LARGE: (&str, &str) = ("431", "The request's headers are too large (no body)");
+/// Statuses that may come without a body: a request target past 16 KiB is
+/// answered in JSON, but past 64 KiB the HTTP layer answers 414 itself, and a
+/// request head past its 128 KiB buffer gets 431, both with no body, so no
+/// content type is promised for them.
+const WITHOUT_BODY: &[(&str, &str)] = &[
+    ("414", "The request target is too long (JSON up to 64 KiB; longer ones get no body)"),
+    ("431", "The request's headers are too large (no body)"),
+];
 
 /// Statuses of the routes behind an API key.
 const AUTHENTICATED_ROUTES: &[(&str, &str)] = &[
@@ -72,11 +76,13 @@ impl Modify for ErrorResponses {
                 [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete].into_iter().flatten()
             {
                 add(operation, EVERY_ROUTE);
-                operation
-                    .responses
-                    .responses
-                    .entry(HEAD_TOO_LARGE.0.to_owned())
-                    .or_insert_with(|| RefOr::T(ResponseBuilder::new().description(HEAD_TOO_LARGE.1).build()));
+                for (status, description) in WITHOUT_BODY {
+                    operation
+                        .responses
+                        .responses
+                        .entry((*status).to_owned())
+                        .or_insert_with(|| RefOr::T(ResponseBuilder::new().description(*description).build()));
+                }
                 if !open {
                     add(operation, AUTHENTICATED_ROUTES);
                 }

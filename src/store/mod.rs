@@ -41,7 +41,8 @@ use uuid::Uuid;
 
 use crate::auth::{ApiKeyRecord, NewApiKey};
 use crate::domain::{
-    AttemptRecord, ClaimedDelivery, Cursor, Dispatched, DueQueue, LogFilter, LogRecord, NewDelivery, NextStep, PurgeReport,
+    AttemptRecord, ClaimedDelivery, Cursor, Dispatched, DueQueue, LogFilter, LogRecord, NewDelivery, NextStep,
+    PurgeReport,
 };
 use crate::error::Result;
 

@@ -24,8 +24,8 @@ use uuid::Uuid;
 use super::{CallCursor, CallLogFilter, LogBatch, NewAttempt, QueueStats, Store, take_within_budget};
 use crate::auth::{ApiKeyRecord, KeyKind, NewApiKey};
 use crate::domain::{
-    AttemptRecord, ClaimedDelivery, Cursor, Dispatched, DueQueue, ExecutionStatus, LogFilter, LogRecord, NewDelivery, NextStep,
-    PurgeReport,
+    AttemptRecord, ClaimedDelivery, Cursor, Dispatched, DueQueue, ExecutionStatus, LogFilter, LogRecord, NewDelivery,
+    NextStep, PurgeReport,
 };
 use crate::error::{Error, Result};
 
@@ -166,7 +166,10 @@ async fn claimed_with(tx: &mut sqlx::SqliteConnection, lease_id: &str) -> Result
                 message_id: uuid(row.try_get("message_id")?)?,
                 organization_id: uuid(row.try_get("organization_id")?)?,
                 endpoint_id: endpoint_id.as_deref().map(uuid).transpose()?,
-                endpoint: super::endpoints::settings(row.try_get("endpoint_headers")?, row.try_get("endpoint_policy")?)?,
+                endpoint: super::endpoints::settings(
+                    row.try_get("endpoint_headers")?,
+                    row.try_get("endpoint_policy")?,
+                )?,
                 secrets: super::endpoints::sealed(
                     row.try_get("secret")?,
                     row.try_get("previous_secret")?,

@@ -36,26 +36,41 @@ fn raw_object(body: &str) -> Option<&RawValue> {
 }
 
 pub struct DispatchResponse {
+    /// Empty when no endpoint subscribed (nothing was stored).
     request_id: String,
     log_id: i64,
     duplicate: bool,
+    message_id: String,
+    request_ids: Vec<String>,
 }
 
 impl DispatchResponse {
     pub fn new(d: &Dispatched) -> Self {
-        Self { request_id: d.request_id.to_string(), log_id: d.log_id, duplicate: d.duplicate }
+        Self {
+            request_id: if d.request_ids.is_empty() { String::new() } else { d.request_id.to_string() },
+            log_id: d.log_id,
+            duplicate: d.duplicate,
+            message_id: d.message_id.to_string(),
+            request_ids: d.request_ids.iter().map(ToString::to_string).collect(),
+        }
     }
 }
 
 impl Serialize for DispatchResponse {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(None)?;
-        m.serialize_entry("requestId", &self.request_id)?;
+        if !self.request_id.is_empty() {
+            m.serialize_entry("requestId", &self.request_id)?;
+        }
         if self.log_id != 0 {
             m.serialize_entry("logId", &self.log_id.to_string())?;
         }
         if self.duplicate {
             m.serialize_entry("duplicate", &true)?;
+        }
+        m.serialize_entry("messageId", &self.message_id)?;
+        if !self.request_ids.is_empty() {
+            m.serialize_entry("requestIds", &self.request_ids)?;
         }
         m.end()
     }

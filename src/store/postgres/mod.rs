@@ -15,8 +15,8 @@ use super::batch::InsertBatcher;
 use super::{CallCursor, CallLogFilter, LogBatch, NewAttempt, QueueStats, Store, take_within_budget};
 use crate::auth::{ApiKeyRecord, KeyKind, NewApiKey};
 use crate::domain::{
-    AttemptRecord, ClaimedDelivery, Cursor, Dispatched, DueQueue, ExecutionStatus, LogFilter, LogRecord, NewDelivery, NextStep,
-    PurgeReport,
+    AttemptRecord, ClaimedDelivery, Cursor, Dispatched, DueQueue, ExecutionStatus, LogFilter, LogRecord, NewDelivery,
+    NextStep, PurgeReport,
 };
 use crate::error::{Error, Result};
 
@@ -495,14 +495,20 @@ impl Store for PostgresStore {
     }
 
     async fn due_queues(&self, after: &str, max_queues: u32) -> Result<Vec<DueQueue>> {
-        let rows = sqlx::query(sql::DUE_QUEUES).bind(after).bind(i32::try_from(max_queues).unwrap_or(i32::MAX)).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(sql::DUE_QUEUES)
+            .bind(after)
+            .bind(i32::try_from(max_queues).unwrap_or(i32::MAX))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(DueQueue {
                     key: row.try_get("k")?,
                     due: row.try_get("due")?,
                     max_in_flight: row.try_get::<Option<i32>, _>("max_in_flight")?.map(|v| v.max(0) as u32),
-                    rate_limit_per_second: row.try_get::<Option<i32>, _>("rate_limit_per_second")?.map(|v| v.max(0) as u32),
+                    rate_limit_per_second: row
+                        .try_get::<Option<i32>, _>("rate_limit_per_second")?
+                        .map(|v| v.max(0) as u32),
                 })
             })
             .collect()
@@ -514,7 +520,8 @@ impl Store for PostgresStore {
         }
         let keys: Vec<&str> = quotas.iter().map(|(k, _)| k.as_str()).collect();
         let counts: Vec<i32> = quotas.iter().map(|(_, q)| i32::try_from(*q).unwrap_or(i32::MAX)).collect();
-        let rows = sqlx::query(sql::CLAIM_FROM).bind(&keys).bind(&counts).bind(millis(lease)).fetch_all(&self.pool).await?;
+        let rows =
+            sqlx::query(sql::CLAIM_FROM).bind(&keys).bind(&counts).bind(millis(lease)).fetch_all(&self.pool).await?;
         rows.iter().map(claim_from_row).collect()
     }
 
