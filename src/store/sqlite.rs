@@ -45,7 +45,8 @@ const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.worksp
      a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, a.response_truncated, \
      a.response_time_ms, a.error_category, a.error_message \
      FROM webhook_requests r \
-     LEFT JOIN webhook_attempts a ON a.request_pk = r.id AND a.attempt_number = r.attempt_count";
+     LEFT JOIN webhook_attempts a ON a.request_pk = r.id AND a.attempt_number = \
+       (SELECT max(la.attempt_number) FROM webhook_attempts la WHERE la.request_pk = r.id AND la.held)";
 
 const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
      response_truncated, response_time_ms, error_category, error_message";
@@ -521,7 +522,8 @@ impl Store for SqliteStore {
             return Ok(true);
         }
         let Some(row) = sqlx::query(
-            "SELECT attempt_count, (lease_id = ? AND status = 'pending') AS held FROM webhook_requests WHERE id = ?",
+            "SELECT attempt_count, max_retries, (lease_id = ? AND status = 'pending') AS held \
+             FROM webhook_requests WHERE id = ?",
         )
         .bind(claim.lease_id.to_string())
         .bind(claim.log_id)
@@ -532,6 +534,14 @@ impl Store for SqliteStore {
         };
         let number: i64 = row.try_get::<i64, _>("attempt_count")? + 1;
         let held: bool = row.try_get::<Option<bool>, _>("held")?.unwrap_or(false);
+        // Retry or fail is decided on the row as it is now: late attempts by
+        // a worker that lost its lease count toward max_retries too.
+        let (status, next_at) =
+            if status == ExecutionStatus::Pending && number > row.try_get::<i64, _>("max_retries")? {
+                (ExecutionStatus::Failed, None)
+            } else {
+                (status, next_at)
+            };
         let now = micros(Utc::now());
         if held {
             sqlx::query(
@@ -555,8 +565,8 @@ impl Store for SqliteStore {
         }
         sqlx::query(
             "INSERT INTO webhook_attempts (request_pk, attempt_number, attempted_at, success, status_code, \
-               response_body, response_truncated, response_time_ms, error_category, error_message, lease_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               response_body, response_truncated, response_time_ms, error_category, error_message, lease_id, held) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(claim.log_id)
         .bind(number)
@@ -569,6 +579,7 @@ impl Store for SqliteStore {
         .bind(a.error_category)
         .bind(&a.error_message)
         .bind(claim.lease_id.to_string())
+        .bind(held)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

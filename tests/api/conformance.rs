@@ -236,7 +236,59 @@ async fn a_claim_records_at_most_one_attempt(backend: Backend) {
     assert_eq!(log.status, ExecutionStatus::Pending, "the late attempt does not settle what B scheduled");
 }
 
+/// The lost-lease scenario: A's lease runs out, B claims and settles, then
+/// A's late attempt arrives. The log's status and latest attempt stay B's.
+async fn a_late_attempt_neither_becomes_the_latest_nor_changes_the_status(backend: Backend) {
+    let store = store(backend).await;
+    let d = store.insert_delivery(&delivery(Uuid::new_v4(), |_| {})).await.unwrap();
+    let a = store.claim_due(1, Duration::from_millis(200)).await.unwrap().pop().unwrap();
+    let b = eventually(Duration::from_secs(5), "the lease to expire", || {
+        let store = store.clone();
+        async move { store.claim_due(1, Duration::from_secs(30)).await.unwrap().pop() }
+    })
+    .await;
+    assert!(store.record_attempt(&b, &settled(NextStep::Succeeded)).await.unwrap());
+    let mut late = settled(NextStep::Failed);
+    late.error_message = Some("A's late failure".into());
+    assert!(!store.record_attempt(&a, &late).await.unwrap());
+    let (log, attempts) = store.log_details(d.request_id, None).await.unwrap().unwrap();
+    assert_eq!(attempts.len(), 2, "the late attempt happened and is kept");
+    assert_eq!(log.status, ExecutionStatus::Succeeded);
+    let latest = log.last_attempt.unwrap();
+    assert!(latest.success && latest.error_message.is_none(), "the latest attempt agrees with the status: {latest:?}");
+    // Listings agree with details.
+    let filter = LogFilter { organization_id: Some(d_org(&store, d.request_id).await), ..Default::default() };
+    let listed = store.list_logs(&filter, None, 10, usize::MAX).await.unwrap().logs.pop().unwrap();
+    assert!(listed.last_attempt.unwrap().success);
+}
+
+async fn d_org(store: &Arc<dyn Store>, request_id: Uuid) -> Uuid {
+    store.log_details(request_id, None).await.unwrap().unwrap().0.organization_id
+}
+
+/// Retry or fail is decided on the locked row: with max_retries 1, a late
+/// attempt by a lost lease counts, and B's retry becomes a failure rather
+/// than a third attempt.
+async fn no_more_than_max_retries_plus_one_attempts_even_with_a_lost_lease(backend: Backend) {
+    let store = store(backend).await;
+    let d = store.insert_delivery(&delivery(Uuid::new_v4(), |i| i.max_retries = Some(1))).await.unwrap();
+    let a = store.claim_due(1, Duration::from_millis(200)).await.unwrap().pop().unwrap();
+    let b = eventually(Duration::from_secs(5), "the lease to expire", || {
+        let store = store.clone();
+        async move { store.claim_due(1, Duration::from_secs(30)).await.unwrap().pop() }
+    })
+    .await;
+    assert!(!store.record_attempt(&a, &settled(NextStep::Failed)).await.unwrap());
+    // B read attempt_count 0 when it claimed, so the engine asks for a retry.
+    assert!(store.record_attempt(&b, &settled(NextStep::RetryAfter(Duration::ZERO))).await.unwrap());
+    let (log, attempts) = store.log_details(d.request_id, None).await.unwrap().unwrap();
+    assert_eq!((log.status, attempts.len()), (ExecutionStatus::Failed, 2));
+    assert!(store.claim_due(10, Duration::from_secs(30)).await.unwrap().is_empty(), "nothing left to attempt");
+}
+
 on_both_stores!(
+    a_late_attempt_neither_becomes_the_latest_nor_changes_the_status,
+    no_more_than_max_retries_plus_one_attempts_even_with_a_lost_lease,
     a_claim_records_at_most_one_attempt,
     idempotency_under_concurrent_duplicates,
     keyset_paging_with_every_filter,

@@ -31,7 +31,7 @@ pub mod sql {
          a.response_truncated, a.response_time_ms, a.error_category, a.error_message \
          FROM webhook_requests r \
          LEFT JOIN LATERAL (SELECT * FROM webhook_attempts la \
-             WHERE la.request_pk = r.id AND la.request_created_at = r.created_at \
+             WHERE la.request_pk = r.id AND la.request_created_at = r.created_at AND la.held \
              ORDER BY la.attempt_number DESC LIMIT 1) a ON true";
 
     /// Dispatch: the idempotency key row (if any) and the request, one statement.
@@ -120,28 +120,36 @@ pub mod sql {
 
     /// Records one attempt and the request's new state, one statement. A
     /// claim records at most one attempt: if this lease's attempt is already
-    /// there (the reply to an earlier try was lost), nothing changes.
+    /// there (the reply to an earlier try was lost), nothing changes. Retry or
+    /// fail is decided on the locked row: a retry past max_retries (counting
+    /// late attempts) fails. A late attempt (lease lost) is kept, marked not
+    /// held, and changes neither the status nor the log's latest attempt.
     pub const RECORD_ATTEMPT: &str = "WITH old AS ( \
-                   SELECT id, attempt_count, COALESCE(lease_id = $2 AND status = 'pending', false) AS held \
+                   SELECT id, attempt_count, max_retries, \
+                     COALESCE(lease_id = $2 AND status = 'pending', false) AS held \
                    FROM webhook_requests WHERE id = $1 AND created_at = $13 \
                      AND NOT EXISTS (SELECT 1 FROM webhook_attempts \
                        WHERE request_pk = $1 AND lease_id = $2 AND request_created_at = $13) \
                    FOR UPDATE), \
+                 dec AS ( \
+                   SELECT old.*, CASE WHEN NOT old.held THEN NULL \
+                     WHEN $3 = 'pending' AND old.attempt_count + 1 > old.max_retries THEN 'failed' \
+                     ELSE $3 END AS new_status FROM old), \
                  upd AS ( \
                    UPDATE webhook_requests r SET \
-                     attempt_count = old.attempt_count + 1, \
-                     status = CASE WHEN old.held THEN $3 ELSE r.status END, \
-                     next_attempt_at = CASE WHEN old.held \
-                       THEN now() + make_interval(secs => $4::float8 / 1000) ELSE r.next_attempt_at END, \
-                     lease_id = CASE WHEN old.held THEN NULL ELSE r.lease_id END, \
+                     attempt_count = dec.attempt_count + 1, \
+                     status = COALESCE(dec.new_status, r.status), \
+                     next_attempt_at = CASE WHEN NOT dec.held THEN r.next_attempt_at \
+                       WHEN dec.new_status = 'pending' THEN now() + make_interval(secs => $4::float8 / 1000) END, \
+                     lease_id = CASE WHEN dec.held THEN NULL ELSE r.lease_id END, \
                      updated_at = now() \
-                   FROM old WHERE r.id = old.id AND r.created_at = $13 \
-                   RETURNING r.id, r.created_at, r.attempt_count), \
+                   FROM dec WHERE r.id = dec.id AND r.created_at = $13 \
+                   RETURNING r.id, r.created_at, r.attempt_count, dec.held), \
                  ins AS ( \
                    INSERT INTO webhook_attempts (request_pk, request_created_at, attempt_number, attempted_at, \
                      success, status_code, response_body, response_truncated, response_time_ms, error_category, \
-                     error_message, lease_id) \
-                   SELECT id, created_at, attempt_count, $5, $6, $7, $8, $9, $10, $11, $12, $2 FROM upd) \
+                     error_message, lease_id, held) \
+                   SELECT id, created_at, attempt_count, $5, $6, $7, $8, $9, $10, $11, $12, $2, held FROM upd) \
                  SELECT COALESCE((SELECT held FROM old), EXISTS (SELECT 1 FROM webhook_attempts \
                    WHERE request_pk = $1 AND lease_id = $2 AND request_created_at = $13)) AS held";
 }
