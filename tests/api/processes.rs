@@ -279,7 +279,7 @@ async fn reading_large_logs_costs_memory_in_proportion_to_what_is_sent() {
     let mut client = server.client(&key).await;
     let org = Uuid::new_v4();
     let blob = "x".repeat(250_000);
-    for i in 0..100 {
+    for i in 0..200 {
         let mut req = dispatch_to("http://127.0.0.1:9/hook", org);
         req.call_id = Some(7);
         req.payload = Some(hookpost::grpc::json_to_struct(
@@ -320,20 +320,21 @@ async fn reading_large_logs_costs_memory_in_proportion_to_what_is_sent() {
             None => break,
         }
     }
-    assert_eq!(seen, 100);
+    assert_eq!(seen, 200);
 
-    // The per-call route answers every log of the call (25 MB), streamed a
-    // chunk at a time rather than held whole.
+    // The per-call route answers every log of the call (50 MB), streamed a
+    // chunk at a time: the server's growth is bounded by a few chunks (2 MiB
+    // of bodies each, plus allocator slack), whatever the call's size.
     let (growth, sent) = peak_growth(server.child.id(), async {
         let body = get(format!("{base}/api/v1/calls/7/webhook-logs")).await;
         let logs: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
-        assert_eq!(logs.len(), 100);
+        assert_eq!(logs.len(), 200);
         body.len()
     })
     .await;
     eprintln!("per-call route: {sent} bytes sent, peak growth {growth} bytes");
-    assert!(sent > 25_000_000);
-    assert!(growth < sent as u64 / 2, "streaming {sent} bytes grew the server by {growth} bytes");
+    assert!(sent > 50_000_000);
+    assert!(growth < 24 << 20, "streaming {sent} bytes grew the server by {growth} bytes");
     drop(client);
     server.terminate().await;
 }
