@@ -46,7 +46,25 @@ fn may_act_for(who: &Principal, organization_id: Uuid) -> bool {
     who.organization().is_none_or(|own| own == organization_id)
 }
 
+/// When a rotated-out secret stops signing, for a requested grace period.
+fn grace_until(grace: Option<Duration>) -> Result<DateTime<Utc>> {
+    let grace = grace.unwrap_or(DEFAULT_GRACE);
+    if grace > MAX_GRACE {
+        return Err(Error::invalid("grace_period", "must be at most 7 days"));
+    }
+    Ok(Utc::now() + chrono::TimeDelta::from_std(grace).map_err(|e| Error::internal(e.into()))?)
+}
+
 impl WebhookService {
+    /// A new signing secret for `owner` (an endpoint or an organization):
+    /// its `whsec_` form, and that sealed for the store, bound to the owner so
+    /// it cannot be moved to another row.
+    fn new_secret(&self, owner: Uuid) -> (String, Vec<u8>) {
+        let secret = SigningSecret::generate().expose();
+        let sealed = self.secrets.encrypt(secret.as_bytes(), owner.as_bytes());
+        (secret, sealed)
+    }
+
     /// Registers an endpoint; answers it with its new secret (shown once).
     pub async fn create_endpoint(
         &self,
@@ -63,16 +81,10 @@ impl WebhookService {
         }
         let spec = EndpointSpec::parse(input, &self.limits)?;
         let endpoint_id = Uuid::new_v4();
-        let secret = SigningSecret::generate();
-        let new = NewEndpoint {
-            endpoint_id,
-            organization_id,
-            workspace_id,
-            spec,
-            secret: self.secrets.encrypt(secret.expose().as_bytes(), endpoint_id.as_bytes()),
-        };
+        let (secret, sealed) = self.new_secret(endpoint_id);
+        let new = NewEndpoint { endpoint_id, organization_id, workspace_id, spec, secret: sealed };
         let endpoint = self.store.insert_endpoint(&new, self.limits.max_endpoints_per_organization).await?;
-        Ok((endpoint, secret.expose()))
+        Ok((endpoint, secret))
     }
 
     pub async fn get_endpoint(&self, who: &Principal, r: EndpointRef) -> Result<Endpoint> {
@@ -159,16 +171,11 @@ impl WebhookService {
         r: EndpointRef,
         grace: Option<Duration>,
     ) -> Result<(String, DateTime<Utc>)> {
-        let grace = grace.unwrap_or(DEFAULT_GRACE);
-        if grace > MAX_GRACE {
-            return Err(Error::invalid("grace_period", "must be at most 7 days"));
-        }
+        let until = grace_until(grace)?;
         self.get_endpoint(who, r).await?;
-        let secret = SigningSecret::generate();
-        let ciphertext = self.secrets.encrypt(secret.expose().as_bytes(), r.endpoint_id.as_bytes());
-        let until = Utc::now() + chrono::TimeDelta::from_std(grace).map_err(|e| Error::internal(e.into()))?;
-        match self.store.rotate_endpoint_secret(r.organization_id, r.endpoint_id, &ciphertext, until).await? {
-            true => Ok((secret.expose(), until)),
+        let (secret, sealed) = self.new_secret(r.endpoint_id);
+        match self.store.rotate_endpoint_secret(r.organization_id, r.endpoint_id, &sealed, until).await? {
+            true => Ok((secret, until)),
             false => Err(not_found(r.endpoint_id)),
         }
     }
@@ -179,8 +186,7 @@ impl WebhookService {
         if known(&self.signed_organizations.lock().expect("organization set poisoned")) {
             return Ok(());
         }
-        let secret = SigningSecret::generate();
-        let sealed = self.secrets.encrypt(secret.expose().as_bytes(), organization_id.as_bytes());
+        let (_, sealed) = self.new_secret(organization_id);
         self.store.ensure_organization_secret(organization_id, &sealed).await?;
         let mut set = self.signed_organizations.lock().expect("organization set poisoned");
         if set.len() >= 100_000 {
@@ -215,16 +221,11 @@ impl WebhookService {
         organization_id: Uuid,
         grace: Option<Duration>,
     ) -> Result<(String, DateTime<Utc>)> {
-        let grace = grace.unwrap_or(DEFAULT_GRACE);
-        if grace > MAX_GRACE {
-            return Err(Error::invalid("grace_period", "must be at most 7 days"));
-        }
+        let until = grace_until(grace)?;
         // Checks the caller's organization and creates a first secret if needed.
         self.organization_secret(who, organization_id).await?;
-        let secret = SigningSecret::generate();
-        let sealed = self.secrets.encrypt(secret.expose().as_bytes(), organization_id.as_bytes());
-        let until = Utc::now() + chrono::TimeDelta::from_std(grace).map_err(|e| Error::internal(e.into()))?;
+        let (secret, sealed) = self.new_secret(organization_id);
         self.store.rotate_organization_secret(organization_id, &sealed, until).await?;
-        Ok((secret.expose(), until))
+        Ok((secret, until))
     }
 }

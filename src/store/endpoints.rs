@@ -132,6 +132,22 @@ pub(crate) fn sealed(
     current.map(|current| StoredSecrets { current, previous: previous.zip(until) })
 }
 
+/// The secret columns (`secret`, `previous_secret`,
+/// `previous_secret_expires_at`) of an endpoint or organization row.
+fn pg_secrets(row: &sqlx::postgres::PgRow) -> Result<StoredSecrets> {
+    let previous: Option<Vec<u8>> = row.try_get("previous_secret")?;
+    let until: Option<DateTime<Utc>> = row.try_get("previous_secret_expires_at")?;
+    Ok(StoredSecrets { current: row.try_get("secret")?, previous: previous.zip(until) })
+}
+
+/// As [`pg_secrets`], for the embedded store's columns.
+fn sqlite_secrets(row: &sqlx::sqlite::SqliteRow) -> Result<StoredSecrets> {
+    let previous: Option<Vec<u8>> = row.try_get("previous_secret")?;
+    let until: Option<i64> = row.try_get("previous_secret_expires_at")?;
+    let until = until.map(super::sqlite::time).transpose()?;
+    Ok(StoredSecrets { current: row.try_get("secret")?, previous: previous.zip(until) })
+}
+
 const PG_COLUMNS: &str = "id, endpoint_id, organization_id, workspace_id, url, description, event_types::text AS event_types, \
      disabled, headers::text AS headers, policy::text AS policy, created_at, updated_at";
 
@@ -268,10 +284,7 @@ impl EndpointStore for PostgresStore {
         .bind(organization_id)
         .fetch_optional(self.pool())
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let previous: Option<Vec<u8>> = row.try_get("previous_secret")?;
-        let until: Option<DateTime<Utc>> = row.try_get("previous_secret_expires_at")?;
-        Ok(Some(StoredSecrets { current: row.try_get("secret")?, previous: previous.zip(until) }))
+        row.as_ref().map(pg_secrets).transpose()
     }
 
     async fn rotate_endpoint_secret(
@@ -313,10 +326,7 @@ impl EndpointStore for PostgresStore {
         .bind(organization_id)
         .fetch_optional(self.pool())
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let previous: Option<Vec<u8>> = row.try_get("previous_secret")?;
-        let until: Option<DateTime<Utc>> = row.try_get("previous_secret_expires_at")?;
-        Ok(Some(StoredSecrets { current: row.try_get("secret")?, previous: previous.zip(until) }))
+        row.as_ref().map(pg_secrets).transpose()
     }
 
     async fn rotate_organization_secret(
@@ -484,11 +494,7 @@ impl EndpointStore for SqliteStore {
         .bind(organization_id.to_string())
         .fetch_optional(self.reader())
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let previous: Option<Vec<u8>> = row.try_get("previous_secret")?;
-        let until: Option<i64> = row.try_get("previous_secret_expires_at")?;
-        let until = until.map(super::sqlite::time).transpose()?;
-        Ok(Some(StoredSecrets { current: row.try_get("secret")?, previous: previous.zip(until) }))
+        row.as_ref().map(sqlite_secrets).transpose()
     }
 
     async fn rotate_endpoint_secret(
@@ -535,11 +541,7 @@ impl EndpointStore for SqliteStore {
         .bind(organization_id.to_string())
         .fetch_optional(self.reader())
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let previous: Option<Vec<u8>> = row.try_get("previous_secret")?;
-        let until: Option<i64> = row.try_get("previous_secret_expires_at")?;
-        let until = until.map(super::sqlite::time).transpose()?;
-        Ok(Some(StoredSecrets { current: row.try_get("secret")?, previous: previous.zip(until) }))
+        row.as_ref().map(sqlite_secrets).transpose()
     }
 
     async fn rotate_organization_secret(

@@ -23,6 +23,26 @@ use crate::error::{Error, Result};
 /// The statements behind the store's hot paths, public so that the
 /// benchmark's pgbench baselines run exactly the same SQL.
 pub mod sql {
+    /// The end of both claim statements (after `UPDATE … FROM <picked rows>`):
+    /// what a claim returns, with its endpoint's settings and the secrets
+    /// that sign it.
+    macro_rules! claimed_with {
+        () => {
+            "RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
+                       r.attempt_count, r.max_retries, r.message_id, r.organization_id, r.endpoint_id, \
+                       r.queue_key) \
+             SELECT c.*, e.headers::text AS endpoint_headers, e.policy::text AS endpoint_policy, \
+               CASE WHEN c.endpoint_id IS NULL THEN o.secret ELSE e.secret END AS secret, \
+               CASE WHEN c.endpoint_id IS NULL THEN o.previous_secret ELSE e.previous_secret END \
+                 AS previous_secret, \
+               CASE WHEN c.endpoint_id IS NULL THEN o.previous_secret_expires_at \
+                 ELSE e.previous_secret_expires_at END AS previous_secret_expires_at \
+             FROM claimed c \
+             LEFT JOIN endpoints e ON e.endpoint_id = c.endpoint_id \
+             LEFT JOIN organization_secrets o ON c.endpoint_id IS NULL AND o.organization_id = c.organization_id"
+        };
+    }
+
     /// The columns of a log listing: the request and its latest attempt (`a`).
     pub const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
          r.call_id, r.assistant_id, r.webhook_url, r.webhook_type, r.body, r.metadata, r.status, \
@@ -51,7 +71,8 @@ pub mod sql {
                  SELECT id FROM ins";
 
     /// Claims up to $1 due deliveries for a lease of $2 milliseconds.
-    pub const CLAIM_DUE: &str = "WITH due AS ( \
+    pub const CLAIM_DUE: &str = concat!(
+        "WITH due AS ( \
                    SELECT id, created_at FROM webhook_requests \
                    WHERE status = 'pending' AND next_attempt_at <= now() \
                    ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
@@ -60,18 +81,9 @@ pub mod sql {
                    SET next_attempt_at = now() + make_interval(secs => $2::float8 / 1000), \
                        lease_id = gen_random_uuid() \
                    FROM due WHERE r.id = due.id AND r.created_at = due.created_at \
-                   RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
-                             r.attempt_count, r.max_retries, r.message_id, r.organization_id, r.endpoint_id, \
-                             r.queue_key) \
-                 SELECT c.*, e.headers::text AS endpoint_headers, e.policy::text AS endpoint_policy, \
-                   CASE WHEN c.endpoint_id IS NULL THEN o.secret ELSE e.secret END AS secret, \
-                   CASE WHEN c.endpoint_id IS NULL THEN o.previous_secret ELSE e.previous_secret END \
-                     AS previous_secret, \
-                   CASE WHEN c.endpoint_id IS NULL THEN o.previous_secret_expires_at \
-                     ELSE e.previous_secret_expires_at END AS previous_secret_expires_at \
-                 FROM claimed c \
-                 LEFT JOIN endpoints e ON e.endpoint_id = c.endpoint_id \
-                 LEFT JOIN organization_secrets o ON c.endpoint_id IS NULL AND o.organization_id = c.organization_id";
+                   ",
+        claimed_with!()
+    );
 
     /// The queues with pending deliveries after $1 in key order, at most $2,
     /// each with whether its oldest delivery is due and its endpoint's caps.
@@ -95,7 +107,8 @@ pub mod sql {
     /// Claims, from each queue in $1, up to its quota in $2 of due deliveries,
     /// oldest first, for a lease of $3 milliseconds; with each its endpoint's
     /// settings and the secrets that sign it.
-    pub const CLAIM_FROM: &str = "WITH picked AS ( \
+    pub const CLAIM_FROM: &str = concat!(
+        "WITH picked AS ( \
                    SELECT r.id, r.created_at FROM unnest($1::text[], $2::int4[]) AS q(k, quota) \
                    CROSS JOIN LATERAL (SELECT id, created_at FROM webhook_requests \
                      WHERE status = 'pending' AND queue_key = q.k AND next_attempt_at <= now() \
@@ -105,18 +118,9 @@ pub mod sql {
                    SET next_attempt_at = now() + make_interval(secs => $3::float8 / 1000), \
                        lease_id = gen_random_uuid() \
                    FROM picked WHERE r.id = picked.id AND r.created_at = picked.created_at \
-                   RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
-                             r.attempt_count, r.max_retries, r.message_id, r.organization_id, r.endpoint_id, \
-                             r.queue_key) \
-                 SELECT c.*, e.headers::text AS endpoint_headers, e.policy::text AS endpoint_policy, \
-                   CASE WHEN c.endpoint_id IS NULL THEN o.secret ELSE e.secret END AS secret, \
-                   CASE WHEN c.endpoint_id IS NULL THEN o.previous_secret ELSE e.previous_secret END \
-                     AS previous_secret, \
-                   CASE WHEN c.endpoint_id IS NULL THEN o.previous_secret_expires_at \
-                     ELSE e.previous_secret_expires_at END AS previous_secret_expires_at \
-                 FROM claimed c \
-                 LEFT JOIN endpoints e ON e.endpoint_id = c.endpoint_id \
-                 LEFT JOIN organization_secrets o ON c.endpoint_id IS NULL AND o.organization_id = c.organization_id";
+                   ",
+        claimed_with!()
+    );
 
     /// Records one attempt and the request's new state, one statement. A
     /// claim records at most one attempt: if this lease's attempt is already
