@@ -6,6 +6,7 @@
 mod batch;
 pub mod endpoints;
 pub mod postgres;
+mod record_batch;
 mod sqlite;
 
 pub use endpoints::{EndpointStore, NewEndpoint, StoredSecrets};
