@@ -108,9 +108,67 @@ pub fn pgbench_dispatch(db_url: &str, clients: u32, seconds: u64, dir: &Path) ->
             "NULL::jsonb",
             "NULL::text",
             "3",
+            "gen_random_uuid()",
+            "NULL::uuid",
+            "'h:127.0.0.1:9'",
         ],
     );
     Ok(pgbench(db_url, &format!("{stmt};\n"), clients, seconds, None, dir)?.tps)
+}
+
+/// Dispatch's group-commit statement, read from `src/store/batch.rs` at
+/// build time so that the baseline cannot drift from it (it is a literal
+/// there, not in `sql`).
+pub fn batched_insert_sql() -> anyhow::Result<String> {
+    const SOURCE: &str = include_str!("../../store/batch.rs");
+    let start = SOURCE.find("\"INSERT INTO webhook_requests").context("batched INSERT not found in batch.rs")? + 1;
+    let len = SOURCE[start..].find('"').context("unterminated batched INSERT in batch.rs")?;
+    // Rust string continuations: a backslash, the newline and the next
+    // line's indentation disappear.
+    let mut out = String::new();
+    let mut lines = SOURCE[start..start + len].split('\n');
+    if let Some(first) = lines.next() {
+        out.push_str(first.trim_end_matches('\\'));
+    }
+    for l in lines {
+        out.push_str(l.trim_start().trim_end_matches('\\'));
+    }
+    Ok(out)
+}
+
+/// pgbench running Dispatch's batched statement with `batch` rows per
+/// statement (one commit each); returns rows/s. The arrays are built in the
+/// statement instead of bound, the same values as `pgbench_dispatch`.
+pub fn pgbench_dispatch_batched(
+    db_url: &str,
+    clients: u32,
+    batch: usize,
+    seconds: u64,
+    dir: &Path,
+) -> anyhow::Result<f64> {
+    let body = format!("'{}'", serde_json::Value::Object(payload_1k()).to_string().replace('\'', "''"));
+    let fill = |v: &str, t: &str| format!("array_fill({v}::{t}, ARRAY[{batch}])");
+    let uuids = format!("ARRAY(SELECT gen_random_uuid() FROM generate_series(1, {batch}))");
+    let stmt = substitute(
+        &batched_insert_sql()?,
+        &[
+            &uuids,
+            &uuids,
+            &fill("NULL", "uuid"),
+            &fill("NULL", "uuid"),
+            &fill("NULL", "int8"),
+            &fill("NULL", "int8"),
+            &fill("'http://127.0.0.1:9/hook'", "text"),
+            &fill("'call_ended'", "text"),
+            &fill(&body, "text"),
+            &fill("NULL", "jsonb"),
+            &fill("3", "int4"),
+            &uuids,
+            &fill("NULL", "uuid"),
+            &fill("'h:127.0.0.1:9'", "text"),
+        ],
+    );
+    Ok(pgbench(db_url, &format!("{stmt};\n"), clients, seconds, None, dir)?.tps * batch as f64)
 }
 
 /// The bare HTTP baseline: one reqwest client posting `n` bodies.
@@ -142,6 +200,7 @@ pub struct DeliverRound {
     pub dispatch_per_s: f64,
     pub commits_per_wal_sync: f64,
     pub new_connections_per_delivery: f64,
+    pub rows_per_commit: f64,
 }
 
 /// Seeds `n` pending webhooks through an API-only replica (timing that as
@@ -197,6 +256,7 @@ pub async fn deliver_round(
         deliveries_per_s,
         dispatch_per_s,
         commits_per_wal_sync: (c1 - c0) as f64 / ((s1 - s0).max(1)) as f64,
+        rows_per_commit: n as f64 / ((c1 - c0).max(1)) as f64,
         new_connections_per_delivery: (receiver.connections.load(Ordering::Relaxed) - conns_before) as f64 / n as f64,
     })
 }
@@ -210,15 +270,18 @@ pub async fn pgbench_deliver_sql(db_url: &str, clients: u32, seconds: u64, dir: 
     // Enough due rows for the whole run.
     sqlx::query(&format!(
         "INSERT INTO webhook_requests (request_id, organization_id, webhook_url, webhook_type, body, max_retries, \
-           next_attempt_at) \
-         SELECT gen_random_uuid(), gen_random_uuid(), 'http://127.0.0.1:9/hook', 'call_ended', '{}', 3, now() \
+           next_attempt_at, message_id, queue_key) \
+         SELECT gen_random_uuid(), gen_random_uuid(), 'http://127.0.0.1:9/hook', 'call_ended', '{}', 3, now(), \
+           gen_random_uuid(), 'h:127.0.0.1:9' \
          FROM generate_series(1, {})",
         serde_json::Value::Object(payload_1k()).to_string().replace('\'', "''"),
         20_000 * seconds
     ))
     .execute(&pool)
     .await?;
-    let claim = substitute(sql::CLAIM_DUE, &["1", "20000"]);
+    // The engine's claim (one queue, a quota of one: pgbench cannot iterate
+    // over a batch; the engine's probe of the queues, DUE_QUEUES, is left out).
+    let claim = substitute(sql::CLAIM_FROM, &["ARRAY['h:127.0.0.1:9']", "ARRAY[1]", "20000"]);
     let record = substitute(
         sql::RECORD_ATTEMPT,
         &[

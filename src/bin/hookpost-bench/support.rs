@@ -105,7 +105,7 @@ impl RunningApp {
     }
 }
 
-async fn service_key(db_url: &str) -> anyhow::Result<String> {
+pub async fn service_key(db_url: &str) -> anyhow::Result<String> {
     let store = PostgresStore::connect(db_url, 1, Duration::from_secs(10)).await?;
     let key = hookpost::auth::generate(hookpost::auth::KeyKind::Service);
     store.insert_api_key(&key).await?;

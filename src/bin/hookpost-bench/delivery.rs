@@ -1,0 +1,418 @@
+//! The end-to-end delivery scenarios of issues 13 and 14: a real `hookpost
+//! serve` process delivering to a sink in its own process.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hookpost::proto::v1 as pb;
+use hookpost::proto::v1::webhook_service_client::WebhookServiceClient;
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::procs::*;
+use crate::support::*;
+
+/// How long a dispatch load runs: a number of requests, or a time.
+#[derive(Clone, Copy)]
+pub enum Load {
+    Count(usize),
+    For(Duration),
+}
+
+type MakeRequest = Arc<dyn Fn(u64) -> pb::DispatchRequest + Send + Sync>;
+
+/// Dispatches over gRPC (8 HTTP/2 connections, as `grpc_dispatch`) at
+/// `concurrency`; returns (dispatched, seconds, responses' message IDs with
+/// their send times in Unix µs when `keep` is set).
+pub async fn dispatch_load(
+    base: &str,
+    key: &str,
+    concurrency: usize,
+    load: Load,
+    keep: bool,
+    make: MakeRequest,
+) -> anyhow::Result<(u64, f64, Vec<(String, i64)>)> {
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(WebhookServiceClient::connect(base.to_string()).await?);
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for i in 0..concurrency {
+        let (mut client, next, key, make) =
+            (clients[i % clients.len()].clone(), next.clone(), key.to_string(), make.clone());
+        tasks.spawn(async move {
+            let mut sent = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                match load {
+                    Load::Count(c) if n >= c as u64 => break,
+                    Load::For(d) if start.elapsed() >= d => break,
+                    _ => {}
+                }
+                let at = unix_micros();
+                let resp = client.dispatch(authed(make(n), &key)).await?.into_inner();
+                if keep {
+                    sent.push((resp.message_id, at));
+                }
+            }
+            anyhow::Ok(sent)
+        });
+    }
+    let mut sent = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        sent.extend(r??);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let done = match load {
+        Load::Count(c) => c as u64,
+        Load::For(_) => next.load(Ordering::Relaxed) - concurrency as u64,
+    };
+    Ok((done, secs, sent))
+}
+
+/// A bare-URL Dispatch with a 1 KiB payload, one organization per caller.
+pub fn bare(url: String) -> MakeRequest {
+    let payload = hookpost::grpc::json_to_struct(payload_1k());
+    let org = Uuid::new_v4().to_string();
+    Arc::new(move |_| pb::DispatchRequest {
+        organization_id: org.clone(),
+        webhook_url: url.clone(),
+        webhook_type: "call_ended".into(),
+        payload: Some(payload.clone()),
+        ..Default::default()
+    })
+}
+
+/// A Dispatch to the endpoints of `org` (all of them, or `endpoint`).
+pub fn to_endpoints(org: String, endpoint: Option<String>) -> MakeRequest {
+    let payload = hookpost::grpc::json_to_struct(payload_1k());
+    Arc::new(move |_| pb::DispatchRequest {
+        organization_id: org.clone(),
+        endpoint_id: endpoint.clone().unwrap_or_default(),
+        webhook_type: "call_ended".into(),
+        payload: Some(payload.clone()),
+        ..Default::default()
+    })
+}
+
+pub async fn create_endpoint(
+    app: &Hookpost,
+    org: &str,
+    url: String,
+    policy: Option<pb::DeliveryPolicy>,
+) -> anyhow::Result<String> {
+    let mut client = WebhookServiceClient::connect(app.base_url()).await?;
+    let req = pb::CreateEndpointRequest {
+        organization_id: org.to_string(),
+        endpoint: Some(pb::Endpoint { url, policy, ..Default::default() }),
+        ..Default::default()
+    };
+    let e = client.create_endpoint(authed(req, &app.key)).await?.into_inner();
+    Ok(e.endpoint.map(|e| e.endpoint_id).unwrap_or_default())
+}
+
+pub struct Backlog {
+    pub pending: usize,
+    pub dispatch_per_s: f64,
+    /// First arrival to last, over the whole backlog.
+    pub drain_per_s: f64,
+    /// Over the first tenth of the backlog (the rate at full backlog).
+    pub first_tenth_per_s: f64,
+    pub before: TableStats,
+    pub after: TableStats,
+    pub commits_per_delivery: f64,
+    pub waits: String,
+    pub cpu_ms_per_delivery: f64,
+}
+
+/// `pending` webhooks dispatched through an API-only hookpost (real rows),
+/// then a delivering hookpost started and timed until all are at the sink.
+pub async fn backlog(admin: &str, db_name: &str, pending: usize, dir: &Path) -> anyhow::Result<Backlog> {
+    let db = create_database(admin, db_name).await?;
+    let pool = PgPool::connect(&db).await?;
+    let sink = Sink::start(dir, &format!("sink-backlog-{pending}"), &[]).await?;
+    let api = Hookpost::start(&db, dir, &format!("api-backlog-{pending}"), &["--no-delivery"]).await?;
+    let (_, secs, _) =
+        dispatch_load(&api.base_url(), &api.key, 64, Load::Count(pending), false, bare(sink.url("hook"))).await?;
+    api.stop().await;
+    let before = request_partition_stats(&pool).await?;
+    let c0 = commits(&pool).await?;
+    let worker = Hookpost::start(&db, dir, &format!("worker-backlog-{pending}"), &[]).await?;
+    let cpu0 = CpuSnapshot::take(worker.proc.pid);
+    let stop = CancellationToken::new();
+    let waits = sample_waits(pool.clone(), stop.clone());
+    let first = sink.wait_for(1, Duration::from_secs(60)).await?;
+    let tenth = sink.wait_for((pending / 10).max(2) as u64, Duration::from_secs(900)).await?;
+    let last = sink.wait_for(pending as u64, Duration::from_secs(1800)).await?;
+    wait_settled(&pool, Duration::from_secs(120)).await?;
+    stop.cancel();
+    let cpu = CpuSnapshot::take(worker.proc.pid).since(&cpu0);
+    let waits = waits.await?;
+    let c1 = commits(&pool).await?;
+    worker.stop().await;
+    let after = request_partition_stats(&pool).await?;
+    sink.proc.stop().await;
+    pool.close().await;
+    drop_database(admin, db_name).await;
+    let n = pending as f64;
+    Ok(Backlog {
+        pending,
+        dispatch_per_s: n / secs,
+        drain_per_s: (n - 1.0) / (last - first).as_secs_f64(),
+        first_tenth_per_s: ((pending / 10).max(2) as f64 - 1.0) / (tenth - first).as_secs_f64(),
+        before,
+        after,
+        commits_per_delivery: (c1 - c0) as f64 / n,
+        waits: top_waits(&waits, 4),
+        cpu_ms_per_delivery: (cpu.0 + cpu.1) * 1e3 / n,
+    })
+}
+
+pub struct EndToEnd {
+    pub deliveries_per_s: f64,
+    pub dispatch_per_s: f64,
+    pub secs: f64,
+    pub hookpost_cpu: f64,
+    pub postgres_cpu: f64,
+    pub n: u64,
+    pub upd_per_delivery: f64,
+    pub waits: String,
+}
+
+/// `n` webhooks dispatched at `concurrency` to a delivering hookpost (one
+/// server accepting and delivering, default settings): deliveries/s from the
+/// first Dispatch until the last webhook is at the sink; CPU of hookpost and
+/// Postgres from before the first Dispatch until every attempt is recorded.
+pub async fn end_to_end(
+    admin: &str,
+    db_name: &str,
+    n: usize,
+    concurrency: usize,
+    dir: &Path,
+) -> anyhow::Result<EndToEnd> {
+    let db = create_database(admin, db_name).await?;
+    let pool = PgPool::connect(&db).await?;
+    let sink = Sink::start(dir, "sink-e2e", &[]).await?;
+    let app = Hookpost::start(&db, dir, "e2e", &[]).await?;
+    let s0 = request_partition_stats(&pool).await?;
+    let stop = CancellationToken::new();
+    let waits = sample_waits(pool.clone(), stop.clone());
+    let cpu0 = CpuSnapshot::take(app.proc.pid);
+    let start = Instant::now();
+    let (_, dsecs, _) =
+        dispatch_load(&app.base_url(), &app.key, concurrency, Load::Count(n), false, bare(sink.url("hook"))).await?;
+    let last = sink.wait_for(n as u64, Duration::from_secs(900)).await?;
+    wait_settled(&pool, Duration::from_secs(120)).await?;
+    let (hookpost_cpu, postgres_cpu) = CpuSnapshot::take(app.proc.pid).since(&cpu0);
+    stop.cancel();
+    let waits = waits.await?;
+    let s1 = request_partition_stats(&pool).await?;
+    app.stop().await;
+    sink.proc.stop().await;
+    pool.close().await;
+    drop_database(admin, db_name).await;
+    let secs = (last - start).as_secs_f64();
+    Ok(EndToEnd {
+        deliveries_per_s: n as f64 / secs,
+        dispatch_per_s: n as f64 / dsecs,
+        secs,
+        hookpost_cpu,
+        postgres_cpu,
+        n: n as u64,
+        upd_per_delivery: (s1.upd - s0.upd) as f64 / n as f64,
+        waits: top_waits(&waits, 4),
+    })
+}
+
+pub struct Sustain {
+    pub accepted_per_s: f64,
+    pub delivered_per_s: f64,
+    pub backlog_at_end: u64,
+    pub drain_secs: f64,
+}
+
+/// Dispatch for `window` at `concurrency` to a delivering hookpost: accepted/s,
+/// delivered/s over the same window, and how long the rest takes to arrive.
+pub async fn sustain(
+    admin: &str,
+    db_name: &str,
+    window: Duration,
+    concurrency: usize,
+    dir: &Path,
+) -> anyhow::Result<Sustain> {
+    let db = create_database(admin, db_name).await?;
+    let sink = Sink::start(dir, "sink-sustain", &[]).await?;
+    let app = Hookpost::start(&db, dir, "sustain", &[]).await?;
+    let (accepted, secs, _) =
+        dispatch_load(&app.base_url(), &app.key, concurrency, Load::For(window), false, bare(sink.url("hook"))).await?;
+    let ended = Instant::now();
+    let delivered = sink.stats().await?.requests;
+    let last = sink.wait_for(accepted, Duration::from_secs(1800)).await?;
+    app.stop().await;
+    sink.proc.stop().await;
+    drop_database(admin, db_name).await;
+    Ok(Sustain {
+        accepted_per_s: accepted as f64 / secs,
+        delivered_per_s: delivered as f64 / secs,
+        backlog_at_end: accepted.saturating_sub(delivered),
+        drain_secs: (last - ended).as_secs_f64(),
+    })
+}
+
+/// Fan-out to 10 endpoints (each its own queue) vs dispatch to one endpoint:
+/// (fan-out deliveries/s, single-endpoint deliveries/s), `n` deliveries each.
+pub async fn fan_out(
+    admin: &str,
+    db_name: &str,
+    n: usize,
+    concurrency: usize,
+    dir: &Path,
+) -> anyhow::Result<(f64, f64)> {
+    let db = create_database(admin, db_name).await?;
+    let sink = Sink::start(dir, "sink-fanout", &[]).await?;
+    let app = Hookpost::start(&db, dir, "fanout", &[]).await?;
+    let (fan_org, one_org) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    for i in 0..10 {
+        create_endpoint(&app, &fan_org, sink.url(&format!("e{i}")), None).await?;
+    }
+    let one = create_endpoint(&app, &one_org, sink.url("single"), None).await?;
+    let mut fan = Vec::new();
+    let mut single = Vec::new();
+    let mut seen = 0u64;
+    for _ in 0..2 {
+        let start = Instant::now();
+        dispatch_load(
+            &app.base_url(),
+            &app.key,
+            concurrency,
+            Load::Count(n / 10),
+            false,
+            to_endpoints(fan_org.clone(), None),
+        )
+        .await?;
+        seen += (n / 10 * 10) as u64;
+        let last = sink.wait_for(seen, Duration::from_secs(900)).await?;
+        fan.push((n / 10 * 10) as f64 / (last - start).as_secs_f64());
+        let start = Instant::now();
+        dispatch_load(
+            &app.base_url(),
+            &app.key,
+            concurrency,
+            Load::Count(n),
+            false,
+            to_endpoints(one_org.clone(), Some(one.clone())),
+        )
+        .await?;
+        seen += n as u64;
+        let last = sink.wait_for(seen, Duration::from_secs(900)).await?;
+        single.push(n as f64 / (last - start).as_secs_f64());
+    }
+    app.stop().await;
+    sink.proc.stop().await;
+    drop_database(admin, db_name).await;
+    Ok((median(&fan), median(&single)))
+}
+
+pub struct Fairness {
+    pub alone: Vec<f64>,
+    pub with_backlog: Vec<f64>,
+    pub a_pending_after: i64,
+    pub a_attempts: i64,
+    pub a_max_open: u64,
+    pub updates_per_attempt: f64,
+}
+
+/// Tenant B's dispatch-to-receipt latencies (seconds) at `rate`/s for
+/// `window`, alone and while tenant A's `backlog` waits for a receiver that
+/// never answers (its endpoint: max_in_flight 4, attempt timeout 1 s).
+pub async fn fairness(
+    admin: &str,
+    db_name: &str,
+    backlog: usize,
+    rate: u32,
+    window: Duration,
+    dir: &Path,
+) -> anyhow::Result<Fairness> {
+    let db = create_database(admin, db_name).await?;
+    let pool = PgPool::connect(&db).await?;
+    let hang = Sink::start(dir, "sink-hang", &["--hang"]).await?;
+    let ok = Sink::start(dir, "sink-b", &["--record"]).await?;
+    let app = Hookpost::start(&db, dir, "fairness", &[]).await?;
+    let (a_org, b_org) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let policy = pb::DeliveryPolicy {
+        max_in_flight: Some(4),
+        attempt_timeout: Some(pbjson_types::Duration { seconds: 1, nanos: 0 }),
+        ..Default::default()
+    };
+    let a = create_endpoint(&app, &a_org, hang.url("a"), Some(policy)).await?;
+    let b = create_endpoint(&app, &b_org, ok.url("b"), None).await?;
+    let steady = |app: &Hookpost| {
+        let (base, key, b_org, b) = (app.base_url(), app.key.clone(), b_org.clone(), b.clone());
+        async move {
+            let mut client = WebhookServiceClient::connect(base).await?;
+            let make = to_endpoints(b_org, Some(b));
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+            let start = Instant::now();
+            let mut sent = Vec::new();
+            let mut i = 0;
+            while start.elapsed() < window {
+                tick.tick().await;
+                let at = unix_micros();
+                let resp = client.dispatch(authed(make(i), &key)).await?.into_inner();
+                sent.push((resp.message_id, at));
+                i += 1;
+            }
+            anyhow::Ok(sent)
+        }
+    };
+    let latencies = |sent: Vec<(String, i64)>, arrived: &std::collections::HashMap<String, i64>| {
+        sent.iter().map(|(id, at)| arrived.get(id).map_or(f64::INFINITY, |t| (t - at) as f64 / 1e6)).collect::<Vec<_>>()
+    };
+    let sent = steady(&app).await?;
+    ok.wait_for(sent.len() as u64, Duration::from_secs(60)).await.ok();
+    let alone = latencies(sent, &ok.arrivals().await?);
+
+    dispatch_load(
+        &app.base_url(),
+        &app.key,
+        32,
+        Load::Count(backlog),
+        false,
+        to_endpoints(a_org.clone(), Some(a.clone())),
+    )
+    .await?;
+    let s0 = request_partition_stats(&pool).await?;
+    let att0: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_attempts").fetch_one(&pool).await?;
+    let b_before = ok.stats().await?.requests;
+    let sent = steady(&app).await?;
+    // Missing arrivals count as infinitely late.
+    ok.wait_for(b_before + sent.len() as u64, Duration::from_secs(30)).await.ok();
+    let with_backlog = latencies(sent, &ok.arrivals().await?);
+    let s1 = request_partition_stats(&pool).await?;
+    let att1: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_attempts").fetch_one(&pool).await?;
+    let a_pending_after: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_requests WHERE status = 'pending' AND endpoint_id = $1::uuid")
+            .bind(&a)
+            .fetch_one(&pool)
+            .await?;
+    let a_max_open = hang.stats().await?.max_open;
+    app.stop().await;
+    hang.proc.stop().await;
+    ok.proc.stop().await;
+    pool.close().await;
+    drop_database(admin, db_name).await;
+    Ok(Fairness {
+        alone,
+        with_backlog,
+        a_pending_after,
+        a_attempts: att1 - att0,
+        a_max_open,
+        updates_per_attempt: (s1.upd - s0.upd) as f64 / ((att1 - att0).max(1)) as f64,
+    })
+}
