@@ -7,6 +7,12 @@ a number, an enum as a number, a field the contract does not have) shows up as
 a difference. Every difference is collected and printed before the test fails,
 so one run tells the server side everything that is off.
 
+Covered: Dispatch (to a URL, a repeat with the same idempotency key, and a
+fan-out to an organization's endpoints), ListWebhookLogs, GetLogDetails, the
+error Status, every webhook-subscription route (create with every Endpoint and
+DeliveryPolicy field, get, list page by page, update, secret, secret rotation,
+delete) and the organization secret and its rotation.
+
 Timestamps must be what every protobuf runtime writes: UTC with `Z`, and 0, 3,
 6 or 9 fractional digits, the fewest that hold the value (chrono's
 `SecondsFormat::AutoSi` with `use_z`); a fixed 6 digits would differ whenever
@@ -133,6 +139,108 @@ def wait_for(gateway: Gateway, request_id: str, settled: Any, deadline: float) -
         time.sleep(0.05)
 
 
+ENDPOINT_FIELDS = ("endpointId", "organizationId", "workspaceId", "url", "description", "eventTypes", "headers",
+                   "policy", "createTime", "updateTime")
+POLICY_FIELDS = ("maxRetries", "retrySchedule", "attemptTimeout", "rateLimitPerSecond", "maxInFlight")
+
+
+def endpoint_routes(gateway: Gateway, check: Check, base_url: str) -> None:
+    """The endpoint (webhook subscription) and signing-secret routes, and a
+    fan-out Dispatch to the endpoints, in an organization of their own so that
+    the webhook-log listing above is not touched."""
+    org, workspace = str(uuid.uuid4()), str(uuid.uuid4())
+    collection = f"/organizations/{org}/workspaces/{workspace}/webhook-subscriptions"
+    full = {
+        "url": f"{base_url}/ok",
+        "eventTypes": ["call.ended", "call.*"],
+        "description": "every field set",
+        "headers": {"x-team": "support", "x-region": "eu"},
+        "policy": {
+            "maxRetries": 4,
+            "retrySchedule": ["5s", "60s"],
+            "attemptTimeout": "10s",
+            "rateLimitPerSecond": 50,
+            "maxInFlight": 8,
+        },
+    }
+    route = "POST /organizations/{org}/workspaces/{ws}/webhook-subscriptions"
+    created = check.round_trip(route, *gateway.call("POST", collection, full), pb.CreateEndpointResponse())
+    check.has(route, created, "endpoint", "secret")
+    check.has(f"{route} endpoint", created.get("endpoint", {}), *ENDPOINT_FIELDS)
+    check.has(f"{route} endpoint.policy", created.get("endpoint", {}).get("policy", {}), *POLICY_FIELDS)
+    second = check.round_trip(
+        f"{route} (second)",
+        *gateway.call("POST", collection, {"url": f"{base_url}/ok", "eventTypes": ["call.ended"]}),
+        pb.CreateEndpointResponse(),
+    )
+    first_id = created.get("endpoint", {}).get("endpointId")
+    second_id = second.get("endpoint", {}).get("endpointId")
+    assert first_id and second_id, check.mismatches
+    item = f"{collection}/{first_id}"
+
+    route = "GET /organizations/{org}/workspaces/{ws}/webhook-subscriptions/{id}"
+    got = check.round_trip(route, *gateway.call("GET", item), pb.GetEndpointResponse())
+    check.has(f"{route} endpoint", got.get("endpoint", {}), *ENDPOINT_FIELDS)
+    check.has(f"{route} endpoint.policy", got.get("endpoint", {}).get("policy", {}), *POLICY_FIELDS)
+
+    # ListEndpoints page by page: pageSize=1 over two endpoints, so the first
+    # page carries nextPageToken.
+    route = "GET /organizations/{org}/workspaces/{ws}/webhook-subscriptions"
+    token, pages, seen = "", 0, []
+    while True:
+        query = urllib.parse.urlencode({"pageSize": 1, "pageToken": token})
+        pages += 1
+        page = check.round_trip(f"{route} (pageSize=1, page {pages})", *gateway.call("GET", f"{collection}?{query}"),
+                                pb.ListEndpointsResponse())
+        seen.extend(e.get("endpointId") for e in page.get("endpoints", []))
+        if pages == 1:
+            check.has(f"{route} (pageSize=1, page 1)", page, "endpoints", "nextPageToken")
+        token = page.get("nextPageToken", "")
+        if not token or pages > 3:
+            break
+    assert sorted(seen) == sorted([first_id, second_id]), f"pages {pages}, endpoints {seen}"
+
+    route = "PATCH /organizations/{org}/workspaces/{ws}/webhook-subscriptions/{id}?updateMask=description"
+    updated = check.round_trip(route, *gateway.call("PATCH", f"{item}?updateMask=description",
+                                                    {"description": "changed"}), pb.UpdateEndpointResponse())
+    check.has(f"{route} endpoint", updated.get("endpoint", {}), *ENDPOINT_FIELDS)
+
+    route = "GET /organizations/{org}/workspaces/{ws}/webhook-subscriptions/{id}/secret"
+    secret = check.round_trip(route, *gateway.call("GET", f"{item}/secret"), pb.GetEndpointSecretResponse())
+    check.has(route, secret, "secret")
+    route = "POST /organizations/{org}/workspaces/{ws}/webhook-subscriptions/{id}/secret:rotate"
+    rotated = check.round_trip(route, *gateway.call("POST", f"{item}/secret:rotate", {"gracePeriod": "3600s"}),
+                               pb.RotateEndpointSecretResponse())
+    check.has(route, rotated, "secret", "previousSecretExpireTime")
+
+    route = "GET /organizations/{org}/webhook-secret"
+    org_secret = check.round_trip(route, *gateway.call("GET", f"/organizations/{org}/webhook-secret"),
+                                  pb.GetOrganizationSecretResponse())
+    check.has(route, org_secret, "secret")
+    route = "POST /organizations/{org}/webhook-secret:rotate"
+    org_rotated = check.round_trip(route, *gateway.call("POST", f"/organizations/{org}/webhook-secret:rotate",
+                                                        {"gracePeriod": "3600s"}),
+                                   pb.RotateOrganizationSecretResponse())
+    check.has(route, org_rotated, "secret", "previousSecretExpireTime")
+
+    # Fan-out: no webhookUrl, no endpointId; both endpoints take call.ended.
+    route = "POST /v1/webhooks:dispatch (fan-out to endpoints)"
+    fan_out = check.round_trip(route, *gateway.call("POST", "/v1/webhooks:dispatch", {
+        "organizationId": org,
+        "webhookType": "call.ended",
+        "payload": {"event": "call.ended"},
+    }), pb.DispatchResponse())
+    check.has(route, fan_out, "requestId", "logId", "messageId", "requestIds")
+    if len(fan_out.get("requestIds", [])) != 2:
+        check.mismatches.append(f"{route}: expected 2 requestIds (one per endpoint), got {fan_out.get('requestIds')}")
+
+    route = "DELETE /organizations/{org}/workspaces/{ws}/webhook-subscriptions/{id}"
+    check.round_trip(route, *gateway.call("DELETE", f"{collection}/{second_id}"), pb.DeleteEndpointResponse())
+    status, text = gateway.call("GET", f"{collection}/{second_id}")
+    if status != 404:
+        check.mismatches.append(f"{route}: the deleted endpoint still answers HTTP {status}: {text[:200]}")
+
+
 def main() -> None:
     receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
@@ -230,6 +338,8 @@ def main() -> None:
     error = status_pb2.Status()
     check.round_trip(route, *gateway.call("GET", f"/v1/webhook-logs/{uuid.uuid4()}"), error, expect_status=404)
     assert error.code == 5, error  # NOT_FOUND
+
+    endpoint_routes(gateway, check, base_url)
 
     receiver.shutdown()
     if check.mismatches:
