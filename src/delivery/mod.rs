@@ -85,6 +85,17 @@ impl DeliveryConfig {
     }
 }
 
+/// Why a claimed delivery is not sent.
+enum Unsendable {
+    /// Never: the attempt is recorded as failed with this reason.
+    Never(String),
+    /// Not by this process (it cannot open the signing secret).
+    NotHere,
+}
+
+/// How long a delivery this process cannot sign waits before it is due again.
+const NOT_HERE_PAUSE: Duration = Duration::from_secs(30);
+
 /// Queues looked at per claim round.
 const QUEUES_PER_ROUND: u32 = 256;
 
@@ -286,15 +297,15 @@ impl DeliveryEngine {
     }
 
     /// The secrets that sign `claim` now (decrypted), and its time limit;
-    /// `Err` with a reason when it must not be sent at all.
-    fn signing(&self, claim: &ClaimedDelivery) -> Result<Signing, String> {
+    /// `Err` when it must not be sent (now, or at all).
+    fn signing(&self, claim: &ClaimedDelivery) -> Result<Signing, Unsendable> {
         let policy_timeout =
             claim.endpoint.as_ref().and_then(|e| e.policy.attempt_timeout_ms).map(Duration::from_millis);
         // The lease was sized for the server's timeout: an endpoint may only
         // shorten it.
         let timeout = policy_timeout.map_or(self.config.attempt_timeout, |t| t.min(self.config.attempt_timeout));
         if claim.endpoint_id.is_some() && claim.endpoint.is_none() {
-            return Err("the endpoint was deleted".into());
+            return Err(Unsendable::Never("the endpoint was deleted".into()));
         }
         let Some(sealed) = &claim.secrets else {
             // Only deliveries stored before signing existed lack a secret.
@@ -302,13 +313,19 @@ impl DeliveryEngine {
             return Ok(Signing { secrets: Vec::new(), timeout });
         };
         let owner = claim.endpoint_id.unwrap_or(claim.organization_id);
-        let open = |sealed: &[u8]| -> Result<sign::Secret, String> {
+        let open = |sealed: &[u8]| -> Result<sign::Secret, Unsendable> {
+            // This process's key does not open it: a replica with the wrong
+            // --secret-key. Another replica (or this one, fixed) can still
+            // deliver it, so it is not failed here.
             let plain = self.secrets.decrypt(sealed, owner.as_bytes()).map_err(|e| {
-                tracing::error!(request_id = %claim.request_id, error = %e, "a signing secret does not decrypt");
-                "the signing secret cannot be read (was --secret-key changed?)".to_string()
+                tracing::error!(
+                    request_id = %claim.request_id, error = %e,
+                    "a signing secret does not decrypt with this process's --secret-key; leaving the delivery pending"
+                );
+                Unsendable::NotHere
             })?;
-            let text = String::from_utf8(plain).map_err(|_| "the signing secret is corrupt".to_string())?;
-            text.parse::<sign::Secret>().map_err(|_| "the signing secret is corrupt".to_string())
+            let corrupt = || Unsendable::Never("the signing secret is corrupt".into());
+            String::from_utf8(plain).map_err(|_| corrupt())?.parse::<sign::Secret>().map_err(|_| corrupt())
         };
         let mut secrets = vec![open(&sealed.current)?];
         if let Some((previous, until)) = &sealed.previous
@@ -324,7 +341,16 @@ impl DeliveryEngine {
         let started = std::time::Instant::now();
         let result = match self.signing(&claim) {
             Ok(signing) => self.http.attempt(&claim, &signing).await,
-            Err(reason) => AttemptResult::refused(reason),
+            Err(Unsendable::Never(reason)) => AttemptResult::refused(reason),
+            Err(Unsendable::NotHere) => {
+                self.metrics.in_flight.dec();
+                // No attempt was made, so none is recorded; it is due again
+                // after the pause, for whichever replica can open it.
+                if let Err(err) = self.store.release(std::slice::from_ref(&claim), NOT_HERE_PAUSE).await {
+                    tracing::warn!(request_id = %claim.request_id, error = %err, "releasing a delivery failed");
+                }
+                return;
+            }
         };
         self.metrics.in_flight.dec();
         self.metrics.attempt_duration.observe(started.elapsed().as_secs_f64());

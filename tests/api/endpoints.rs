@@ -1,6 +1,8 @@
 //! Endpoints (webhook subscriptions): CRUD over gRPC and REST, field masks,
 //! secrets, limits and tenant isolation.
 
+use std::time::Duration;
+
 use hookpost::auth::KeyKind;
 use hookpost::proto::v1 as pb;
 use serde_json::{Value, json};
@@ -8,7 +10,7 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-const SETTLE: std::time::Duration = std::time::Duration::from_secs(20);
+const SETTLE: Duration = Duration::from_secs(20);
 
 fn endpoint(url: &str, event_types: &[&str]) -> pb::Endpoint {
     pb::Endpoint {
@@ -492,4 +494,50 @@ async fn fan_out_reaches_3_of_5_endpoints_once_on_postgres() {
 #[tokio::test]
 async fn fan_out_reaches_3_of_5_endpoints_once_on_sqlite() {
     fan_out(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_replica_with_another_secret_key_leaves_the_delivery_for_one_that_can_sign_it() {
+    use hookpost::config::SecretKeySource;
+    let database_url = fresh_database().await;
+    let key = hookpost::secrets::SecretKey::generate().expose_base64();
+    let with_key = |key: String, deliver: bool| {
+        let mut c = test_config(&database_url);
+        c.secret_key = SecretKeySource::Base64(key);
+        c.delivery.enabled = deliver;
+        c
+    };
+    // The API replica seals the endpoint's secret with the right key.
+    let api = spawn_app_on(with_key(key.clone(), false), &database_url).await;
+    let receiver = Receiver::start().await;
+    let org = Uuid::new_v4();
+    let created = create(&api, org, Uuid::new_v4(), endpoint(&receiver.url(), &[])).await;
+    let mut req = dispatch_event(org, "call.started");
+    req.endpoint_id = created.endpoint.unwrap().endpoint_id;
+    let sent = api.dispatch(req).await.unwrap();
+
+    // A misconfigured replica claims it, cannot sign it, and gives it back:
+    // nothing sent, no attempt recorded, still pending.
+    let mut wrong =
+        spawn_app_on(with_key(hookpost::secrets::SecretKey::generate().expose_base64(), true), &database_url).await;
+    eventually(Duration::from_secs(20), "the misconfigured replica to claim and release it", || async {
+        let leased: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM webhook_requests WHERE lease_id IS NULL AND next_attempt_at > now() + interval '5 seconds'",
+        )
+        .fetch_optional(api.pg())
+        .await
+        .unwrap();
+        leased.map(|_| ())
+    })
+    .await;
+    wrong.stop().await;
+    let d = api.details(&sent.request_id).await.unwrap();
+    assert_eq!(d.log.unwrap().execution_status(), pb::ExecutionStatus::Pending);
+    assert!(d.attempts.is_empty() && receiver.received().is_empty());
+
+    // A replica with the right key delivers it, signed.
+    sqlx::query("UPDATE webhook_requests SET next_attempt_at = now()").execute(api.pg()).await.unwrap();
+    let _right = spawn_app_on(with_key(key, true), &database_url).await;
+    let got = receiver.wait_for(1, SETTLE).await;
+    assert!(verifies(&got[0], &created.secret));
 }
