@@ -6,7 +6,6 @@
 mod batch;
 pub mod endpoints;
 pub mod postgres;
-mod record_batch;
 mod sqlite;
 
 pub use endpoints::{EndpointStore, NewEndpoint, StoredSecrets};

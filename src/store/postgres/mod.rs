@@ -169,8 +169,6 @@ pub struct PostgresStore {
     options: PgConnectOptions,
     /// Group commit for dispatches without an idempotency key.
     batcher: Arc<InsertBatcher>,
-    /// Group commit for attempt records.
-    recorder: Arc<super::record_batch::RecordBatcher>,
 }
 
 const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
@@ -192,8 +190,7 @@ impl PostgresStore {
             .await
             .context("connecting to Postgres")?;
         let batcher = Arc::new(InsertBatcher::start(pool.clone()));
-        let recorder = Arc::new(super::record_batch::RecordBatcher::start(pool.clone()));
-        Ok(Self { pool, options, batcher, recorder })
+        Ok(Self { pool, options, batcher })
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
@@ -555,29 +552,32 @@ impl Store for PostgresStore {
             NextStep::Failed => (ExecutionStatus::Failed, None),
             NextStep::RetryAfter(delay) => (ExecutionStatus::Pending, Some(millis(delay))),
         };
-        // One statement, run in a transaction with the records finishing at
-        // the same time (one WAL flush for all): the attempt row and the
-        // request's new state land together or not at all. FOR UPDATE reads
-        // the latest version of the request, so the attempt number is never
-        // reused. A worker whose lease was lost still records its attempt (it
-        // happened) but leaves the state to the worker that holds the claim now.
-        self.recorder
-            .record(super::record_batch::Record {
-                log_id: claim.log_id,
-                lease_id: claim.lease_id,
-                status: status.as_str(),
-                retry_in_ms,
-                attempted_at: a.attempted_at,
-                success: a.success,
-                status_code: a.status_code,
-                response_body: a.response_body.clone(),
-                response_truncated: a.response_truncated,
-                response_time_ms: a.response_time_ms,
-                error_category: a.error_category,
-                error_message: a.error_message.clone(),
-                created_at: claim.created_at,
-            })
-            .await
+        // One statement, so one implicit transaction: the attempt row and the
+        // request's new state land together or not at all. FOR UPDATE reads the
+        // latest version of the request, so the attempt number is never reused.
+        // A worker whose lease was lost still records its attempt (it happened)
+        // but leaves the state to the worker that holds the claim now.
+        let row = sqlx::query(sql::RECORD_ATTEMPT)
+            .bind(claim.log_id)
+            .bind(claim.lease_id)
+            .bind(status.as_str())
+            .bind(retry_in_ms)
+            .bind(a.attempted_at)
+            .bind(a.success)
+            .bind(a.status_code)
+            .bind(&a.response_body)
+            .bind(a.response_truncated)
+            .bind(a.response_time_ms)
+            .bind(a.error_category)
+            .bind(&a.error_message)
+            .bind(claim.created_at)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(row.try_get("held")?),
+            // The request is gone (purged); nothing left to record against.
+            None => Ok(false),
+        }
     }
 
     async fn release(&self, claims: &[ClaimedDelivery], after: Duration) -> Result<()> {
