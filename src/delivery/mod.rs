@@ -65,7 +65,7 @@ impl Default for DeliveryConfig {
         Self {
             enabled: true,
             concurrency: 64,
-            per_host_concurrency: 16,
+            per_host_concurrency: 32,
             attempt_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
             lease_margin: Duration::from_secs(10),
@@ -284,14 +284,19 @@ impl DeliveryEngine {
             self.tracker.spawn(async move {
                 let key = claim.queue_key.clone();
                 engine.deliver(claim).await;
-                let mut in_flight = engine.in_flight.lock().expect("queue state poisoned");
-                if let Some(n) = in_flight.get_mut(&key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        in_flight.remove(&key);
+                {
+                    let mut in_flight = engine.in_flight.lock().expect("queue state poisoned");
+                    if let Some(n) = in_flight.get_mut(&key) {
+                        *n -= 1;
+                        if *n == 0 {
+                            in_flight.remove(&key);
+                        }
                     }
                 }
                 drop(slot);
+                // Its queue may have been at its cap with work waiting: look
+                // again now rather than at the next poll.
+                engine.wake.notify_one();
             });
         }
     }
