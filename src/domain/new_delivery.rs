@@ -156,6 +156,13 @@ impl Draft {
             max_retries,
         }
     }
+
+    /// The message's only delivery: as [`Self::delivery`], but the body (up
+    /// to the payload limit) moves into it instead of being copied.
+    pub fn into_delivery(mut self, url: WebhookUrl, endpoint_id: Option<Uuid>, max_retries: u32) -> NewDelivery {
+        let body = std::mem::take(&mut self.body);
+        NewDelivery { body, ..self.delivery(url, endpoint_id, max_retries) }
+    }
 }
 
 /// A validated webhook, ready to be stored.
@@ -222,7 +229,10 @@ impl NewDelivery {
         }
         let draft = Draft::parse(input, limits)?;
         match draft.target.clone() {
-            Target::Url(url) => Ok(draft.delivery(url, None, draft.max_retries.unwrap_or(default_max_retries))),
+            Target::Url(url) => {
+                let max_retries = draft.max_retries.unwrap_or(default_max_retries);
+                Ok(draft.into_delivery(url, None, max_retries))
+            }
             _ => Err(Error::invalid("webhook_url", "is required")),
         }
     }

@@ -52,7 +52,7 @@ pub fn json_to_struct(o: Map<String, Json>) -> Struct {
     Struct { fields: o.into_iter().map(|(k, v)| (k, json_to_value(v))).collect() }
 }
 
-fn opt_uuid(field: &str, raw: Option<&str>, v: &mut Vec<FieldViolation>) -> Option<Uuid> {
+pub(super) fn opt_uuid(field: &str, raw: Option<&str>, v: &mut Vec<FieldViolation>) -> Option<Uuid> {
     let raw = raw.filter(|s| !s.is_empty())?;
     crate::domain::parse_uuid(field, raw, v)
 }

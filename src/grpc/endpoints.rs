@@ -21,7 +21,7 @@ fn required_uuid(field: &str, raw: &str, v: &mut Vec<FieldViolation>) -> Option<
 }
 
 fn optional_uuid(field: &str, raw: &str, v: &mut Vec<FieldViolation>) -> Option<Uuid> {
-    if raw.is_empty() { None } else { crate::domain::parse_uuid(field, raw, v) }
+    super::convert::opt_uuid(field, Some(raw), v)
 }
 
 fn endpoint_ref(organization_id: &str, workspace_id: &str, endpoint_id: &str) -> Result<EndpointRef> {

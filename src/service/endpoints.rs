@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, WebhookService};
+use super::WebhookService;
 use crate::auth::Principal;
 use crate::delivery::sign::SigningSecret;
 use crate::domain::{Cursor, Endpoint, EndpointFilter, EndpointInput, EndpointSpec, apply_update};
@@ -104,11 +104,7 @@ impl WebhookService {
         page_size: i32,
         page_token: &str,
     ) -> Result<EndpointPage> {
-        let page_size = match page_size {
-            n if n < 0 => return Err(Error::invalid("page_size", "must not be negative")),
-            0 => DEFAULT_PAGE_SIZE,
-            n => (n as u32).min(MAX_PAGE_SIZE),
-        };
+        let page_size = super::page_size(page_size)?;
         if !may_act_for(who, filter.organization_id) {
             return Ok(EndpointPage { endpoints: Vec::new(), next_page_token: None });
         }

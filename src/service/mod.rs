@@ -87,6 +87,16 @@ fn check_filter(f: &LogFilter, limits: &Limits) -> Result<()> {
     if v.is_empty() { Ok(()) } else { Err(Error::invalid_fields(v)) }
 }
 
+/// AIP-158's `page_size`: 0 means the default, above the maximum is coerced
+/// to it, negative is refused.
+fn page_size(requested: i32) -> Result<u32> {
+    match requested {
+        n if n < 0 => Err(Error::invalid("page_size", "must not be negative")),
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n => Ok((n as u32).min(MAX_PAGE_SIZE)),
+    }
+}
+
 #[derive(Clone)]
 pub struct WebhookService {
     store: Arc<dyn Store>,
@@ -128,12 +138,13 @@ impl WebhookService {
             }
         }
         let draft = Draft::parse(input, &self.limits)?;
-        let deliveries = self.deliveries_of(&draft).await?;
+        let message_id = draft.message_id;
+        let deliveries = self.deliveries_of(draft).await?;
         let dispatched = match deliveries.as_slice() {
             // No endpoint subscribes: nothing to store or deliver.
             [] => {
                 return Ok(Dispatched {
-                    message_id: draft.message_id,
+                    message_id,
                     request_id: Uuid::nil(),
                     log_id: 0,
                     request_ids: Vec::new(),
@@ -154,18 +165,19 @@ impl WebhookService {
 
     /// One delivery per target of the message: the URL given, the endpoint
     /// named, or every enabled endpoint whose event types match.
-    async fn deliveries_of(&self, draft: &Draft) -> Result<Vec<NewDelivery>> {
+    async fn deliveries_of(&self, draft: Draft) -> Result<Vec<NewDelivery>> {
         let org = draft.organization_id;
-        match &draft.target {
+        match draft.target.clone() {
             Target::Url(url) => {
                 // Deliveries to a bare URL are signed with the organization's
                 // secret: make sure it has one before the first is sent.
                 self.ensure_organization_secret(org).await?;
-                Ok(vec![draft.delivery(url.clone(), None, draft.max_retries.unwrap_or(self.default_max_retries))])
+                let max_retries = draft.max_retries.unwrap_or(self.default_max_retries);
+                Ok(vec![draft.into_delivery(url, None, max_retries)])
             }
             Target::Endpoint(id) => {
                 let missing = || Error::not_found(format!("no endpoint with ID {id}"));
-                let endpoint = self.store.get_endpoint(org, *id).await?.ok_or_else(missing)?;
+                let endpoint = self.store.get_endpoint(org, id).await?.ok_or_else(missing)?;
                 if draft.workspace_id.is_some_and(|w| endpoint.workspace_id != Some(w)) {
                     return Err(missing());
                 }
@@ -178,7 +190,8 @@ impl WebhookService {
                         format!("endpoint {id} does not take {:?} events", draft.webhook_type),
                     ));
                 }
-                Ok(vec![self.delivery_to(draft, &endpoint)?])
+                let (url, max_retries) = self.endpoint_target(&draft, &endpoint)?;
+                Ok(vec![draft.into_delivery(url, Some(id), max_retries)])
             }
             Target::Subscribers => {
                 let filter = EndpointFilter { organization_id: org, workspace_id: draft.workspace_id };
@@ -188,7 +201,8 @@ impl WebhookService {
                     let (page, more) = self.store.list_endpoints(&filter, after, MAX_PAGE_SIZE).await?;
                     for e in &page {
                         if !e.spec.disabled && event_type_matches(&e.spec.event_types, &draft.webhook_type) {
-                            out.push(self.delivery_to(draft, e)?);
+                            let (url, max_retries) = self.endpoint_target(&draft, e)?;
+                            out.push(draft.delivery(url, Some(e.endpoint_id), max_retries));
                         }
                     }
                     match page.last() {
@@ -200,23 +214,20 @@ impl WebhookService {
         }
     }
 
-    fn delivery_to(&self, draft: &Draft, e: &Endpoint) -> Result<NewDelivery> {
+    /// Where and with how many retries `draft` goes to endpoint `e`.
+    fn endpoint_target(&self, draft: &Draft, e: &Endpoint) -> Result<(WebhookUrl, u32)> {
         let url = WebhookUrl::parse(&e.spec.url, self.limits.max_url_len, self.limits.allow_private_targets).map_err(
             |err| Error::new(ErrorCode::FailedPrecondition, format!("endpoint {}: its URL {err}", e.endpoint_id)),
         )?;
         let max_retries = draft.max_retries.or(e.spec.policy.max_retries).unwrap_or(self.default_max_retries);
-        Ok(draft.delivery(url, Some(e.endpoint_id), max_retries))
+        Ok((url, max_retries))
     }
 
     /// Lists logs; an organization key sees only its own organization, and a
     /// filter naming another one matches nothing, as if it did not exist.
     pub async fn list_logs(&self, who: &Principal, mut q: ListQuery) -> Result<LogPage> {
         check_filter(&q.filter, &self.limits)?;
-        let page_size = match q.page_size {
-            n if n < 0 => return Err(Error::invalid("page_size", "must not be negative")),
-            0 => DEFAULT_PAGE_SIZE,
-            n => (n as u32).min(MAX_PAGE_SIZE),
-        };
+        let page_size = page_size(q.page_size)?;
         // Scope first: the token is checked against (and issued for) the
         // filter as it runs, organization included.
         if let Some(org) = who.organization() {

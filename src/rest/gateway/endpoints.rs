@@ -45,7 +45,7 @@ fn fix_times(v: &mut Value) {
                 match value {
                     Value::String(s) if key.ends_with("Time") => {
                         if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-                            *s = t.to_utc().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+                            *s = super::json::timestamp(t.to_utc());
                         }
                     }
                     other => fix_times(other),

@@ -18,7 +18,7 @@ use crate::domain::{AttemptRecord, Dispatched, ExecutionStatus, LogRecord};
 use crate::service::{LogDetails, LogPage};
 
 /// `google.protobuf.Timestamp` in proto3 JSON.
-fn timestamp(t: DateTime<Utc>) -> String {
+pub(super) fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
