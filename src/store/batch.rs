@@ -70,14 +70,17 @@ async fn insert(pool: &PgPool, jobs: Vec<Job>) {
         replies.push((d.request_id, reply));
         cols.push(d);
     }
+    // Each delivery here is its own message: both rows, one statement.
     let result = sqlx::query_as::<_, (i64, Uuid)>(
-        "INSERT INTO webhook_requests (request_id, organization_id, workspace_id, subscription_id, call_id, \
-           assistant_id, webhook_url, webhook_type, body, metadata, max_retries, next_attempt_at, message_id, \
-           endpoint_id, queue_key) \
-         SELECT r, o, w, s, c, a, u, t, b, m, x, now(), g, e, q \
-         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int8[], $6::int8[], $7::text[], \
-           $8::text[], $9::text[], $10::jsonb[], $11::int4[], $12::uuid[], $13::uuid[], $14::text[]) \
-           AS v(r, o, w, s, c, a, u, t, b, m, x, g, e, q) \
+        "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int8[], $6::int8[], \
+           $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::int4[], $12::uuid[], $13::uuid[], $14::text[]) \
+           AS v(r, o, w, s, c, a, u, t, b, m, x, g, e, q)), \
+         msg AS (INSERT INTO webhook_messages (message_id, organization_id, workspace_id, webhook_type, body, \
+           call_id, assistant_id, metadata, created_at) \
+           SELECT g, o, w, t, b, c, a, m, now() FROM v) \
+         INSERT INTO webhook_requests (request_id, organization_id, workspace_id, subscription_id, call_id, \
+           webhook_url, webhook_type, max_retries, next_attempt_at, message_id, endpoint_id, queue_key, created_at) \
+         SELECT r, o, w, s, c, u, t, x, now(), g, e, q, now() FROM v \
          RETURNING id, request_id",
     )
     .bind(&cols.request_id)

@@ -40,11 +40,12 @@ pub struct SqliteStore {
 }
 
 const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
-     r.call_id, r.assistant_id, r.webhook_url, r.webhook_type, r.body, r.metadata, r.status, r.attempt_count, \
+     r.call_id, m.assistant_id, r.webhook_url, r.webhook_type, m.body, m.metadata, r.status, r.attempt_count, \
      r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, \
      a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, a.response_truncated, \
      a.response_time_ms, a.error_category, a.error_message \
      FROM webhook_requests r \
+     JOIN webhook_messages m ON m.message_id = r.message_id \
      LEFT JOIN webhook_attempts a ON a.request_pk = r.id AND a.attempt_number = \
        (SELECT max(la.attempt_number) FROM webhook_attempts la WHERE la.request_pk = r.id AND la.held)";
 
@@ -135,7 +136,7 @@ fn key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord> {
 /// the secrets that sign them.
 async fn claimed_with(tx: &mut sqlx::SqliteConnection, lease_id: &str) -> Result<Vec<ClaimedDelivery>> {
     let rows = sqlx::query(
-        "SELECT r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
+        "SELECT r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, m.body, \
            r.attempt_count, r.max_retries, COALESCE(r.message_id, r.request_id) AS message_id, \
            r.organization_id, r.endpoint_id, r.queue_key, e.headers AS endpoint_headers, e.policy AS endpoint_policy, \
            CASE WHEN r.endpoint_id IS NULL THEN o.secret ELSE e.secret END AS secret, \
@@ -143,6 +144,7 @@ async fn claimed_with(tx: &mut sqlx::SqliteConnection, lease_id: &str) -> Result
            CASE WHEN r.endpoint_id IS NULL THEN o.previous_secret_expires_at \
              ELSE e.previous_secret_expires_at END AS previous_secret_expires_at \
          FROM webhook_requests r \
+         JOIN webhook_messages m ON m.message_id = r.message_id \
          LEFT JOIN endpoints e ON e.endpoint_id = r.endpoint_id \
          LEFT JOIN organization_secrets o ON r.endpoint_id IS NULL AND o.organization_id = r.organization_id \
          WHERE r.lease_id = ? AND r.status = 'pending' ORDER BY r.next_attempt_at",
@@ -289,9 +291,9 @@ impl Store for SqliteStore {
             let key = if i == 0 { d.idempotency_key.as_deref() } else { None };
             let row = sqlx::query(
                 "INSERT INTO webhook_requests (request_id, organization_id, workspace_id, subscription_id, call_id, \
-                   assistant_id, webhook_url, webhook_type, body, metadata, idempotency_key, max_retries, \
+                   webhook_url, webhook_type, idempotency_key, max_retries, \
                    next_attempt_at, created_at, updated_at, message_id, endpoint_id, queue_key) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (organization_id, idempotency_key) DO NOTHING RETURNING id",
             )
             .bind(d.request_id.to_string())
@@ -299,11 +301,8 @@ impl Store for SqliteStore {
             .bind(d.workspace_id.map(|u| u.to_string()))
             .bind(d.subscription_id.map(|u| u.to_string()))
             .bind(d.call_id)
-            .bind(d.assistant_id)
             .bind(d.webhook_url.as_str())
             .bind(&d.webhook_type)
-            .bind(&d.body)
-            .bind(d.metadata.as_ref().map(|m| m.to_string()))
             .bind(key)
             .bind(i64::from(d.max_retries))
             .bind(now)
@@ -322,6 +321,24 @@ impl Store for SqliteStore {
                 }
             }
         }
+        // The message once, after its first delivery has decided that this
+        // is not a duplicate.
+        sqlx::query(
+            "INSERT INTO webhook_messages (message_id, organization_id, workspace_id, webhook_type, body, call_id, \
+               assistant_id, metadata, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(first.message_id.to_string())
+        .bind(first.organization_id.to_string())
+        .bind(first.workspace_id.map(|u| u.to_string()))
+        .bind(&first.webhook_type)
+        .bind(&first.body)
+        .bind(first.call_id)
+        .bind(first.assistant_id)
+        .bind(first.metadata.as_ref().map(|m| m.to_string()))
+        .bind(first.idempotency_key.as_deref())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Dispatched {
             message_id: first.message_id,
@@ -669,6 +686,20 @@ impl Store for SqliteStore {
                 .await?;
             sqlx::query(&format!("DELETE FROM webhook_requests WHERE id IN ({list})")).execute(&mut *tx).await?;
             tx.commit().await?;
+        }
+        // Messages left without a delivery go with their last one.
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM webhook_messages WHERE message_id IN (SELECT m.message_id FROM webhook_messages m \
+                 WHERE m.created_at < ? AND NOT EXISTS \
+                   (SELECT 1 FROM webhook_requests r WHERE r.message_id = m.message_id) LIMIT 1000)",
+            )
+            .bind(micros(cutoff))
+            .execute(&self.write)
+            .await?;
+            if done.rows_affected() < 1000 {
+                break;
+            }
         }
         Ok(report)
     }

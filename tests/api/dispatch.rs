@@ -18,15 +18,21 @@ async fn dispatch_commits_the_webhook_before_answering() {
     assert!(!res.duplicate);
     let request_id: Uuid = res.request_id.parse().unwrap();
 
-    let row = sqlx::query("SELECT id, organization_id, call_id, body FROM webhook_requests WHERE request_id = $1")
-        .bind(request_id)
-        .fetch_one(app.pg())
-        .await
-        .unwrap();
+    // The delivery row, and the body on its message, stored once.
+    let row = sqlx::query(
+        "SELECT r.id, r.organization_id, r.call_id, m.body, m.assistant_id FROM webhook_requests r \
+         JOIN webhook_messages m ON m.message_id = r.message_id AND m.created_at = r.created_at \
+         WHERE r.request_id = $1",
+    )
+    .bind(request_id)
+    .fetch_one(app.pg())
+    .await
+    .unwrap();
     assert_eq!(row.get::<i64, _>("id"), res.log_id);
     assert_eq!(row.get::<Uuid, _>("organization_id"), org);
     assert_eq!(row.get::<Option<i64>, _>("call_id"), Some(101));
     assert_eq!(row.get::<String, _>("body"), r#"{"assistant_id":123,"event":"call_started"}"#);
+    assert_eq!(row.get::<Option<i64>, _>("assistant_id"), Some(123));
 }
 
 #[tokio::test]

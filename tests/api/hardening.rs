@@ -287,9 +287,11 @@ async fn paging_is_exact_across_logs_created_in_the_same_instant() {
     for _ in 0..10 {
         ids.push(app.dispatch(dispatch_to("http://127.0.0.1:9/hook", org)).await.unwrap().request_id);
     }
+    // Each delivery's message moves with it (they share a created_at).
     sqlx::query(
-        "UPDATE webhook_requests SET created_at = m.t FROM (SELECT min(created_at) AS t FROM webhook_requests \
-         WHERE organization_id = $1) m WHERE organization_id = $1",
+        "WITH t AS (SELECT min(created_at) AS t FROM webhook_requests WHERE organization_id = $1), \
+         m AS (UPDATE webhook_messages SET created_at = t.t FROM t WHERE organization_id = $1) \
+         UPDATE webhook_requests SET created_at = t.t FROM t WHERE organization_id = $1",
     )
     .bind(org)
     .execute(app.pg())

@@ -27,6 +27,7 @@ mod fairness;
 mod hardening;
 mod helpers;
 mod list;
+mod migration;
 mod ops;
 mod processes;
 mod rest;

@@ -16,9 +16,11 @@ pub(crate) async fn backdated(app: &TestApp, org: Uuid, at: DateTime<Utc>, pendi
     let id = Uuid::new_v4();
     let (status, attempts) = if pending { ("pending", 0) } else { ("succeeded", 1) };
     let log_id: i64 = sqlx::query_scalar(
-        "INSERT INTO webhook_requests (request_id, message_id, organization_id, webhook_url, webhook_type, body, \
-           idempotency_key, max_retries, status, attempt_count, next_attempt_at, created_at, updated_at) \
-         VALUES ($1, $1, $2, 'http://127.0.0.1:9/h', 'call_started', '{}', $3, 3, $4, $5, \
+        "WITH m AS (INSERT INTO webhook_messages (message_id, organization_id, webhook_type, body, \
+           idempotency_key, created_at) VALUES ($1, $2, 'call_started', '{}', $3, $6)) \
+         INSERT INTO webhook_requests (request_id, message_id, organization_id, webhook_url, webhook_type, \
+           max_retries, status, attempt_count, next_attempt_at, created_at, updated_at) \
+         VALUES ($1, $1, $2, 'http://127.0.0.1:9/h', 'call_started', 3, $4, $5, \
            CASE WHEN $4 = 'pending' THEN now() + interval '1 year' END, $6, $6) RETURNING id",
     )
     .bind(id)

@@ -121,7 +121,7 @@ pub fn pgbench_dispatch(db_url: &str, clients: u32, seconds: u64, dir: &Path) ->
 /// there, not in `sql`).
 pub fn batched_insert_sql() -> anyhow::Result<String> {
     const SOURCE: &str = include_str!("../../store/batch.rs");
-    let start = SOURCE.find("\"INSERT INTO webhook_requests").context("batched INSERT not found in batch.rs")? + 1;
+    let start = SOURCE.find("\"WITH v AS").context("batched INSERT not found in batch.rs")? + 1;
     let len = SOURCE[start..].find('"').context("unterminated batched INSERT in batch.rs")?;
     // Rust string continuations: a backslash, the newline and the next
     // line's indentation disappear.
@@ -251,7 +251,7 @@ pub async fn deliver_round(
     if failed > 0 {
         bail!("{failed} deliveries did not succeed");
     }
-    sqlx::query("TRUNCATE webhook_attempts, webhook_requests").execute(&pool).await?;
+    sqlx::query("TRUNCATE webhook_attempts, webhook_requests, webhook_messages").execute(&pool).await?;
     Ok(DeliverRound {
         deliveries_per_s,
         dispatch_per_s,
@@ -266,14 +266,16 @@ pub async fn deliver_round(
 /// transaction.
 pub async fn pgbench_deliver_sql(db_url: &str, clients: u32, seconds: u64, dir: &Path) -> anyhow::Result<f64> {
     let pool = PgPool::connect(db_url).await?;
-    sqlx::query("TRUNCATE webhook_attempts, webhook_requests").execute(&pool).await?;
+    sqlx::query("TRUNCATE webhook_attempts, webhook_requests, webhook_messages").execute(&pool).await?;
     // Enough due rows for the whole run.
     sqlx::query(&format!(
-        "INSERT INTO webhook_requests (request_id, organization_id, webhook_url, webhook_type, body, max_retries, \
-           next_attempt_at, message_id, queue_key) \
-         SELECT gen_random_uuid(), gen_random_uuid(), 'http://127.0.0.1:9/hook', 'call_ended', '{}', 3, now(), \
-           gen_random_uuid(), 'h:127.0.0.1:9' \
-         FROM generate_series(1, {})",
+        "WITH m AS (INSERT INTO webhook_messages (message_id, organization_id, webhook_type, body, created_at) \
+           SELECT gen_random_uuid(), gen_random_uuid(), 'call_ended', '{}', now() FROM generate_series(1, {}) \
+           RETURNING message_id, organization_id, created_at) \
+         INSERT INTO webhook_requests (request_id, organization_id, webhook_url, webhook_type, max_retries, \
+           next_attempt_at, message_id, queue_key, created_at) \
+         SELECT gen_random_uuid(), organization_id, 'http://127.0.0.1:9/hook', 'call_ended', 3, now(), \
+           message_id, 'h:127.0.0.1:9', created_at FROM m",
         serde_json::Value::Object(payload_1k()).to_string().replace('\'', "''"),
         20_000 * seconds
     ))
@@ -302,7 +304,7 @@ pub async fn pgbench_deliver_sql(db_url: &str, clients: u32, seconds: u64, dir: 
     );
     let script = format!("{claim}\n\\gset\n{record};\n");
     let tps = pgbench(db_url, &script, clients, seconds, None, dir)?.tps;
-    sqlx::query("TRUNCATE webhook_attempts, webhook_requests").execute(&pool).await?;
+    sqlx::query("TRUNCATE webhook_attempts, webhook_requests, webhook_messages").execute(&pool).await?;
     Ok(tps)
 }
 
@@ -338,14 +340,16 @@ pub async fn seed_logs(pool: &PgPool, start: u64, end: u64, s: &Seeded) -> anyho
     while a < end {
         let b = (a + CHUNK).min(end);
         sqlx::query(&format!(
-            "INSERT INTO webhook_requests (request_id, organization_id, subscription_id, webhook_url, webhook_type, \
-               body, max_retries, status, attempt_count, created_at, updated_at) \
-             SELECT md5('{tag}' || i)::uuid, md5('o' || (i % {orgs}))::uuid, md5('s' || (i % {orgs}))::uuid, \
-               'http://127.0.0.1:9/hook', 'call_ended', '{{\"event\":\"call_ended\",\"n\":' || i || '}}', 3, \
-               CASE WHEN i % 3 = 0 THEN 'succeeded' ELSE 'failed' END, 1, t, t \
-             FROM generate_series({a}::bigint, {last}::bigint) AS i, \
+            "WITH v AS (SELECT i, md5('{tag}' || i)::uuid AS id, md5('o' || (i % {orgs}))::uuid AS org, t \
+               FROM generate_series({a}::bigint, {last}::bigint) AS i, \
                LATERAL (SELECT '{from}'::timestamptz + (i::float8 / {total} * {span_us}) \
-                 * interval '1 microsecond' AS t) AS ts",
+                 * interval '1 microsecond' AS t) AS ts), \
+             m AS (INSERT INTO webhook_messages (message_id, organization_id, webhook_type, body, created_at) \
+               SELECT id, org, 'call_ended', '{{\"event\":\"call_ended\",\"n\":' || i || '}}', t FROM v) \
+             INSERT INTO webhook_requests (request_id, message_id, organization_id, subscription_id, webhook_url, \
+               webhook_type, max_retries, status, attempt_count, created_at, updated_at) \
+             SELECT id, id, org, md5('s' || (i % {orgs}))::uuid, 'http://127.0.0.1:9/hook', 'call_ended', 3, \
+               CASE WHEN i % 3 = 0 THEN 'succeeded' ELSE 'failed' END, 1, t, t FROM v",
             tag = s.tag,
             orgs = s.orgs,
             last = b - 1,
@@ -545,6 +549,11 @@ pub async fn purge_figures(
             .execute(&pool)
             .await?;
         sqlx::query("DELETE FROM webhook_requests WHERE created_at >= $1 AND created_at < $2")
+            .bind(day_start)
+            .bind(cutoff)
+            .execute(&pool)
+            .await?;
+        sqlx::query("DELETE FROM webhook_messages WHERE created_at >= $1 AND created_at < $2")
             .bind(day_start)
             .bind(cutoff)
             .execute(&pool)

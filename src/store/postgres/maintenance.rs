@@ -42,8 +42,13 @@ const MAINTENANCE_LOCK: i64 = 0x686f_6f6b_706f_7374;
 /// Days of partitions created ahead of today.
 const PARTITION_DAYS_AHEAD: u64 = 7;
 
-/// The two partitioned tables and their partition keys.
-const TABLES: [(&str, &str); 2] = [("webhook_requests", "created_at"), ("webhook_attempts", "request_created_at")];
+/// The partitioned tables and their partition keys: a day's deliveries,
+/// their attempts and their messages go together.
+const TABLES: [(&str, &str); 3] = [
+    ("webhook_requests", "created_at"),
+    ("webhook_attempts", "request_created_at"),
+    ("webhook_messages", "created_at"),
+];
 
 /// How long a caller that needs partitions (start-up, `ensure_partitions`)
 /// waits for another process's maintenance run to end.
@@ -144,16 +149,17 @@ impl PostgresStore {
         created
     }
 
-    /// Whether both tables have an attached partition for `day`.
+    /// Whether every table has an attached partition for `day`.
     async fn attached(&self, day: NaiveDate) -> Result<bool> {
+        let names: Vec<String> = TABLES.iter().map(|(t, _)| partition_name(t, day)).collect();
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_inherits WHERE NOT inhdetachpending AND inhrelid IN (to_regclass($1), to_regclass($2))",
+            "SELECT count(*) FROM pg_inherits WHERE NOT inhdetachpending \
+             AND inhrelid IN (SELECT to_regclass(n) FROM unnest($1::text[]) AS n)",
         )
-        .bind(partition_name("webhook_requests", day))
-        .bind(partition_name("webhook_attempts", day))
+        .bind(&names)
         .fetch_one(&self.pool)
         .await?;
-        Ok(n == 2)
+        Ok(n == TABLES.len() as i64)
     }
 
     /// Removes whole days older than `older_than` before the database's
@@ -236,7 +242,7 @@ async fn purge(conn: &mut PgConnection, older_than: chrono::TimeDelta, dry_run: 
     let pending = sqlx::query(
         "SELECT c.relname::text AS part, p.relname::text AS parent FROM pg_inherits i \
          JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
-         WHERE i.inhdetachpending AND p.relname IN ('webhook_requests', 'webhook_attempts')",
+         WHERE i.inhdetachpending AND p.relname IN ('webhook_requests', 'webhook_attempts', 'webhook_messages')",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -261,6 +267,7 @@ async fn purge(conn: &mut PgConnection, older_than: chrono::TimeDelta, dry_run: 
         }
         let requests = partition_name("webhook_requests", day);
         let attempts = partition_name("webhook_attempts", day);
+        let messages = partition_name("webhook_messages", day);
         let label = day.format("%Y-%m-%d").to_string();
         let (mut n, mut pending) = (0i64, 0i64);
         if is_attached(conn, &requests).await? {
@@ -284,10 +291,12 @@ async fn purge(conn: &mut PgConnection, older_than: chrono::TimeDelta, dry_run: 
         if dry_run {
             continue;
         }
-        // Requests first: once they are gone the day's attempts are
-        // unreachable, so an attempts table left attached by a failed detach
-        // hides nothing and is simply retried next run.
-        for (parent, part) in [("webhook_requests", &requests), ("webhook_attempts", &attempts)] {
+        // Deliveries first: once they are gone the day's attempts and
+        // messages are unreachable, so a table left attached by a failed
+        // detach hides nothing and is simply retried next run.
+        for (parent, part) in
+            [("webhook_requests", &requests), ("webhook_attempts", &attempts), ("webhook_messages", &messages)]
+        {
             if !is_attached(conn, part).await? {
                 continue;
             }
@@ -314,7 +323,7 @@ async fn purge(conn: &mut PgConnection, older_than: chrono::TimeDelta, dry_run: 
     let detached: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_class c \
          WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace \
-           AND c.relname ~ '^webhook_(requests|attempts)_p[0-9]{8}$' \
+           AND c.relname ~ '^webhook_(requests|attempts|messages)_p[0-9]{8}$' \
            AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid) \
          ORDER BY c.relname",
     )
@@ -327,10 +336,11 @@ async fn purge(conn: &mut PgConnection, older_than: chrono::TimeDelta, dry_run: 
         }
         if !detached_now.contains(&name) {
             let n = count_rows(conn, &name).await? as u64;
-            if table == "webhook_requests" {
-                report.requests += n;
-            } else {
-                report.attempts += n;
+            match table {
+                "webhook_requests" => report.requests += n,
+                "webhook_attempts" => report.attempts += n,
+                // Messages are not counted: a log is a delivery.
+                _ => {}
             }
             days.insert(day.format("%Y-%m-%d").to_string());
         }
@@ -389,7 +399,7 @@ async fn attached_days(conn: &mut PgConnection) -> Result<Vec<NaiveDate>> {
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
          JOIN pg_class p ON p.oid = i.inhparent \
-         WHERE p.relname IN ('webhook_requests', 'webhook_attempts') AND NOT i.inhdetachpending",
+         WHERE p.relname IN ('webhook_requests', 'webhook_attempts', 'webhook_messages') AND NOT i.inhdetachpending",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -406,6 +416,7 @@ mod tests {
         let d = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
         assert_eq!(day_of("webhook_requests_p20261125"), Some(("webhook_requests", d)));
         assert_eq!(day_of("webhook_attempts_p20261125"), Some(("webhook_attempts", d)));
+        assert_eq!(day_of("webhook_messages_p20261125"), Some(("webhook_messages", d)));
         assert_eq!(day_of("webhook_requests_p2026112"), None);
         assert_eq!(day_of("webhook_requests_p20261325"), None);
         assert_eq!(day_of("webhook_requests"), None);

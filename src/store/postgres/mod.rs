@@ -28,33 +28,37 @@ pub mod sql {
     /// that sign it.
     macro_rules! claimed_with {
         () => {
-            "RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, r.body, \
+            "RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, \
                        r.attempt_count, r.max_retries, r.message_id, r.organization_id, r.endpoint_id, \
                        r.queue_key) \
-             SELECT c.*, e.headers::text AS endpoint_headers, e.policy::text AS endpoint_policy, \
+             SELECT c.*, m.body, e.headers::text AS endpoint_headers, e.policy::text AS endpoint_policy, \
                CASE WHEN c.endpoint_id IS NULL THEN o.secret ELSE e.secret END AS secret, \
                CASE WHEN c.endpoint_id IS NULL THEN o.previous_secret ELSE e.previous_secret END \
                  AS previous_secret, \
                CASE WHEN c.endpoint_id IS NULL THEN o.previous_secret_expires_at \
                  ELSE e.previous_secret_expires_at END AS previous_secret_expires_at \
              FROM claimed c \
+             JOIN webhook_messages m ON m.message_id = c.message_id AND m.created_at = c.created_at \
              LEFT JOIN endpoints e ON e.endpoint_id = c.endpoint_id \
              LEFT JOIN organization_secrets o ON c.endpoint_id IS NULL AND o.organization_id = c.organization_id"
         };
     }
 
-    /// The columns of a log listing: the request and its latest attempt (`a`).
+    /// The columns of a log listing: the delivery (`r`), its message (`m`)
+    /// and its latest attempt (`a`).
     pub const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
-         r.call_id, r.assistant_id, r.webhook_url, r.webhook_type, r.body, r.metadata, r.status, \
+         r.call_id, m.assistant_id, r.webhook_url, r.webhook_type, m.body, m.metadata, r.status, \
          r.attempt_count, r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, \
          a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, \
          a.response_truncated, a.response_time_ms, a.error_category, a.error_message \
          FROM webhook_requests r \
+         JOIN webhook_messages m ON m.message_id = r.message_id AND m.created_at = r.created_at \
          LEFT JOIN LATERAL (SELECT * FROM webhook_attempts la \
              WHERE la.request_pk = r.id AND la.request_created_at = r.created_at AND la.held \
              ORDER BY la.attempt_number DESC LIMIT 1) a ON true";
 
-    /// Dispatch: the idempotency key row (if any) and the request, one statement.
+    /// Dispatch to one endpoint or URL: the idempotency key row (if any),
+    /// the message and its delivery, one statement.
     pub const INSERT_DELIVERY: &str = "WITH key AS ( \
                    INSERT INTO idempotency_keys (organization_id, idempotency_key, request_id, log_id, created_at, \
                      message_id) \
@@ -62,12 +66,16 @@ pub mod sql {
                    ON CONFLICT DO NOTHING RETURNING log_id), \
                  ins AS ( \
                    INSERT INTO webhook_requests (id, request_id, organization_id, workspace_id, subscription_id, \
-                     call_id, assistant_id, webhook_url, webhook_type, body, metadata, idempotency_key, \
-                     max_retries, next_attempt_at, message_id, endpoint_id, queue_key) \
+                     call_id, webhook_url, webhook_type, max_retries, next_attempt_at, message_id, endpoint_id, \
+                     queue_key, created_at) \
                    SELECT COALESCE((SELECT log_id FROM key), nextval('webhook_requests_log_id_seq')), \
-                     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now(), $13, $14, $15 \
+                     $1, $2, $3, $4, $5, $7, $8, $12, now(), $13, $14, $15, now() \
                    WHERE $11::text IS NULL OR EXISTS (SELECT 1 FROM key) \
-                   RETURNING id) \
+                   RETURNING id, created_at), \
+                 msg AS ( \
+                   INSERT INTO webhook_messages (message_id, organization_id, workspace_id, webhook_type, body, \
+                     call_id, assistant_id, metadata, idempotency_key, created_at) \
+                   SELECT $13, $2, $3, $8, $9, $5, $6, $10, $11, created_at FROM ins) \
                  SELECT id FROM ins";
 
     /// Claims up to $1 due deliveries for a lease of $2 milliseconds.
@@ -370,14 +378,32 @@ impl Store for PostgresStore {
                 }
             }
         }
+        // The message once (its deliveries share the transaction's now(),
+        // so they share its created_at), then one delivery per endpoint.
+        sqlx::query(
+            "INSERT INTO webhook_messages (message_id, organization_id, workspace_id, webhook_type, body, call_id, \
+               assistant_id, metadata, idempotency_key, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())",
+        )
+        .bind(first.message_id)
+        .bind(first.organization_id)
+        .bind(first.workspace_id)
+        .bind(&first.webhook_type)
+        .bind(&first.body)
+        .bind(first.call_id)
+        .bind(first.assistant_id)
+        .bind(&first.metadata)
+        .bind(first.idempotency_key.as_deref())
+        .execute(&mut *tx)
+        .await?;
         let mut log_ids = Vec::with_capacity(ds.len());
         for (i, d) in ds.iter().enumerate() {
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO webhook_requests (id, request_id, organization_id, workspace_id, subscription_id, \
-                   call_id, assistant_id, webhook_url, webhook_type, body, metadata, idempotency_key, max_retries, \
-                   next_attempt_at, message_id, endpoint_id, queue_key) \
-                 VALUES (COALESCE($1, nextval('webhook_requests_log_id_seq')), $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                   $11, $12, $13, now(), $14, $15, $16) RETURNING id",
+                   call_id, webhook_url, webhook_type, max_retries, next_attempt_at, message_id, endpoint_id, \
+                   queue_key, created_at) \
+                 VALUES (COALESCE($1, nextval('webhook_requests_log_id_seq')), $2, $3, $4, $5, $6, $7, $8, $9, \
+                   now(), $10, $11, $12, now()) RETURNING id",
             )
             .bind(if i == 0 { first_id } else { None })
             .bind(d.request_id)
@@ -385,13 +411,8 @@ impl Store for PostgresStore {
             .bind(d.workspace_id)
             .bind(d.subscription_id)
             .bind(d.call_id)
-            .bind(d.assistant_id)
             .bind(d.webhook_url.as_str())
             .bind(&d.webhook_type)
-            .bind(&d.body)
-            .bind(&d.metadata)
-            // The key lives on the first delivery only (and in its own table).
-            .bind(if i == 0 { d.idempotency_key.as_deref() } else { None })
             .bind(i32::try_from(d.max_retries).unwrap_or(i32::MAX))
             .bind(d.message_id)
             .bind(d.endpoint_id)
