@@ -122,6 +122,9 @@ async fn seed_postgres(url: &str, receiver: &str) -> Old {
     old
 }
 
+/// request ID, message ID, URL, type, body, key, status, attempts, created.
+type OldRow<'a> = (Uuid, Uuid, &'a str, &'a str, &'a str, Option<&'a str>, &'a str, i32, i64);
+
 async fn seed_sqlite(url: &str, receiver: &str) -> Old {
     let options: sqlx::sqlite::SqliteConnectOptions = url.parse::<sqlx::sqlite::SqliteConnectOptions>().unwrap();
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
@@ -143,7 +146,7 @@ async fn seed_sqlite(url: &str, receiver: &str) -> Old {
          VALUES (?1, ?2, ?3, 55, 7, ?4, ?5, ?6, '{\"k\": \"v\"}', ?7, 3, ?8, ?9, \
            CASE WHEN ?8 = 'pending' THEN ?10 END, ?10, ?10, 'h:old') RETURNING id";
     let at = (chrono::Utc::now() - chrono::TimeDelta::minutes(5)).timestamp_micros();
-    let rows: [(Uuid, Uuid, &str, &str, &str, Option<&str>, &str, i32, i64); 4] = [
+    let rows: [OldRow; 4] = [
         (old.single, old.single, "http://127.0.0.1:9/old", "call_ended", SINGLE_BODY, None, "succeeded", 1, at),
         (
             old.fan[0],
