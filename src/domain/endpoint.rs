@@ -89,6 +89,17 @@ pub struct EndpointSpec {
     pub policy: DeliveryPolicy,
 }
 
+/// How deliveries to an endpoint are signed (Standard Webhooks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SignatureScheme {
+    /// A shared `whsec_` secret; `v1,` signatures.
+    #[default]
+    HmacSha256,
+    /// A `whsk_` ed25519 key; `v1a,` signatures, verified with its `whpk_`
+    /// public key.
+    Ed25519,
+}
+
 /// An endpoint as stored (its secrets stay in the store layer's record).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -98,8 +109,22 @@ pub struct Endpoint {
     pub organization_id: Uuid,
     pub workspace_id: Option<Uuid>,
     pub spec: EndpointSpec,
+    /// The current secret's `whpk_` public key when it is an ed25519 key.
+    /// Kept in the clear beside the sealed secret (it is public), so that
+    /// reading or listing endpoints never has to open a secret.
+    pub public_key: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl Endpoint {
+    /// The current secret's scheme: only an ed25519 key has a public key.
+    pub fn signature_scheme(&self) -> SignatureScheme {
+        match self.public_key {
+            Some(_) => SignatureScheme::Ed25519,
+            None => SignatureScheme::HmacSha256,
+        }
+    }
 }
 
 /// Which endpoints to list.
@@ -285,6 +310,18 @@ pub const UPDATABLE_FIELDS: &[&str] = &[
     "policy.max_in_flight",
 ];
 
+/// The scheme follows the secret, so it changes with a new secret: a
+/// rotation, during whose grace period the previous secret keeps signing.
+/// Changing it in place would break every receiver at once.
+pub fn scheme_not_updatable(field: &str) -> Error {
+    Error::invalid(
+        field,
+        "signature_scheme cannot be changed by UpdateEndpoint; rotate the secret with \
+         RotateEndpointSecret and its signature_scheme instead (the previous secret keeps signing during the \
+         grace period)",
+    )
+}
+
 fn snake(path: &str) -> String {
     let mut out = String::with_capacity(path.len() + 4);
     for c in path.chars() {
@@ -338,6 +375,7 @@ pub fn apply_update(current: EndpointInput, update: EndpointInput, mask: &[Strin
             "policy.attempt_timeout" => policy.attempt_timeout = new_policy.attempt_timeout,
             "policy.rate_limit_per_second" => policy.rate_limit_per_second = new_policy.rate_limit_per_second,
             "policy.max_in_flight" => policy.max_in_flight = new_policy.max_in_flight,
+            "signature_scheme" => return Err(scheme_not_updatable("update_mask")),
             _ => bad.push(raw.clone()),
         }
     }
@@ -421,7 +459,12 @@ mod tests {
         assert_eq!((out.description.as_str(), out.disabled, out.event_types.len()), ("new", false, 1));
         let out = apply_update(current.clone(), update.clone(), &["disabled".into(), "eventTypes".into()]).unwrap();
         assert!(out.disabled && out.event_types.is_empty() && out.description == "old");
-        let err = apply_update(current, update, &["endpoint_id".into()]).unwrap_err();
+        let err = apply_update(current.clone(), update.clone(), &["endpoint_id".into()]).unwrap_err();
         assert_eq!(err.violations[0].field, "update_mask");
+        for path in ["signature_scheme", "signatureScheme"] {
+            let err = apply_update(current.clone(), update.clone(), &[path.into()]).unwrap_err();
+            assert_eq!(err.violations[0].field, "update_mask");
+            assert!(err.violations[0].description.contains("RotateEndpointSecret"), "{err:?}");
+        }
     }
 }

@@ -6,8 +6,8 @@ mod endpoint;
 mod new_delivery;
 
 pub use endpoint::{
-    DeliveryPolicy, Endpoint, EndpointFilter, EndpointInput, EndpointSpec, PolicyInput, UPDATABLE_FIELDS, apply_update,
-    event_type_matches,
+    DeliveryPolicy, Endpoint, EndpointFilter, EndpointInput, EndpointSpec, PolicyInput, SignatureScheme,
+    UPDATABLE_FIELDS, apply_update, event_type_matches, scheme_not_updatable,
 };
 pub use new_delivery::{DispatchInput, Draft, Limits, NewDelivery, Target, WebhookUrl};
 pub(crate) use new_delivery::{parse_uuid, valid_webhook_type};

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use crate::auth::Principal;
-use crate::domain::{Endpoint, EndpointFilter, EndpointInput, PolicyInput};
+use crate::domain::{Endpoint, EndpointFilter, EndpointInput, PolicyInput, SignatureScheme};
 use crate::error::{Error, FieldViolation, Result};
 use crate::proto::v1 as pb;
 use crate::service::{EndpointRef, WebhookService};
@@ -41,6 +41,28 @@ fn duration(d: pbjson_types::Duration) -> std::result::Result<std::time::Duratio
     std::time::Duration::try_from(d).map_err(|_| ())
 }
 
+/// A requested scheme: `None` when unspecified (each RPC says what that
+/// means), INVALID_ARGUMENT naming `field` for a value this server does not
+/// know (proto3 enums are open, so any number can arrive).
+fn signature_scheme(field: &str, raw: i32) -> Result<Option<SignatureScheme>> {
+    match pb::SignatureScheme::try_from(raw) {
+        Ok(pb::SignatureScheme::Unspecified) => Ok(None),
+        Ok(pb::SignatureScheme::HmacSha256) => Ok(Some(SignatureScheme::HmacSha256)),
+        Ok(pb::SignatureScheme::Ed25519) => Ok(Some(SignatureScheme::Ed25519)),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("{raw} is not a signature scheme (SIGNATURE_SCHEME_HMAC_SHA256 or SIGNATURE_SCHEME_ED25519)"),
+        )),
+    }
+}
+
+fn scheme_to_proto(scheme: SignatureScheme) -> pb::SignatureScheme {
+    match scheme {
+        SignatureScheme::HmacSha256 => pb::SignatureScheme::HmacSha256,
+        SignatureScheme::Ed25519 => pb::SignatureScheme::Ed25519,
+    }
+}
+
 /// The settable fields of an `Endpoint` message.
 pub fn endpoint_input(e: pb::Endpoint) -> EndpointInput {
     EndpointInput {
@@ -61,6 +83,7 @@ pub fn endpoint_input(e: pb::Endpoint) -> EndpointInput {
 
 pub fn endpoint_to_proto(e: Endpoint) -> pb::Endpoint {
     let ms = |m: u64| pbjson_types::Duration::from(std::time::Duration::from_millis(m));
+    let signature_scheme = scheme_to_proto(e.signature_scheme()).into();
     let p = e.spec.policy;
     let policy = pb::DeliveryPolicy {
         max_retries: p.max_retries,
@@ -70,6 +93,8 @@ pub fn endpoint_to_proto(e: Endpoint) -> pb::Endpoint {
         max_in_flight: p.max_in_flight,
     };
     pb::Endpoint {
+        signature_scheme,
+        public_key: e.public_key.unwrap_or_default(),
         endpoint_id: e.endpoint_id.to_string(),
         organization_id: e.organization_id.to_string(),
         workspace_id: e.workspace_id.map(|w| w.to_string()).unwrap_or_default(),
@@ -101,8 +126,10 @@ pub async fn create(
     if !v.is_empty() {
         return Err(Error::invalid_fields(v));
     }
-    let (endpoint, secret) = s.create_endpoint(who, organization_id, workspace_id, endpoint_input(endpoint)).await?;
-    Ok(pb::CreateEndpointResponse { endpoint: Some(endpoint_to_proto(endpoint)), secret })
+    let scheme = signature_scheme("endpoint.signature_scheme", endpoint.signature_scheme)?.unwrap_or_default();
+    let (endpoint, secret) =
+        s.create_endpoint(who, organization_id, workspace_id, endpoint_input(endpoint), scheme).await?;
+    Ok(pb::CreateEndpointResponse { endpoint: Some(endpoint_to_proto(endpoint)), secret: secret.secret })
 }
 
 pub async fn get(s: &WebhookService, who: &Principal, r: pb::GetEndpointRequest) -> Result<pb::GetEndpointResponse> {
@@ -135,9 +162,10 @@ pub async fn update(
     r: pb::UpdateEndpointRequest,
 ) -> Result<pb::UpdateEndpointResponse> {
     let target = endpoint_ref(&r.organization_id, &r.workspace_id, &r.endpoint_id)?;
-    let update = r.endpoint.map(endpoint_input).unwrap_or_default();
+    let endpoint = r.endpoint.unwrap_or_default();
+    let scheme = signature_scheme("endpoint.signature_scheme", endpoint.signature_scheme)?;
     let mask = r.update_mask.map(|m| m.paths).unwrap_or_default();
-    let endpoint = s.update_endpoint(who, target, update, &mask).await?;
+    let endpoint = s.update_endpoint(who, target, endpoint_input(endpoint), scheme, &mask).await?;
     Ok(pb::UpdateEndpointResponse { endpoint: Some(endpoint_to_proto(endpoint)) })
 }
 
@@ -157,7 +185,8 @@ pub async fn secret(
     r: pb::GetEndpointSecretRequest,
 ) -> Result<pb::GetEndpointSecretResponse> {
     let r = endpoint_ref(&r.organization_id, &r.workspace_id, &r.endpoint_id)?;
-    Ok(pb::GetEndpointSecretResponse { secret: s.endpoint_secret(who, r).await? })
+    let shown = s.endpoint_secret(who, r).await?;
+    Ok(pb::GetEndpointSecretResponse { secret: shown.secret, public_key: shown.public_key.unwrap_or_default() })
 }
 
 pub async fn rotate(
@@ -171,8 +200,13 @@ pub async fn rotate(
         Some(Ok(d)) => Some(d),
         Some(Err(())) => return Err(Error::invalid("grace_period", "must not be negative")),
     };
-    let (secret, until) = s.rotate_endpoint_secret(who, target, grace).await?;
-    Ok(pb::RotateEndpointSecretResponse { secret, previous_secret_expire_time: Some(until.into()) })
+    let scheme = signature_scheme("signature_scheme", r.signature_scheme)?;
+    let (shown, until) = s.rotate_endpoint_secret(who, target, grace, scheme).await?;
+    Ok(pb::RotateEndpointSecretResponse {
+        secret: shown.secret,
+        previous_secret_expire_time: Some(until.into()),
+        public_key: shown.public_key.unwrap_or_default(),
+    })
 }
 
 pub async fn organization_secret(

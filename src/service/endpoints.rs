@@ -1,6 +1,11 @@
 //! Endpoint use cases: register, read, list, change, delete, and the signing
-//! secret's life (read again, rotate with a grace period). Another
-//! organization's endpoint answers exactly like a missing one.
+//! secret's life (read again, rotate with a grace period, which is also how an
+//! endpoint changes its signature scheme). Another organization's endpoint
+//! answers exactly like a missing one.
+//!
+//! The sealed secret is the key's text form itself (`whsec_` or `whsk_`), so
+//! delivery signs by its prefix; an ed25519 key's public key is also stored
+//! in the clear beside it, for reads that must not open secrets.
 
 use std::time::Duration;
 
@@ -9,8 +14,10 @@ use uuid::Uuid;
 
 use super::WebhookService;
 use crate::auth::Principal;
-use crate::delivery::sign::SigningSecret;
-use crate::domain::{Cursor, Endpoint, EndpointFilter, EndpointInput, EndpointSpec, apply_update};
+use crate::delivery::sign::{self, AsymmetricSecret, SigningSecret};
+use crate::domain::{
+    Cursor, Endpoint, EndpointFilter, EndpointInput, EndpointSpec, SignatureScheme, apply_update, scheme_not_updatable,
+};
 use crate::error::{Error, Result};
 use crate::pagination;
 use crate::store::NewEndpoint;
@@ -36,6 +43,26 @@ pub struct EndpointPage {
     pub next_page_token: Option<String>,
 }
 
+/// A signing secret as shown to its owner: the secret's text form and, for
+/// an ed25519 key, the public key receivers verify with. No `Debug`, so that
+/// it cannot end up in a log by accident.
+pub struct ShownSecret {
+    /// `whsec_...` or `whsk_...`.
+    pub secret: String,
+    /// `whpk_...`, for an ed25519 key.
+    pub public_key: Option<String>,
+}
+
+impl ShownSecret {
+    fn new(secret: &sign::Secret) -> Self {
+        let public_key = match secret.verification_key() {
+            sign::VerificationKey::Asymmetric(public) => Some(public.expose()),
+            sign::VerificationKey::Symmetric(_) => None,
+        };
+        Self { secret: secret.expose(), public_key }
+    }
+}
+
 fn not_found(id: Uuid) -> Error {
     Error::not_found(format!("no endpoint with ID {id}"))
 }
@@ -56,23 +83,39 @@ fn grace_until(grace: Option<Duration>) -> Result<DateTime<Utc>> {
 }
 
 impl WebhookService {
-    /// A new signing secret for `owner` (an endpoint or an organization):
-    /// its `whsec_` form, and that sealed for the store, bound to the owner so
-    /// it cannot be moved to another row.
-    fn new_secret(&self, owner: Uuid) -> (String, Vec<u8>) {
-        let secret = SigningSecret::generate().expose();
-        let sealed = self.secrets.encrypt(secret.as_bytes(), owner.as_bytes());
-        (secret, sealed)
+    /// A new signing secret of `scheme` for `owner` (an endpoint or an
+    /// organization): as shown, and sealed for the store, bound to the owner
+    /// so it cannot be moved to another row.
+    fn new_secret(&self, owner: Uuid, scheme: SignatureScheme) -> (ShownSecret, Vec<u8>) {
+        let secret = match scheme {
+            SignatureScheme::HmacSha256 => sign::Secret::Symmetric(SigningSecret::generate()),
+            SignatureScheme::Ed25519 => sign::Secret::Asymmetric(AsymmetricSecret::generate()),
+        };
+        let shown = ShownSecret::new(&secret);
+        let sealed = self.secrets.encrypt(shown.secret.as_bytes(), owner.as_bytes());
+        (shown, sealed)
     }
 
-    /// Registers an endpoint; answers it with its new secret (shown once).
+    /// Opens a sealed secret of `owner`.
+    fn open_secret(&self, sealed: &[u8], owner: Uuid) -> Result<sign::Secret> {
+        let plain = self
+            .secrets
+            .decrypt(sealed, owner.as_bytes())
+            .map_err(|e| Error::internal(anyhow::Error::new(e).context("decrypting a signing secret")))?;
+        let text = String::from_utf8(plain).map_err(|e| Error::internal(e.into()))?;
+        text.parse().map_err(|e: sign::KeyError| Error::internal(anyhow::Error::new(e).context("a stored secret")))
+    }
+
+    /// Registers an endpoint signing with `scheme`; answers it with its new
+    /// secret (shown once).
     pub async fn create_endpoint(
         &self,
         who: &Principal,
         organization_id: Uuid,
         workspace_id: Option<Uuid>,
         input: EndpointInput,
-    ) -> Result<(Endpoint, String)> {
+        scheme: SignatureScheme,
+    ) -> Result<(Endpoint, ShownSecret)> {
         if !may_act_for(who, organization_id) {
             return Err(Error::new(
                 crate::error::ErrorCode::PermissionDenied,
@@ -81,8 +124,15 @@ impl WebhookService {
         }
         let spec = EndpointSpec::parse(input, &self.limits)?;
         let endpoint_id = Uuid::new_v4();
-        let (secret, sealed) = self.new_secret(endpoint_id);
-        let new = NewEndpoint { endpoint_id, organization_id, workspace_id, spec, secret: sealed };
+        let (secret, sealed) = self.new_secret(endpoint_id, scheme);
+        let new = NewEndpoint {
+            endpoint_id,
+            organization_id,
+            workspace_id,
+            spec,
+            secret: sealed,
+            public_key: secret.public_key.clone(),
+        };
         let endpoint = self.store.insert_endpoint(&new, self.limits.max_endpoints_per_organization).await?;
         Ok((endpoint, secret))
     }
@@ -121,15 +171,23 @@ impl WebhookService {
     }
 
     /// Changes the fields `mask` names (AIP-134) and validates the result
-    /// as a whole.
+    /// as a whole. The signature scheme is not among them (see
+    /// [`scheme_not_updatable`]): `scheme` is the one the request's endpoint
+    /// gives, if any, which without a mask must be the current one.
     pub async fn update_endpoint(
         &self,
         who: &Principal,
         r: EndpointRef,
         update: EndpointInput,
+        scheme: Option<SignatureScheme>,
         mask: &[String],
     ) -> Result<Endpoint> {
         let current = self.get_endpoint(who, r).await?;
+        // An unchanged scheme is let through: a client may send back the
+        // endpoint it read.
+        if mask.is_empty() && scheme.is_some_and(|s| s != current.signature_scheme()) {
+            return Err(scheme_not_updatable("endpoint.signature_scheme"));
+        }
         let merged = apply_update(current.spec.to_input(), update, mask)?;
         let spec = EndpointSpec::parse(merged, &self.limits)?;
         self.store
@@ -147,30 +205,29 @@ impl WebhookService {
         }
     }
 
-    /// The current signing secret, decrypted.
-    pub async fn endpoint_secret(&self, who: &Principal, r: EndpointRef) -> Result<String> {
+    /// The current signing secret, decrypted, with its public key.
+    pub async fn endpoint_secret(&self, who: &Principal, r: EndpointRef) -> Result<ShownSecret> {
         self.get_endpoint(who, r).await?;
         let stored = self.store.endpoint_secrets(r.organization_id, r.endpoint_id).await?;
         let stored = stored.ok_or_else(|| not_found(r.endpoint_id))?;
-        let plain = self
-            .secrets
-            .decrypt(&stored.current, r.endpoint_id.as_bytes())
-            .map_err(|e| Error::internal(anyhow::anyhow!("decrypting an endpoint secret: {e}")))?;
-        String::from_utf8(plain).map_err(|e| Error::internal(e.into()))
+        Ok(ShownSecret::new(&self.open_secret(&stored.current, r.endpoint_id)?))
     }
 
-    /// A new secret signs from now on; the previous one also signs until
+    /// A new secret of `scheme` (`None`: the endpoint's current one) signs
+    /// from now on; the previous one, of whichever scheme, also signs until
     /// the grace period ends.
     pub async fn rotate_endpoint_secret(
         &self,
         who: &Principal,
         r: EndpointRef,
         grace: Option<Duration>,
-    ) -> Result<(String, DateTime<Utc>)> {
+        scheme: Option<SignatureScheme>,
+    ) -> Result<(ShownSecret, DateTime<Utc>)> {
         let until = grace_until(grace)?;
-        self.get_endpoint(who, r).await?;
-        let (secret, sealed) = self.new_secret(r.endpoint_id);
-        match self.store.rotate_endpoint_secret(r.organization_id, r.endpoint_id, &sealed, until).await? {
+        let current = self.get_endpoint(who, r).await?;
+        let (secret, sealed) = self.new_secret(r.endpoint_id, scheme.unwrap_or(current.signature_scheme()));
+        let public_key = secret.public_key.as_deref();
+        match self.store.rotate_endpoint_secret(r.organization_id, r.endpoint_id, &sealed, public_key, until).await? {
             true => Ok((secret, until)),
             false => Err(not_found(r.endpoint_id)),
         }
@@ -182,7 +239,7 @@ impl WebhookService {
         if known(&self.signed_organizations.lock().expect("organization set poisoned")) {
             return Ok(());
         }
-        let (_, sealed) = self.new_secret(organization_id);
+        let (_, sealed) = self.new_secret(organization_id, SignatureScheme::HmacSha256);
         self.store.ensure_organization_secret(organization_id, &sealed).await?;
         let mut set = self.signed_organizations.lock().expect("organization set poisoned");
         if set.len() >= 100_000 {
@@ -220,8 +277,8 @@ impl WebhookService {
         let until = grace_until(grace)?;
         // Checks the caller's organization and creates a first secret if needed.
         self.organization_secret(who, organization_id).await?;
-        let (secret, sealed) = self.new_secret(organization_id);
+        let (secret, sealed) = self.new_secret(organization_id, SignatureScheme::HmacSha256);
         self.store.rotate_organization_secret(organization_id, &sealed, until).await?;
-        Ok((secret, until))
+        Ok((secret.secret, until))
     }
 }

@@ -2,7 +2,7 @@
 
 mod endpoints;
 
-pub use endpoints::{DEFAULT_GRACE, EndpointPage, EndpointRef, MAX_GRACE};
+pub use endpoints::{DEFAULT_GRACE, EndpointPage, EndpointRef, MAX_GRACE, ShownSecret};
 
 use std::sync::Arc;
 

@@ -21,6 +21,8 @@ pub struct NewEndpoint {
     pub workspace_id: Option<Uuid>,
     pub spec: EndpointSpec,
     pub secret: Vec<u8>,
+    /// The secret's `whpk_` public key when it is an ed25519 key.
+    pub public_key: Option<String>,
 }
 
 /// An endpoint's or organization's signing secrets, encrypted.
@@ -54,13 +56,15 @@ pub trait EndpointStore: Send + Sync {
 
     async fn endpoint_secrets(&self, organization_id: Uuid, endpoint_id: Uuid) -> Result<Option<StoredSecrets>>;
 
-    /// Makes `new` the current secret and the current one the previous,
-    /// signing until `previous_until`. False when there is no such endpoint.
+    /// Makes `new` the current secret (with `public_key`, its public key when
+    /// it is an ed25519 key) and the current one the previous, signing until
+    /// `previous_until`. False when there is no such endpoint.
     async fn rotate_endpoint_secret(
         &self,
         organization_id: Uuid,
         endpoint_id: Uuid,
         new: &[u8],
+        public_key: Option<&str>,
         previous_until: DateTime<Utc>,
     ) -> Result<bool>;
 
@@ -149,7 +153,7 @@ fn sqlite_secrets(row: &sqlx::sqlite::SqliteRow) -> Result<StoredSecrets> {
 }
 
 const PG_COLUMNS: &str = "id, endpoint_id, organization_id, workspace_id, url, description, event_types::text AS event_types, \
-     disabled, headers::text AS headers, policy::text AS policy, created_at, updated_at";
+     disabled, headers::text AS headers, policy::text AS policy, public_key, created_at, updated_at";
 
 fn pg_endpoint(row: &sqlx::postgres::PgRow) -> Result<Endpoint> {
     Ok(Endpoint {
@@ -165,6 +169,7 @@ fn pg_endpoint(row: &sqlx::postgres::PgRow) -> Result<Endpoint> {
             row.try_get("headers")?,
             row.try_get("policy")?,
         )?,
+        public_key: row.try_get("public_key")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -190,8 +195,8 @@ impl EndpointStore for PostgresStore {
         }
         let row = sqlx::query(&format!(
             "INSERT INTO endpoints (endpoint_id, organization_id, workspace_id, url, description, event_types, \
-               disabled, headers, policy, secret) \
-             VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8::jsonb, $9::jsonb, $10) RETURNING {PG_COLUMNS}"
+               disabled, headers, policy, secret, public_key) \
+             VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8::jsonb, $9::jsonb, $10, $11) RETURNING {PG_COLUMNS}"
         ))
         .bind(e.endpoint_id)
         .bind(e.organization_id)
@@ -203,6 +208,7 @@ impl EndpointStore for PostgresStore {
         .bind(headers)
         .bind(policy)
         .bind(&e.secret)
+        .bind(&e.public_key)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -292,16 +298,18 @@ impl EndpointStore for PostgresStore {
         organization_id: Uuid,
         endpoint_id: Uuid,
         new: &[u8],
+        public_key: Option<&str>,
         previous_until: DateTime<Utc>,
     ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE endpoints SET previous_secret = secret, previous_secret_expires_at = $4, secret = $3, \
-               updated_at = now() WHERE endpoint_id = $1 AND organization_id = $2",
+               public_key = $5, updated_at = now() WHERE endpoint_id = $1 AND organization_id = $2",
         )
         .bind(endpoint_id)
         .bind(organization_id)
         .bind(new)
         .bind(previous_until)
+        .bind(public_key)
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected() == 1)
@@ -349,7 +357,7 @@ impl EndpointStore for PostgresStore {
 }
 
 const SQLITE_COLUMNS: &str = "id, endpoint_id, organization_id, workspace_id, url, description, event_types, \
-     disabled, headers, policy, created_at, updated_at";
+     disabled, headers, policy, public_key, created_at, updated_at";
 
 fn sqlite_endpoint(row: &sqlx::sqlite::SqliteRow) -> Result<Endpoint> {
     let uuid = |col: &str| -> Result<Uuid> {
@@ -370,6 +378,7 @@ fn sqlite_endpoint(row: &sqlx::sqlite::SqliteRow) -> Result<Endpoint> {
             row.try_get("headers")?,
             row.try_get("policy")?,
         )?,
+        public_key: row.try_get("public_key")?,
         created_at: super::sqlite::time(row.try_get("created_at")?)?,
         updated_at: super::sqlite::time(row.try_get("updated_at")?)?,
     })
@@ -392,8 +401,8 @@ impl EndpointStore for SqliteStore {
         }
         let row = sqlx::query(&format!(
             "INSERT INTO endpoints (endpoint_id, organization_id, workspace_id, url, description, event_types, \
-               disabled, headers, policy, secret, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {SQLITE_COLUMNS}"
+               disabled, headers, policy, secret, public_key, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {SQLITE_COLUMNS}"
         ))
         .bind(e.endpoint_id.to_string())
         .bind(e.organization_id.to_string())
@@ -405,6 +414,7 @@ impl EndpointStore for SqliteStore {
         .bind(headers)
         .bind(policy)
         .bind(&e.secret)
+        .bind(&e.public_key)
         .bind(now)
         .bind(now)
         .fetch_one(&mut *tx)
@@ -502,14 +512,16 @@ impl EndpointStore for SqliteStore {
         organization_id: Uuid,
         endpoint_id: Uuid,
         new: &[u8],
+        public_key: Option<&str>,
         previous_until: DateTime<Utc>,
     ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE endpoints SET previous_secret = secret, previous_secret_expires_at = ?, secret = ?, \
-               updated_at = ? WHERE endpoint_id = ? AND organization_id = ?",
+               public_key = ?, updated_at = ? WHERE endpoint_id = ? AND organization_id = ?",
         )
         .bind(super::sqlite::micros(previous_until))
         .bind(new)
+        .bind(public_key)
         .bind(super::sqlite::micros(Utc::now()))
         .bind(endpoint_id.to_string())
         .bind(organization_id.to_string())

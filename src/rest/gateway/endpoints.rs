@@ -65,14 +65,16 @@ fn endpoint_body(body: &Bytes) -> Result<pb::Endpoint, RestError> {
 }
 
 /// Create a webhook subscription (`CreateEndpoint`); the answer carries its
-/// signing secret, shown once.
+/// signing secret, shown once. `signatureScheme` picks HMAC-SHA256 (the
+/// default, `whsec_` secret, `v1` signatures) or ed25519 (`whsk_` key, `v1a`
+/// signatures, verified with the endpoint's `publicKey`).
 #[utoipa::path(
     post,
     path = "/organizations/{organizationId}/workspaces/{workspaceId}/webhook-subscriptions",
     tag = "webhook-subscriptions",
     params(("organizationId" = uuid::Uuid, Path), ("workspaceId" = uuid::Uuid, Path)),
-    request_body(content = Object, description = "hookpost.v1.Endpoint in proto3 JSON: url (required), description, eventTypes, disabled, headers, policy"),
-    responses((status = 200, description = "hookpost.v1.CreateEndpointResponse: the endpoint and its secret", body = Object)),
+    request_body(content = Object, description = "hookpost.v1.Endpoint in proto3 JSON: url (required), description, eventTypes, disabled, headers, policy, signatureScheme (SIGNATURE_SCHEME_HMAC_SHA256, the default, or SIGNATURE_SCHEME_ED25519)"),
+    responses((status = 200, description = "hookpost.v1.CreateEndpointResponse: the endpoint (with its signatureScheme, and publicKey for ed25519) and its secret (whsec_... or whsk_...)", body = Object)),
     security(("bearer" = []), ("accessKey" = []))
 )]
 pub async fn create(
@@ -140,7 +142,7 @@ pub async fn get(
         ("organizationId" = uuid::Uuid, Path), ("workspaceId" = uuid::Uuid, Path), ("webhookSubscriptionId" = uuid::Uuid, Path),
         ("updateMask" = Option<String>, Query, max_length = 1024, description = "e.g. url,eventTypes,policy.maxInFlight"),
     ),
-    request_body(content = Object, description = "hookpost.v1.Endpoint in proto3 JSON"),
+    request_body(content = Object, description = "hookpost.v1.Endpoint in proto3 JSON; signatureScheme cannot be updated (400): rotate the secret with a signatureScheme instead"),
     responses((status = 200, description = "hookpost.v1.UpdateEndpointResponse", body = Object)),
     security(("bearer" = []), ("accessKey" = []))
 )]
@@ -192,7 +194,7 @@ pub async fn delete(
     path = "/organizations/{organizationId}/workspaces/{workspaceId}/webhook-subscriptions/{webhookSubscriptionId}/secret",
     tag = "webhook-subscriptions",
     params(("organizationId" = uuid::Uuid, Path), ("workspaceId" = uuid::Uuid, Path), ("webhookSubscriptionId" = uuid::Uuid, Path)),
-    responses((status = 200, description = "hookpost.v1.GetEndpointSecretResponse", body = Object)),
+    responses((status = 200, description = "hookpost.v1.GetEndpointSecretResponse: secret, and publicKey (whpk_...) for ed25519", body = Object)),
     security(("bearer" = []), ("accessKey" = []))
 )]
 pub async fn secret(
@@ -206,14 +208,16 @@ pub async fn secret(
 }
 
 /// Rotate the signing secret (`RotateEndpointSecret`); the previous one keeps
-/// signing for `gracePeriod` (default 24 h, at most 7 days).
+/// signing for `gracePeriod` (default 24 h, at most 7 days). A
+/// `signatureScheme` other than the current one switches the endpoint's
+/// scheme; during the grace period deliveries carry both signatures.
 #[utoipa::path(
     post,
     path = "/organizations/{organizationId}/workspaces/{workspaceId}/webhook-subscriptions/{webhookSubscriptionId}/secret:rotate",
     tag = "webhook-subscriptions",
     params(("organizationId" = uuid::Uuid, Path), ("workspaceId" = uuid::Uuid, Path), ("webhookSubscriptionId" = uuid::Uuid, Path)),
-    request_body(content = Object, description = "{\"gracePeriod\": \"3600s\"} (optional)"),
-    responses((status = 200, description = "hookpost.v1.RotateEndpointSecretResponse", body = Object)),
+    request_body(content = Object, description = "{\"gracePeriod\": \"3600s\", \"signatureScheme\": \"SIGNATURE_SCHEME_ED25519\"} (both optional; no signatureScheme keeps the current one)"),
+    responses((status = 200, description = "hookpost.v1.RotateEndpointSecretResponse: secret, previousSecretExpireTime, and publicKey for ed25519", body = Object)),
     security(("bearer" = []), ("accessKey" = []))
 )]
 pub async fn rotate(
