@@ -32,4 +32,5 @@ mod ops;
 mod processes;
 mod rest;
 mod retention;
+mod signature_schemes;
 mod tenancy;
