@@ -11,7 +11,10 @@
 - a dispatch to a bare webhook_url verifies with GetOrganizationSecret's secret;
 - a fan-out (neither webhook_url nor endpoint_id) reaches every enabled
   endpoint whose event types match, each with the same ``webhook-id`` (the
-  message ID) and its own request ID, each signed with its endpoint's secret.
+  message ID) and its own request ID, each signed with its endpoint's secret;
+- an ed25519 endpoint (SIGNATURE_SCHEME_ED25519) signs ``v1a``, verified
+  with the ``whpk_`` public key from GetEndpointSecret using ``cryptography``
+  (``standardwebhooks`` for Python checks ``v1`` only); a tampered body fails.
 
 Every wait polls against a deadline."""
 
@@ -30,6 +33,8 @@ from typing import Callable
 
 import grpc
 import standardwebhooks
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf import duration_pb2
 
 from hookpost.v1 import webhook_service_pb2 as pb
@@ -171,6 +176,25 @@ def assert_tamper_fails(d: Delivery, secret: str) -> None:
         assert "too old" in str(err).lower(), err
 
 
+def verify_v1a(d: Delivery, public_key: str, body: bytes | None = None) -> bool:
+    """A Standard Webhooks ``v1a`` check as a receiver holding only the
+    ``whpk_`` public key would make: some ed25519 signature in
+    ``webhook-signature`` covers "{webhook-id}.{webhook-timestamp}.{body}"."""
+    assert public_key.startswith("whpk_"), public_key
+    key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key[len("whpk_"):]))
+    content = f"{d.headers['webhook-id']}.{d.headers['webhook-timestamp']}.".encode() + (d.body if body is None else body)
+    for sig in d.headers["webhook-signature"].split(" "):
+        version, _, value = sig.partition(",")
+        if version != "v1a":
+            continue
+        try:
+            key.verify(base64.b64decode(value), content)
+            return True
+        except InvalidSignature:
+            pass
+    return False
+
+
 def main() -> None:
     addr, key = os.environ["HOOKPOST_ADDR"], os.environ["HOOKPOST_KEY"]
     client = Client(addr, key)
@@ -284,6 +308,32 @@ def main() -> None:
             assert time.monotonic() < deadline, f"fan-out delivery {request_id} did not succeed in time"
             time.sleep(0.05)
     assert receiver.on_path("/fan/other") == [], [show(d) for d in receiver.on_path("/fan/other")]
+
+    # 6. An ed25519 endpoint: v1a, verified with its public key alone.
+    made = stub.CreateEndpoint(
+        pb.CreateEndpointRequest(
+            organization_id=org,
+            endpoint=pb.Endpoint(
+                url=receiver.url("/ed25519"), event_types=["call.ended"], signature_scheme=pb.SIGNATURE_SCHEME_ED25519
+            ),
+        ),
+        metadata=md,
+    )
+    assert made.secret.startswith("whsk_"), made.secret
+    assert made.endpoint.signature_scheme == pb.SIGNATURE_SCHEME_ED25519, made.endpoint
+    read = stub.GetEndpointSecret(
+        pb.GetEndpointSecretRequest(organization_id=org, endpoint_id=made.endpoint.endpoint_id), metadata=md
+    )
+    assert (read.secret, read.public_key) == (made.secret, made.endpoint.public_key), read
+    receiver.expect("/ed25519")
+    res6 = client.dispatch(
+        organization_id=org, webhook_url="", endpoint_id=made.endpoint.endpoint_id, webhook_type="call.ended", payload={"n": 6}
+    )
+    [d6] = receiver.wait_for("ed25519 delivery", lambda d: d.headers.get("x-hookpost-request-id") == res6.request_id)
+    assert d6.headers["webhook-id"] == res6.message_id, show(d6)
+    assert [s.partition(",")[0] for s in d6.headers["webhook-signature"].split(" ")] == ["v1a"], show(d6)
+    assert verify_v1a(d6, read.public_key), f"v1a did not verify with the public key: {show(d6)}"
+    assert not verify_v1a(d6, read.public_key, body=d6.body.replace(b"}", b', "tampered": true}', 1)), "a tampered body verified"
 
     # No delivery anywhere was refused by the receiver's verification.
     with receiver.lock:

@@ -5,13 +5,15 @@
 // after a zero-grace rotation with the newest alone; a tampered body and a
 // stale webhook-timestamp are rejected; a bare-URL dispatch verifies with
 // GetOrganizationSecret's secret; a fan-out reaches every matching endpoint
-// with one webhook-id. Every wait polls against a deadline.
+// with one webhook-id; an ed25519 endpoint signs `v1a`, verified with the
+// whpk_ public key by node:crypto (the npm package checks `v1` only), and a
+// tampered body fails. Every wait polls against a deadline.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, type IncomingHttpHeaders } from "node:http";
-import { randomUUID } from "node:crypto";
+import { createPublicKey, randomUUID, verify } from "node:crypto";
 import { Webhook, WebhookVerificationError } from "standardwebhooks";
-import { connect, ExecutionStatus, type DispatchResponse } from "../src/index.js";
+import { connect, ExecutionStatus, SignatureScheme, type DispatchResponse } from "../src/index.js";
 import { hookpost } from "./server.js";
 
 const DEADLINE_MS = 20_000;
@@ -131,6 +133,19 @@ function assertRejected(d: Delivery, ...secrets: string[]): void {
   }
 }
 
+/** A Standard Webhooks `v1a` check as a receiver holding only the whpk_ public
+ * key would make: some ed25519 signature covers "{id}.{timestamp}.{body}". */
+function verifiesV1a(d: Delivery, publicKey: string, body: Buffer = d.body): boolean {
+  assert.match(publicKey, /^whpk_/);
+  const x = Buffer.from(publicKey.slice("whpk_".length), "base64").toString("base64url");
+  const key = createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x }, format: "jwk" });
+  const content = Buffer.concat([Buffer.from(`${d.headers["webhook-id"]}.${d.headers["webhook-timestamp"]}.`), body]);
+  return d.headers["webhook-signature"]
+    .split(" ")
+    .map((sig) => sig.split(","))
+    .some(([version, value]) => version === "v1a" && verify(null, content, key, Buffer.from(value, "base64")));
+}
+
 function assertTamperFails(d: Delivery, secret: string): void {
   const wh = new Webhook(secret);
   wh.verify(d.body, d.headers); // the untouched delivery verifies
@@ -248,6 +263,28 @@ test("deliveries verify with standardwebhooks, through a rotation; tampering and
       }
     }
     assert.deepEqual(receiver.deliveries.filter((d) => d.path === "/fan/other").map(show), []);
+
+    // An ed25519 endpoint: v1a, verified with its public key alone.
+    const ed = await client.createEndpoint({
+      organizationId,
+      endpoint: { url: receiver.url("/ed25519"), eventTypes: ["call.ended"], signatureScheme: SignatureScheme.ED25519 },
+    });
+    assert.match(ed.secret, /^whsk_/);
+    assert.equal(ed.endpoint!.signatureScheme, SignatureScheme.ED25519);
+    const edSecret = await client.getEndpointSecret({ organizationId, endpointId: ed.endpoint!.endpointId });
+    assert.deepEqual([edSecret.secret, edSecret.publicKey], [ed.secret, ed.endpoint!.publicKey]);
+    const res6 = await client.dispatch({
+      organizationId,
+      endpointId: ed.endpoint!.endpointId,
+      webhookType: "call.ended",
+      payload: { n: 6 },
+    });
+    const [d6] = await receiver.waitFor("ed25519 delivery", byRequest(res6));
+    assert.equal(d6.headers["webhook-id"], res6.messageId, show(d6));
+    assert.match(d6.headers["webhook-signature"], /^v1a,[^ ]+$/, show(d6));
+    assert.ok(verifiesV1a(d6, edSecret.publicKey), `v1a did not verify with the public key: ${show(d6)}`);
+    const tampered = Buffer.from(d6.body.toString().replace("}", ', "tampered": true}'));
+    assert.ok(!verifiesV1a(d6, edSecret.publicKey, tampered), "a tampered body verified");
 
     // The receiver refused nothing.
     const refused = receiver.deliveries.filter((d) => [...d.verified.values()].some((v) => !v));
