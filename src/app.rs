@@ -66,11 +66,14 @@ impl Application {
             wake.clone(),
             metrics.clone(),
             secrets.clone(),
+            config.retention,
         );
         if config.limits.allow_private_targets {
             tracing::warn!("--allow-private-targets: the SSRF guard is off; webhooks may reach private networks");
         }
-        let engine = DeliveryEngine::new(store.clone(), config.delivery.clone(), wake, metrics.clone(), secrets)?;
+        let notices: Arc<dyn crate::delivery::Notices> = Arc::new(service.clone());
+        let engine =
+            DeliveryEngine::new(store.clone(), config.delivery.clone(), wake, metrics.clone(), secrets, notices)?;
         match crate::transport::raise_open_file_limit() {
             Ok(limit) => tracing::debug!(limit, "open-file limit"),
             Err(err) => tracing::warn!(error = %err, "raising the open-file limit failed"),
@@ -152,6 +155,7 @@ impl Application {
             token.clone(),
         ));
         let sampler_task = tokio::spawn(sample_queue(self.store.clone(), self.metrics.clone(), token.clone()));
+        let operations_task = tokio::spawn(self.service.clone().run_operations(token.clone()));
         tracing::info!(addr = %self.addr, "hookpost listening (gRPC and REST)");
 
         let stop = token.clone();
@@ -165,6 +169,7 @@ impl Application {
         health_task.abort();
         maintenance_task.abort();
         sampler_task.abort();
+        operations_task.abort();
         tracing::info!("hookpost stopped");
         Ok(())
     }

@@ -221,6 +221,17 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKPOST_PER_HOST_CONCURRENCY", default_value_t = 32)]
     pub per_host_concurrency: usize,
 
+    /// An endpoint all of whose deliveries have failed for this long (and at
+    /// least --disable-after-failures in a row) is disabled automatically;
+    /// its new deliveries are held until it is re-enabled. An endpoint that
+    /// answers 410 Gone is disabled at once.
+    #[arg(long, env = "HOOKPOST_DISABLE_AFTER", value_parser = duration, default_value = "5d")]
+    pub disable_after: Duration,
+
+    /// Failed attempts in a row, at least, before --disable-after applies.
+    #[arg(long, env = "HOOKPOST_DISABLE_AFTER_FAILURES", default_value_t = 10)]
+    pub disable_after_failures: u32,
+
     /// How long shutdown waits for in-flight deliveries.
     #[arg(long, env = "HOOKPOST_DRAIN_TIMEOUT", value_parser = duration, default_value = "30s")]
     pub drain_timeout: Duration,
@@ -428,6 +439,11 @@ impl TryFrom<ServeArgs> for Config {
                 retry,
                 drain_timeout: a.drain_timeout,
                 allow_private_targets: a.allow_private_targets,
+                disable_rule: crate::store::DisableRule {
+                    window: chrono::TimeDelta::from_std(a.disable_after)
+                        .map_err(|_| anyhow::anyhow!("--disable-after is too long"))?,
+                    min_failures: a.disable_after_failures.max(1),
+                },
                 ..DeliveryConfig::default()
             },
             key_cache_ttl: a.key_cache_ttl,

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::domain::{ClaimedDelivery, DueQueue, NextStep};
 use crate::error::ErrorCode;
 use crate::metrics::{AttemptLabels, Metrics};
-use crate::store::{NewAttempt, Store};
+use crate::store::{DisableRule, EndpointOutcome, NewAttempt, Store};
 use http::{AttemptResult, HttpDeliverer, Signing};
 use retry::{RetryPolicy, is_retryable};
 
@@ -58,6 +58,8 @@ pub struct DeliveryConfig {
     pub max_response_read: usize,
     /// Lifts the SSRF guard (local development and tests only).
     pub allow_private_targets: bool,
+    /// When an endpoint whose deliveries keep failing is disabled.
+    pub disable_rule: DisableRule,
 }
 
 impl Default for DeliveryConfig {
@@ -75,6 +77,7 @@ impl Default for DeliveryConfig {
             drain_timeout: Duration::from_secs(30),
             max_response_read: 1024 * 1024,
             allow_private_targets: false,
+            disable_rule: DisableRule { window: chrono::TimeDelta::days(5), min_failures: 10 },
         }
     }
 }
@@ -108,8 +111,17 @@ fn before(key: &str) -> String {
     k
 }
 
+/// What the engine tells the service about: an endpoint it disabled (the
+/// service announces it with an operational event). A trait, so that the
+/// engine does not reach up into the service.
+#[async_trait::async_trait]
+pub trait Notices: Send + Sync {
+    async fn endpoint_disabled(&self, endpoint: crate::domain::Endpoint);
+}
+
 pub struct DeliveryEngine {
     store: Arc<dyn Store>,
+    notices: Arc<dyn Notices>,
     http: HttpDeliverer,
     config: DeliveryConfig,
     wake: Arc<Notify>,
@@ -131,6 +143,7 @@ impl DeliveryEngine {
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
         secrets: Arc<crate::secrets::SecretKey>,
+        notices: Arc<dyn Notices>,
     ) -> anyhow::Result<Arc<Self>> {
         let http = HttpDeliverer::new(
             config.attempt_timeout,
@@ -140,6 +153,7 @@ impl DeliveryEngine {
         )?;
         Ok(Arc::new(Self {
             store,
+            notices,
             http,
             slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
             config,
@@ -273,6 +287,18 @@ impl DeliveryEngine {
     }
 
     fn start(self: &Arc<Self>, claims: Vec<ClaimedDelivery>) {
+        // Claimed while its endpoint is paused or disabled: held, not sent
+        // (it flows again when the endpoint is resumed or re-enabled).
+        let (held, claims): (Vec<_>, Vec<_>) = claims.into_iter().partition(|c| c.hold);
+        if !held.is_empty() {
+            let store = self.store.clone();
+            self.tracker.spawn(async move {
+                if let Err(err) = store.hold(&held).await {
+                    // The lease brings them back and they are held then.
+                    tracing::warn!(error = %err, "holding deliveries failed");
+                }
+            });
+        }
         for claim in claims {
             // Quotas never exceed the free slots, so a slot is there.
             let Ok(slot) = self.slots.clone().try_acquire_owned() else {
@@ -377,7 +403,10 @@ impl DeliveryEngine {
         let mut pause = Duration::from_millis(100);
         loop {
             match self.store.record_attempt(&claim, &attempt).await {
-                Ok(true) => return,
+                Ok(true) => {
+                    self.endpoint_outcome(&claim, &attempt).await;
+                    return;
+                }
                 Ok(false) => {
                     tracing::warn!(request_id = %claim.request_id, "lease was lost before the attempt was recorded");
                     return;
@@ -397,9 +426,32 @@ impl DeliveryEngine {
         }
     }
 
+    /// Counts an attempt toward its endpoint's run of failures (a success
+    /// ends a run), and announces the endpoint if this attempt disabled it.
+    async fn endpoint_outcome(&self, claim: &ClaimedDelivery, attempt: &NewAttempt) {
+        let Some(endpoint_id) = claim.endpoint_id else { return };
+        let outcome = match (attempt.success, attempt.status_code) {
+            // Nothing to reset: no write for the common case.
+            (true, _) if claim.endpoint_failures == 0 => return,
+            (true, _) => EndpointOutcome::Succeeded,
+            (false, Some(410)) => EndpointOutcome::Gone,
+            (false, _) => EndpointOutcome::Failed,
+        };
+        match self.store.record_endpoint_outcome(endpoint_id, outcome, &self.config.disable_rule).await {
+            Ok(Some(endpoint)) => {
+                tracing::warn!(%endpoint_id, reason = ?endpoint.disabled_reason, "endpoint disabled");
+                self.notices.endpoint_disabled(endpoint).await;
+            }
+            Ok(None) => {}
+            Err(err) => tracing::warn!(%endpoint_id, error = %err, "recording an endpoint's outcome failed"),
+        }
+    }
+
     /// Decides the request's next step from an attempt's result.
     fn settle(&self, claim: &ClaimedDelivery, r: AttemptResult) -> NewAttempt {
-        let number = claim.attempt_count + 1;
+        // Counted from the latest manual redelivery, which starts a fresh
+        // retry budget and backoff.
+        let number = claim.attempt_count.saturating_sub(claim.manual_from) + 1;
         let next = if r.success() {
             NextStep::Succeeded
         } else if is_retryable(r.status, r.category) && number <= claim.max_retries {

@@ -115,6 +115,19 @@ pub struct Endpoint {
     pub public_key: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Paused by PauseEndpoint: its deliveries are held.
+    pub paused: bool,
+    /// Why hookpost disabled it (None when it is enabled, or was disabled by
+    /// an update), and when it was disabled.
+    pub disabled_reason: Option<String>,
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+impl Endpoint {
+    /// Deliveries to it are held rather than sent.
+    pub fn holds(&self) -> bool {
+        self.paused || self.spec.disabled
+    }
 }
 
 impl Endpoint {

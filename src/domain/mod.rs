@@ -21,6 +21,8 @@ pub enum ExecutionStatus {
     Pending,
     Succeeded,
     Failed,
+    /// Waiting for its endpoint to be resumed or re-enabled; never claimed.
+    Held,
 }
 
 impl ExecutionStatus {
@@ -29,6 +31,7 @@ impl ExecutionStatus {
             Self::Pending => "pending",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
+            Self::Held => "held",
         }
     }
 
@@ -37,6 +40,7 @@ impl ExecutionStatus {
             "pending" => Some(Self::Pending),
             "succeeded" => Some(Self::Succeeded),
             "failed" => Some(Self::Failed),
+            "held" => Some(Self::Held),
             _ => None,
         }
     }
@@ -82,6 +86,10 @@ pub struct LogFilter {
     pub created_after: Option<DateTime<Utc>>,
     /// Exclusive upper bound on `created_at`.
     pub created_before: Option<DateTime<Utc>>,
+    /// Deliveries to this endpoint.
+    pub endpoint_id: Option<Uuid>,
+    /// The latest attempt failed with this category (see [`FailureCategory`]).
+    pub error_category: Option<String>,
 }
 
 /// A keyset position: logs are ordered by `(created_at, log_id)` descending.
@@ -168,6 +176,8 @@ pub struct AttemptRecord {
     pub response_time_ms: i64,
     pub error_category: Option<String>,
     pub error_message: Option<String>,
+    /// Made after a manual redelivery or a recovery.
+    pub manual: bool,
 }
 
 /// A due delivery claimed by one worker until `lease_id`'s lease expires.
@@ -184,6 +194,13 @@ pub struct ClaimedDelivery {
     /// Attempts already made; the next one is `attempt_count + 1`.
     pub attempt_count: u32,
     pub max_retries: u32,
+    /// Attempts made before the latest manual redelivery (0 without one):
+    /// the retry budget and the backoff count from there.
+    pub manual_from: u32,
+    /// The endpoint is paused or disabled: hold the delivery, don't send it.
+    pub hold: bool,
+    /// The endpoint's current run of failed attempts.
+    pub endpoint_failures: u32,
     /// The `webhook-id` receivers deduplicate on.
     pub message_id: Uuid,
     pub organization_id: Uuid,

@@ -154,6 +154,7 @@ impl Draft {
             metadata: self.metadata.clone(),
             idempotency_key: self.idempotency_key.clone(),
             max_retries,
+            held: false,
         }
     }
 
@@ -185,6 +186,9 @@ pub struct NewDelivery {
     pub metadata: Option<serde_json::Value>,
     pub idempotency_key: Option<String>,
     pub max_retries: u32,
+    /// Its endpoint is paused or disabled: stored held, sent once it is
+    /// resumed or re-enabled.
+    pub held: bool,
 }
 
 impl NewDelivery {

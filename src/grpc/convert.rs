@@ -57,7 +57,7 @@ pub(super) fn opt_uuid(field: &str, raw: Option<&str>, v: &mut Vec<FieldViolatio
     crate::domain::parse_uuid(field, raw, v)
 }
 
-fn timestamp(field: &str, ts: Option<Timestamp>, v: &mut Vec<FieldViolation>) -> Option<DateTime<Utc>> {
+pub(super) fn timestamp(field: &str, ts: Option<Timestamp>, v: &mut Vec<FieldViolation>) -> Option<DateTime<Utc>> {
     let ts = ts?;
     match DateTime::<Utc>::try_from(ts) {
         Ok(t) => Some(t),
@@ -73,7 +73,23 @@ pub fn status_to_proto(s: ExecutionStatus) -> pb::ExecutionStatus {
         ExecutionStatus::Pending => pb::ExecutionStatus::Pending,
         ExecutionStatus::Succeeded => pb::ExecutionStatus::Succeeded,
         ExecutionStatus::Failed => pb::ExecutionStatus::Failed,
+        ExecutionStatus::Held => pb::ExecutionStatus::Held,
     }
+}
+
+/// An `error_category` filter: a category's spelling (letters, digits, `_`).
+pub fn error_category(raw: String, v: &mut Vec<FieldViolation>) -> Option<String> {
+    if raw.is_empty() {
+        return None;
+    }
+    if raw.len() > 32 || !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        v.push(FieldViolation {
+            field: "error_category".into(),
+            description: "must be a failure category such as \"timeout\" or \"http_5xx\"".into(),
+        });
+        return None;
+    }
+    Some(raw)
 }
 
 impl TryFrom<pb::DispatchRequest> for DispatchInput {
@@ -109,6 +125,7 @@ impl TryFrom<pb::ListWebhookLogsRequest> for ListQuery {
             Ok(pb::ExecutionStatus::Pending) => Some(ExecutionStatus::Pending),
             Ok(pb::ExecutionStatus::Succeeded) => Some(ExecutionStatus::Succeeded),
             Ok(pb::ExecutionStatus::Failed) => Some(ExecutionStatus::Failed),
+            Ok(pb::ExecutionStatus::Held) => Some(ExecutionStatus::Held),
             Err(_) => {
                 v.push(FieldViolation {
                     field: "execution_status".into(),
@@ -126,6 +143,8 @@ impl TryFrom<pb::ListWebhookLogsRequest> for ListQuery {
             status,
             created_after: timestamp("created_after", r.created_after, &mut v),
             created_before: timestamp("created_before", r.created_before, &mut v),
+            endpoint_id: opt_uuid("endpoint_id", Some(&r.endpoint_id), &mut v),
+            error_category: error_category(r.error_category, &mut v),
         };
         if !v.is_empty() {
             return Err(Error::invalid_fields(v));
@@ -210,6 +229,7 @@ fn attempt_to_proto(a: AttemptRecord, request_body: &str) -> pb::DeliveryAttempt
         response_time_ms: a.response_time_ms,
         error_message: a.error_message,
         error_category: a.error_category,
+        manual: a.manual,
     }
 }
 

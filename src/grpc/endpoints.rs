@@ -12,7 +12,7 @@ use crate::error::{Error, FieldViolation, Result};
 use crate::proto::v1 as pb;
 use crate::service::{EndpointRef, WebhookService};
 
-fn required_uuid(field: &str, raw: &str, v: &mut Vec<FieldViolation>) -> Option<Uuid> {
+pub(super) fn required_uuid(field: &str, raw: &str, v: &mut Vec<FieldViolation>) -> Option<Uuid> {
     if raw.is_empty() {
         v.push(FieldViolation { field: field.into(), description: "is required".into() });
         return None;
@@ -24,7 +24,7 @@ fn optional_uuid(field: &str, raw: &str, v: &mut Vec<FieldViolation>) -> Option<
     super::convert::opt_uuid(field, Some(raw), v)
 }
 
-fn endpoint_ref(organization_id: &str, workspace_id: &str, endpoint_id: &str) -> Result<EndpointRef> {
+pub(super) fn endpoint_ref(organization_id: &str, workspace_id: &str, endpoint_id: &str) -> Result<EndpointRef> {
     let mut v = Vec::new();
     let organization = required_uuid("organization_id", organization_id, &mut v);
     let workspace_id = optional_uuid("workspace_id", workspace_id, &mut v);
@@ -106,6 +106,9 @@ pub fn endpoint_to_proto(e: Endpoint) -> pb::Endpoint {
         policy: Some(policy),
         create_time: Some(e.created_at.into()),
         update_time: Some(e.updated_at.into()),
+        paused: e.paused,
+        disabled_reason: e.disabled_reason.unwrap_or_default(),
+        disable_time: e.disabled_at.map(Into::into),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod convert;
 pub mod endpoints;
+pub mod recovery;
 
 pub use convert::{json_to_struct, struct_to_json};
 
@@ -216,6 +217,66 @@ impl WebhookServiceRpc for GrpcApi {
         self.observed("RotateOrganizationSecret", async {
             let who = self.caller(&request).await?;
             Ok(Response::new(endpoints::rotate_organization_secret(&self.service, &who, request.into_inner()).await?))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, name = "RedeliverWebhook")]
+    async fn redeliver_webhook(
+        &self,
+        request: Request<pb::RedeliverWebhookRequest>,
+    ) -> Result<Response<pb::RedeliverWebhookResponse>, Status> {
+        self.observed("RedeliverWebhook", async {
+            let who = self.caller(&request).await?;
+            Ok(Response::new(recovery::redeliver(&self.service, &who, request.into_inner()).await?))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, name = "RecoverWebhooks")]
+    async fn recover_webhooks(
+        &self,
+        request: Request<pb::RecoverWebhooksRequest>,
+    ) -> Result<Response<pb::RecoverWebhooksResponse>, Status> {
+        self.observed("RecoverWebhooks", async {
+            let who = self.caller(&request).await?;
+            Ok(Response::new(recovery::recover(&self.service, &who, request.into_inner()).await?))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, name = "GetOperation")]
+    async fn get_operation(
+        &self,
+        request: Request<pb::GetOperationRequest>,
+    ) -> Result<Response<pb::GetOperationResponse>, Status> {
+        self.observed("GetOperation", async {
+            let who = self.caller(&request).await?;
+            Ok(Response::new(recovery::get_operation(&self.service, &who, request.into_inner()).await?))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, name = "PauseEndpoint")]
+    async fn pause_endpoint(
+        &self,
+        request: Request<pb::PauseEndpointRequest>,
+    ) -> Result<Response<pb::PauseEndpointResponse>, Status> {
+        self.observed("PauseEndpoint", async {
+            let who = self.caller(&request).await?;
+            Ok(Response::new(recovery::pause(&self.service, &who, request.into_inner()).await?))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, name = "ResumeEndpoint")]
+    async fn resume_endpoint(
+        &self,
+        request: Request<pb::ResumeEndpointRequest>,
+    ) -> Result<Response<pb::ResumeEndpointResponse>, Status> {
+        self.observed("ResumeEndpoint", async {
+            let who = self.caller(&request).await?;
+            Ok(Response::new(recovery::resume(&self.service, &who, request.into_inner()).await?))
         })
         .await
     }

@@ -39,7 +39,9 @@ pub struct RestState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "hookpost REST API", description = "Webhook logs over JSON; every route maps onto the gRPC service."),
-    components(schemas(calls::CallWebhookLog, subscriptions::SubscriptionLog, subscriptions::SubscriptionLogDetail))
+    components(schemas(calls::CallWebhookLog, subscriptions::SubscriptionLog, subscriptions::SubscriptionLogDetail)),
+    // Custom methods after a path parameter (`{id}:verb`), routed by hand below.
+    paths(gateway::recovery::redeliver, gateway::recovery::pause_or_resume, gateway::recovery::resume_doc)
 )]
 struct ApiDoc;
 
@@ -58,11 +60,23 @@ pub fn router(state: RestState) -> axum::Router {
         .routes(routes!(gateway::endpoints::rotate))
         .routes(routes!(gateway::endpoints::organization_secret))
         .routes(routes!(gateway::endpoints::rotate_organization_secret))
+        .routes(routes!(gateway::recovery::redeliver_in_subscription))
+        .routes(routes!(gateway::recovery::recover))
+        .routes(routes!(gateway::recovery::get_operation))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
         .with_state(state.clone())
         .split_for_parts();
+    // `{id}:verb` segments: the router takes the whole segment (see
+    // gateway::recovery), beside the same path's other methods.
+    let router = router
+        .route("/v1/webhook-logs/{request_id}", axum::routing::post(gateway::recovery::redeliver))
+        .route(
+            "/organizations/{organizationId}/workspaces/{workspaceId}/webhook-subscriptions/{webhookSubscriptionId}",
+            axum::routing::post(gateway::recovery::pause_or_resume),
+        )
+        .with_state(state.clone());
     let mut api = api;
     utoipa::Modify::modify(&openapi::ErrorResponses, &mut api);
     let api = Arc::new(api);

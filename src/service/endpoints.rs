@@ -69,7 +69,7 @@ fn not_found(id: Uuid) -> Error {
 
 /// An organization key acts for its own organization only; naming another
 /// answers as if nothing were there.
-fn may_act_for(who: &Principal, organization_id: Uuid) -> bool {
+pub(super) fn may_act_for(who: &Principal, organization_id: Uuid) -> bool {
     who.organization().is_none_or(|own| own == organization_id)
 }
 
@@ -190,10 +190,16 @@ impl WebhookService {
         }
         let merged = apply_update(current.spec.to_input(), update, mask)?;
         let spec = EndpointSpec::parse(merged, &self.limits)?;
-        self.store
+        let endpoint = self
+            .store
             .update_endpoint(r.organization_id, r.endpoint_id, &spec)
             .await?
-            .ok_or_else(|| not_found(r.endpoint_id))
+            .ok_or_else(|| not_found(r.endpoint_id))?;
+        // Re-enabled: what was held while it was disabled flows now.
+        if current.spec.disabled && !endpoint.spec.disabled {
+            self.release_if_active(&endpoint).await?;
+        }
+        Ok(endpoint)
     }
 
     pub async fn delete_endpoint(&self, who: &Principal, r: EndpointRef) -> Result<()> {

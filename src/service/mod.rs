@@ -1,8 +1,11 @@
 //! The use cases, free of any transport type: gRPC and REST both call these.
 
 mod endpoints;
+mod recovery;
 
+use endpoints::may_act_for;
 pub use endpoints::{DEFAULT_GRACE, EndpointPage, EndpointRef, MAX_GRACE, ShownSecret};
+pub use recovery::{ENDPOINT_DISABLED, RecoverInput, Recovery};
 
 use std::sync::Arc;
 
@@ -21,6 +24,14 @@ use crate::pagination;
 use crate::store::{CallCursor, CallLogFilter, LogBatch, Store};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 10;
+
+/// Whether endpoint `e` takes events of `event_type` in a fan-out. hookpost's
+/// own operational events (`hookpost.*`) go only to endpoints that name them
+/// (exactly or by a wildcard), never to catch-all ones.
+fn subscribes(e: &Endpoint, event_type: &str) -> bool {
+    let named = !e.spec.event_types.is_empty();
+    (named || !event_type.starts_with("hookpost.")) && event_type_matches(&e.spec.event_types, event_type)
+}
 pub const MAX_PAGE_SIZE: u32 = 100;
 /// Bodies (request, response) one page or chunk of logs may hold: a page
 /// stops early past it (AIP-158 lets a page be shorter than page_size), so
@@ -110,6 +121,10 @@ pub struct WebhookService {
     /// Organizations known to have a signing secret, so that dispatching to
     /// a bare URL checks the store once per organization, not per webhook.
     signed_organizations: Arc<std::sync::Mutex<std::collections::HashSet<Uuid>>>,
+    /// Logs older than this are gone: recoveries reach no further back.
+    retention: std::time::Duration,
+    /// Wakes the operation runner when a recovery starts.
+    operations: Arc<Notify>,
 }
 
 impl WebhookService {
@@ -120,8 +135,19 @@ impl WebhookService {
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
         secrets: Arc<crate::secrets::SecretKey>,
+        retention: std::time::Duration,
     ) -> Self {
-        Self { store, limits, default_max_retries, wake, metrics, secrets, signed_organizations: Default::default() }
+        Self {
+            store,
+            limits,
+            default_max_retries,
+            wake,
+            metrics,
+            secrets,
+            signed_organizations: Default::default(),
+            retention,
+            operations: Default::default(),
+        }
     }
 
     /// An organization key dispatches for its own organization (which the
@@ -181,9 +207,6 @@ impl WebhookService {
                 if draft.workspace_id.is_some_and(|w| endpoint.workspace_id != Some(w)) {
                     return Err(missing());
                 }
-                if endpoint.spec.disabled {
-                    return Err(Error::new(ErrorCode::FailedPrecondition, format!("endpoint {id} is disabled")));
-                }
                 if !event_type_matches(&endpoint.spec.event_types, &draft.webhook_type) {
                     return Err(Error::new(
                         ErrorCode::FailedPrecondition,
@@ -191,7 +214,10 @@ impl WebhookService {
                     ));
                 }
                 let (url, max_retries) = self.endpoint_target(&draft, &endpoint)?;
-                Ok(vec![draft.into_delivery(url, Some(id), max_retries)])
+                // A paused or disabled endpoint's deliveries are held, not
+                // dropped: they flow once it is resumed or re-enabled.
+                let held = endpoint.holds();
+                Ok(vec![NewDelivery { held, ..draft.into_delivery(url, Some(id), max_retries) }])
             }
             Target::Subscribers => {
                 let filter = EndpointFilter { organization_id: org, workspace_id: draft.workspace_id };
@@ -200,9 +226,10 @@ impl WebhookService {
                 loop {
                     let (page, more) = self.store.list_endpoints(&filter, after, MAX_PAGE_SIZE).await?;
                     for e in &page {
-                        if !e.spec.disabled && event_type_matches(&e.spec.event_types, &draft.webhook_type) {
+                        if subscribes(e, &draft.webhook_type) {
                             let (url, max_retries) = self.endpoint_target(&draft, e)?;
-                            out.push(draft.delivery(url, Some(e.endpoint_id), max_retries));
+                            let held = e.holds();
+                            out.push(NewDelivery { held, ..draft.delivery(url, Some(e.endpoint_id), max_retries) });
                         }
                     }
                     match page.last() {

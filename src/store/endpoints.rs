@@ -80,6 +80,58 @@ pub trait EndpointStore: Send + Sync {
         new: &[u8],
         previous_until: DateTime<Utc>,
     ) -> Result<bool>;
+
+    /// Pauses or resumes; `None` when there is no such endpoint.
+    async fn set_paused(&self, organization_id: Uuid, endpoint_id: Uuid, paused: bool) -> Result<Option<Endpoint>>;
+
+    /// Counts an attempt's outcome toward the endpoint's run of failures and
+    /// applies the auto-disable rule; returns the endpoint when this very
+    /// outcome disabled it (so that exactly one caller announces it).
+    async fn record_endpoint_outcome(
+        &self,
+        endpoint_id: Uuid,
+        outcome: EndpointOutcome,
+        rule: &DisableRule,
+    ) -> Result<Option<Endpoint>>;
+}
+
+/// What an attempt tells about its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointOutcome {
+    Succeeded,
+    Failed,
+    /// The receiver answered 410 Gone: it asks not to be called again.
+    Gone,
+}
+
+/// When hookpost disables an endpoint by itself: every attempt failed for
+/// at least `window`, and at least `min_failures` in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DisableRule {
+    pub window: chrono::TimeDelta,
+    pub min_failures: u32,
+}
+
+/// The decision for one outcome, given the endpoint's run so far: the new
+/// run (count, since) and the reason to disable, if it must be.
+fn next_run(
+    outcome: EndpointOutcome,
+    failures: i64,
+    since: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    rule: &DisableRule,
+) -> (i64, Option<DateTime<Utc>>, Option<String>) {
+    match outcome {
+        EndpointOutcome::Succeeded => (0, None, None),
+        EndpointOutcome::Gone => (failures + 1, since.or(Some(now)), Some("the receiver answered 410 Gone".to_owned())),
+        EndpointOutcome::Failed => {
+            let (n, since) = (failures + 1, since.unwrap_or(now));
+            let reason = (n >= i64::from(rule.min_failures) && now - since >= rule.window).then(|| {
+                format!("every delivery failed for {} hours ({n} attempts in a row)", (now - since).num_hours())
+            });
+            (n, Some(since), reason)
+        }
+    }
 }
 
 fn too_many(max: u32) -> Error {
@@ -153,7 +205,8 @@ fn sqlite_secrets(row: &sqlx::sqlite::SqliteRow) -> Result<StoredSecrets> {
 }
 
 const PG_COLUMNS: &str = "id, endpoint_id, organization_id, workspace_id, url, description, event_types::text AS event_types, \
-     disabled, headers::text AS headers, policy::text AS policy, public_key, created_at, updated_at";
+     disabled, headers::text AS headers, policy::text AS policy, public_key, created_at, updated_at, paused, \
+     disabled_reason, disabled_at";
 
 fn pg_endpoint(row: &sqlx::postgres::PgRow) -> Result<Endpoint> {
     Ok(Endpoint {
@@ -172,6 +225,9 @@ fn pg_endpoint(row: &sqlx::postgres::PgRow) -> Result<Endpoint> {
         public_key: row.try_get("public_key")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        paused: row.try_get("paused")?,
+        disabled_reason: row.try_get("disabled_reason")?,
+        disabled_at: row.try_get("disabled_at")?,
     })
 }
 
@@ -256,7 +312,11 @@ impl EndpointStore for PostgresStore {
         let (event_types, headers, policy) = json_columns(spec)?;
         let row = sqlx::query(&format!(
             "UPDATE endpoints SET url = $3, description = $4, event_types = $5::jsonb, disabled = $6, \
-               headers = $7::jsonb, policy = $8::jsonb, updated_at = now() \
+               headers = $7::jsonb, policy = $8::jsonb, updated_at = now(), \
+               disabled_reason = CASE WHEN $6 THEN disabled_reason END, \
+               disabled_at = CASE WHEN $6 THEN COALESCE(disabled_at, now()) END, \
+               consecutive_failures = CASE WHEN $6 THEN consecutive_failures ELSE 0 END, \
+               failing_since = CASE WHEN $6 THEN failing_since END \
              WHERE endpoint_id = $1 AND organization_id = $2 RETURNING {PG_COLUMNS}"
         ))
         .bind(endpoint_id)
@@ -354,10 +414,67 @@ impl EndpointStore for PostgresStore {
         .await?;
         Ok(done.rows_affected() == 1)
     }
+
+    async fn set_paused(&self, organization_id: Uuid, endpoint_id: Uuid, paused: bool) -> Result<Option<Endpoint>> {
+        let row = sqlx::query(&format!(
+            "UPDATE endpoints SET paused = $3, updated_at = now() \
+             WHERE endpoint_id = $1 AND organization_id = $2 RETURNING {PG_COLUMNS}"
+        ))
+        .bind(endpoint_id)
+        .bind(organization_id)
+        .bind(paused)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(pg_endpoint).transpose()
+    }
+
+    async fn record_endpoint_outcome(
+        &self,
+        endpoint_id: Uuid,
+        outcome: EndpointOutcome,
+        rule: &DisableRule,
+    ) -> Result<Option<Endpoint>> {
+        let mut tx = self.pool().begin().await?;
+        let Some(row) = sqlx::query(
+            "SELECT disabled, consecutive_failures, failing_since, now() AS now FROM endpoints \
+             WHERE endpoint_id = $1 FOR UPDATE",
+        )
+        .bind(endpoint_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let was_disabled: bool = row.try_get("disabled")?;
+        let (n, since, reason) = next_run(
+            outcome,
+            i64::from(row.try_get::<i32, _>("consecutive_failures")?),
+            row.try_get("failing_since")?,
+            row.try_get("now")?,
+            rule,
+        );
+        let disable = reason.as_ref().filter(|_| !was_disabled);
+        let updated = sqlx::query(&format!(
+            "UPDATE endpoints SET consecutive_failures = $2, failing_since = $3, \
+               disabled = disabled OR $4, disabled_reason = CASE WHEN $4 THEN $5 ELSE disabled_reason END, \
+               disabled_at = CASE WHEN $4 THEN now() ELSE disabled_at END, \
+               updated_at = CASE WHEN $4 THEN now() ELSE updated_at END \
+             WHERE endpoint_id = $1 RETURNING {PG_COLUMNS}"
+        ))
+        .bind(endpoint_id)
+        .bind(i32::try_from(n).unwrap_or(i32::MAX))
+        .bind(since)
+        .bind(disable.is_some())
+        .bind(disable)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if disable.is_some() { pg_endpoint(&updated).map(Some) } else { Ok(None) }
+    }
 }
 
 const SQLITE_COLUMNS: &str = "id, endpoint_id, organization_id, workspace_id, url, description, event_types, \
-     disabled, headers, policy, public_key, created_at, updated_at";
+     disabled, headers, policy, public_key, created_at, updated_at, paused, disabled_reason, disabled_at";
 
 fn sqlite_endpoint(row: &sqlx::sqlite::SqliteRow) -> Result<Endpoint> {
     let uuid = |col: &str| -> Result<Uuid> {
@@ -381,6 +498,9 @@ fn sqlite_endpoint(row: &sqlx::sqlite::SqliteRow) -> Result<Endpoint> {
         public_key: row.try_get("public_key")?,
         created_at: super::sqlite::time(row.try_get("created_at")?)?,
         updated_at: super::sqlite::time(row.try_get("updated_at")?)?,
+        paused: row.try_get("paused")?,
+        disabled_reason: row.try_get("disabled_reason")?,
+        disabled_at: row.try_get::<Option<i64>, _>("disabled_at")?.map(super::sqlite::time).transpose()?,
     })
 }
 
@@ -469,8 +589,13 @@ impl EndpointStore for SqliteStore {
     ) -> Result<Option<Endpoint>> {
         let (event_types, headers, policy) = json_columns(spec)?;
         let row = sqlx::query(&format!(
-            "UPDATE endpoints SET url = ?, description = ?, event_types = ?, disabled = ?, headers = ?, \
-               policy = ?, updated_at = ? WHERE endpoint_id = ? AND organization_id = ? RETURNING {SQLITE_COLUMNS}"
+            "UPDATE endpoints SET url = ?1, description = ?2, event_types = ?3, disabled = ?4, headers = ?5, \
+               policy = ?6, updated_at = ?7, \
+               disabled_reason = CASE WHEN ?4 THEN disabled_reason END, \
+               disabled_at = CASE WHEN ?4 THEN COALESCE(disabled_at, ?7) END, \
+               consecutive_failures = CASE WHEN ?4 THEN consecutive_failures ELSE 0 END, \
+               failing_since = CASE WHEN ?4 THEN failing_since END \
+             WHERE endpoint_id = ?8 AND organization_id = ?9 RETURNING {SQLITE_COLUMNS}"
         ))
         .bind(&spec.url)
         .bind(&spec.description)
@@ -573,5 +698,58 @@ impl EndpointStore for SqliteStore {
         .execute(self.writer())
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+    async fn set_paused(&self, organization_id: Uuid, endpoint_id: Uuid, paused: bool) -> Result<Option<Endpoint>> {
+        let row = sqlx::query(&format!(
+            "UPDATE endpoints SET paused = ?, updated_at = ? \
+             WHERE endpoint_id = ? AND organization_id = ? RETURNING {SQLITE_COLUMNS}"
+        ))
+        .bind(paused)
+        .bind(super::sqlite::micros(Utc::now()))
+        .bind(endpoint_id.to_string())
+        .bind(organization_id.to_string())
+        .fetch_optional(self.writer())
+        .await?;
+        row.as_ref().map(sqlite_endpoint).transpose()
+    }
+
+    async fn record_endpoint_outcome(
+        &self,
+        endpoint_id: Uuid,
+        outcome: EndpointOutcome,
+        rule: &DisableRule,
+    ) -> Result<Option<Endpoint>> {
+        let mut tx = self.writer().begin().await?;
+        let Some(row) =
+            sqlx::query("SELECT disabled, consecutive_failures, failing_since FROM endpoints WHERE endpoint_id = ?")
+                .bind(endpoint_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+        else {
+            return Ok(None);
+        };
+        let now = Utc::now();
+        let was_disabled: bool = row.try_get("disabled")?;
+        let since = row.try_get::<Option<i64>, _>("failing_since")?.map(super::sqlite::time).transpose()?;
+        let (n, since, reason) = next_run(outcome, row.try_get("consecutive_failures")?, since, now, rule);
+        let disable = reason.as_ref().filter(|_| !was_disabled);
+        let now = super::sqlite::micros(now);
+        let updated = sqlx::query(&format!(
+            "UPDATE endpoints SET consecutive_failures = ?2, failing_since = ?3, \
+               disabled = disabled OR ?4, disabled_reason = CASE WHEN ?4 THEN ?5 ELSE disabled_reason END, \
+               disabled_at = CASE WHEN ?4 THEN ?6 ELSE disabled_at END, \
+               updated_at = CASE WHEN ?4 THEN ?6 ELSE updated_at END \
+             WHERE endpoint_id = ?1 RETURNING {SQLITE_COLUMNS}"
+        ))
+        .bind(endpoint_id.to_string())
+        .bind(n)
+        .bind(since.map(super::sqlite::micros))
+        .bind(disable.is_some())
+        .bind(disable)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if disable.is_some() { sqlite_endpoint(&updated).map(Some) } else { Ok(None) }
     }
 }

@@ -6,10 +6,12 @@
 mod batch;
 pub mod endpoints;
 pub mod postgres;
+pub mod recovery;
 mod sqlite;
 
-pub use endpoints::{EndpointStore, NewEndpoint, StoredSecrets};
+pub use endpoints::{DisableRule, EndpointOutcome, EndpointStore, NewEndpoint, StoredSecrets};
 pub use postgres::PostgresStore;
+pub use recovery::{Operation, RecoverFilter, RecoveryStore, Redelivered};
 pub use sqlite::SqliteStore;
 
 /// Opens and migrates the store a URL names: `postgres://` (or `postgresql://`)
@@ -126,7 +128,7 @@ pub struct QueueStats {
 }
 
 #[async_trait]
-pub trait Store: EndpointStore + Send + Sync + 'static {
+pub trait Store: EndpointStore + RecoveryStore + Send + Sync + 'static {
     /// Stores a webhook durably (committed before returning). A repeated
     /// idempotency key in the same organization returns the earlier request.
     async fn insert_delivery(&self, delivery: &NewDelivery) -> Result<Dispatched>;

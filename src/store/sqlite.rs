@@ -37,20 +37,24 @@ pub struct SqliteStore {
     read: SqlitePool,
     /// The one writer connection.
     write: SqlitePool,
+    /// For migrations: foreign keys off, so that a migration can rebuild a
+    /// table the documented way (new table, copy, drop the old one) without
+    /// the drop cascading into the tables that reference it.
+    migrate_options: SqliteConnectOptions,
 }
 
 const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
      r.call_id, m.assistant_id, r.webhook_url, r.webhook_type, m.body, m.metadata, r.status, r.attempt_count, \
      r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, \
      a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, a.response_truncated, \
-     a.response_time_ms, a.error_category, a.error_message \
+     a.response_time_ms, a.error_category, a.error_message, a.manual \
      FROM webhook_requests r \
      JOIN webhook_messages m ON m.message_id = r.message_id \
      LEFT JOIN webhook_attempts a ON a.request_pk = r.id AND a.attempt_number = \
        (SELECT max(la.attempt_number) FROM webhook_attempts la WHERE la.request_pk = r.id AND la.held)";
 
 const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
-     response_truncated, response_time_ms, error_category, error_message";
+     response_truncated, response_time_ms, error_category, error_message, manual";
 
 pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
@@ -87,6 +91,7 @@ fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
         response_time_ms: row.try_get("response_time_ms")?,
         error_category: row.try_get("error_category")?,
         error_message: row.try_get("error_message")?,
+        manual: row.try_get("manual")?,
     })
 }
 
@@ -139,6 +144,8 @@ async fn claimed_with(tx: &mut sqlx::SqliteConnection, lease_id: &str) -> Result
         "SELECT r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, m.body, \
            r.attempt_count, r.max_retries, COALESCE(r.message_id, r.request_id) AS message_id, \
            r.organization_id, r.endpoint_id, r.queue_key, e.headers AS endpoint_headers, e.policy AS endpoint_policy, \
+           r.manual_from, COALESCE(e.paused OR e.disabled, 0) AS hold, \
+           COALESCE(e.consecutive_failures, 0) AS endpoint_failures, \
            CASE WHEN r.endpoint_id IS NULL THEN o.secret ELSE e.secret END AS secret, \
            CASE WHEN r.endpoint_id IS NULL THEN o.previous_secret ELSE e.previous_secret END AS previous_secret, \
            CASE WHEN r.endpoint_id IS NULL THEN o.previous_secret_expires_at \
@@ -179,6 +186,9 @@ async fn claimed_with(tx: &mut sqlx::SqliteConnection, lease_id: &str) -> Result
                     until.map(time).transpose()?,
                 ),
                 queue_key: row.try_get::<Option<String>, _>("queue_key")?.unwrap_or_default(),
+                manual_from: row.try_get::<Option<i64>, _>("manual_from")?.map_or(0, to_u32),
+                hold: row.try_get("hold")?,
+                endpoint_failures: to_u32(row.try_get("endpoint_failures")?),
             })
         })
         .collect()
@@ -242,14 +252,19 @@ impl SqliteStore {
         let read = SqlitePoolOptions::new()
             .max_connections(max_readers.max(1))
             .acquire_timeout(acquire_timeout)
-            .connect_with(options.read_only(false))
+            .connect_with(options.clone().read_only(false))
             .await
             .context("opening the SQLite database")?;
-        Ok(Self { read, write })
+        Ok(Self { read, write, migrate_options: options.foreign_keys(false) })
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        MIGRATOR.run(&self.write).await.context("applying the SQLite migrations")
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect_with(&self.migrate_options)
+            .await
+            .context("opening the SQLite database to migrate it")?;
+        MIGRATOR.run(&mut conn).await.context("applying the SQLite migrations")?;
+        conn.close().await.context("closing the migration connection")
     }
 }
 
@@ -292,8 +307,8 @@ impl Store for SqliteStore {
             let row = sqlx::query(
                 "INSERT INTO webhook_requests (request_id, organization_id, workspace_id, subscription_id, call_id, \
                    webhook_url, webhook_type, idempotency_key, max_retries, \
-                   next_attempt_at, created_at, updated_at, message_id, endpoint_id, queue_key) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                   next_attempt_at, created_at, updated_at, message_id, endpoint_id, queue_key, status) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (organization_id, idempotency_key) DO NOTHING RETURNING id",
             )
             .bind(d.request_id.to_string())
@@ -305,12 +320,13 @@ impl Store for SqliteStore {
             .bind(&d.webhook_type)
             .bind(key)
             .bind(i64::from(d.max_retries))
-            .bind(now)
+            .bind((!d.held).then_some(now))
             .bind(now)
             .bind(now)
             .bind(d.message_id.to_string())
             .bind(d.endpoint_id.map(|u| u.to_string()))
             .bind(d.queue_key())
+            .bind(if d.held { "held" } else { "pending" })
             .fetch_optional(&mut *tx)
             .await?;
             match row {
@@ -375,6 +391,12 @@ impl Store for SqliteStore {
         }
         if let Some(v) = f.created_before {
             q.push(" AND r.created_at < ").push_bind(micros(v));
+        }
+        if let Some(v) = f.endpoint_id {
+            q.push(" AND r.endpoint_id = ").push_bind(v.to_string());
+        }
+        if let Some(v) = &f.error_category {
+            q.push(" AND a.error_category = ").push_bind(v.clone());
         }
         if let Some(c) = after {
             q.push(" AND (r.created_at, r.id) < (")
@@ -539,7 +561,7 @@ impl Store for SqliteStore {
             return Ok(true);
         }
         let Some(row) = sqlx::query(
-            "SELECT attempt_count, max_retries, (lease_id = ? AND status = 'pending') AS held \
+            "SELECT attempt_count, max_retries, manual_from, (lease_id = ? AND status = 'pending') AS held \
              FROM webhook_requests WHERE id = ?",
         )
         .bind(claim.lease_id.to_string())
@@ -551,14 +573,16 @@ impl Store for SqliteStore {
         };
         let number: i64 = row.try_get::<i64, _>("attempt_count")? + 1;
         let held: bool = row.try_get::<Option<bool>, _>("held")?.unwrap_or(false);
+        let manual_from: Option<i64> = row.try_get("manual_from")?;
         // Retry or fail is decided on the row as it is now: late attempts by
         // a worker that lost its lease count toward max_retries too.
-        let (status, next_at) =
-            if status == ExecutionStatus::Pending && number > row.try_get::<i64, _>("max_retries")? {
-                (ExecutionStatus::Failed, None)
-            } else {
-                (status, next_at)
-            };
+        let (status, next_at) = if status == ExecutionStatus::Pending
+            && number - manual_from.unwrap_or(0) > row.try_get::<i64, _>("max_retries")?
+        {
+            (ExecutionStatus::Failed, None)
+        } else {
+            (status, next_at)
+        };
         let now = micros(Utc::now());
         if held {
             sqlx::query(
@@ -582,8 +606,8 @@ impl Store for SqliteStore {
         }
         sqlx::query(
             "INSERT INTO webhook_attempts (request_pk, attempt_number, attempted_at, success, status_code, \
-               response_body, response_truncated, response_time_ms, error_category, error_message, lease_id, held) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               response_body, response_truncated, response_time_ms, error_category, error_message, lease_id, held, \
+               manual) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(claim.log_id)
         .bind(number)
@@ -597,6 +621,7 @@ impl Store for SqliteStore {
         .bind(&a.error_message)
         .bind(claim.lease_id.to_string())
         .bind(held)
+        .bind(manual_from.is_some())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -462,7 +462,11 @@ async fn fan_out(backend: Backend) {
     let mut req = dispatch_event(org, "call.started");
     req.idempotency_key = "fan-1".into();
     let sent = app.dispatch(req.clone()).await.unwrap();
-    assert_eq!(sent.request_ids.len(), 3, "{sent:?}");
+    // Three deliveries go out; the disabled endpoint's is held (not
+    // dropped), to flow if it is re-enabled.
+    assert_eq!(sent.request_ids.len(), 4, "{sent:?}");
+    let held = app.details(&sent.request_ids[3]).await.unwrap().log.unwrap();
+    assert_eq!(held.execution_status(), pb::ExecutionStatus::Held);
     for (i, r) in receivers.iter().enumerate().take(3) {
         let got = r.wait_for(1, SETTLE).await;
         assert_eq!(got[0].headers["webhook-id"], sent.message_id.as_str(), "receiver {i}");

@@ -384,6 +384,12 @@ async fn openapi_lists_exactly_the_served_routes() {
         sub.to_string(),
         format!("{sub}/secret"),
         format!("{sub}/secret:rotate"),
+        format!("{sub}/logs/redeliver"),
+        format!("{sub}:pause"),
+        format!("{sub}:resume"),
+        "/organizations/{organizationId}/webhook-logs:recover".into(),
+        "/organizations/{organizationId}/operations/{operationId}".into(),
+        "/v1/webhook-logs/{request_id}:redeliver".into(),
         "/metrics".into(),
         "/organizations/{organizationId}/webhook-secret".into(),
         "/organizations/{organizationId}/webhook-secret:rotate".into(),
@@ -403,7 +409,8 @@ async fn openapi_lists_exactly_the_served_routes() {
             .replace("{request_id}", &Uuid::new_v4().to_string())
             .replace("{organizationId}", &Uuid::new_v4().to_string())
             .replace("{workspaceId}", &Uuid::new_v4().to_string())
-            .replace("{webhookSubscriptionId}", &Uuid::new_v4().to_string());
+            .replace("{webhookSubscriptionId}", &Uuid::new_v4().to_string())
+            .replace("{operationId}", &Uuid::new_v4().to_string());
         for method in item.as_object().unwrap().keys() {
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let resp =

@@ -111,6 +111,7 @@ pub fn pgbench_dispatch(db_url: &str, clients: u32, seconds: u64, dir: &Path) ->
             "gen_random_uuid()",
             "NULL::uuid",
             "'h:127.0.0.1:9'",
+            "false",
         ],
     );
     Ok(pgbench(db_url, &format!("{stmt};\n"), clients, seconds, None, dir)?.tps)
@@ -166,6 +167,7 @@ pub fn pgbench_dispatch_batched(
             &uuids,
             &fill("NULL", "uuid"),
             &fill("'h:127.0.0.1:9'", "text"),
+            &fill("false", "bool"),
         ],
     );
     Ok(pgbench(db_url, &format!("{stmt};\n"), clients, seconds, None, dir)?.tps * batch as f64)

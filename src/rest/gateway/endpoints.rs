@@ -18,7 +18,7 @@ type Item = (String, String, String);
 
 /// Field names as these routes spell them: the path's names for the IDs,
 /// proto3 JSON names for the rest.
-fn rest_error(e: crate::error::Error) -> RestError {
+pub(super) fn rest_error(e: crate::error::Error) -> RestError {
     RestError::status(e).renamed(|field| {
         Some(match field {
             "endpoint_id" => "webhookSubscriptionId".to_owned(),
@@ -29,7 +29,7 @@ fn rest_error(e: crate::error::Error) -> RestError {
 
 /// A proto message as proto3 JSON, timestamps with `Z` (pbjson writes
 /// `+00:00`, which protobuf's own parsers reject).
-fn proto_json<T: serde::Serialize>(message: &T) -> Result<Json<Value>, RestError> {
+pub(super) fn proto_json<T: serde::Serialize>(message: &T) -> Result<Json<Value>, RestError> {
     let mut value =
         serde_json::to_value(message).map_err(|e| RestError::status(crate::error::Error::internal(e.into())))?;
     fix_times(&mut value);

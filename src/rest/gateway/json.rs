@@ -27,6 +27,7 @@ fn status_name(s: ExecutionStatus) -> &'static str {
         ExecutionStatus::Pending => "EXECUTION_STATUS_PENDING",
         ExecutionStatus::Succeeded => "EXECUTION_STATUS_SUCCEEDED",
         ExecutionStatus::Failed => "EXECUTION_STATUS_FAILED",
+        ExecutionStatus::Held => "EXECUTION_STATUS_HELD",
     }
 }
 
@@ -120,6 +121,23 @@ impl Serialize for GetLogDetailsResponse {
 }
 
 /// `hookpost.v1.WebhookLog`.
+/// `hookpost.v1.RedeliverWebhookResponse`.
+pub struct RedeliverWebhookResponse(LogRecord);
+
+impl RedeliverWebhookResponse {
+    pub fn new(log: LogRecord) -> Self {
+        Self(log)
+    }
+}
+
+impl Serialize for RedeliverWebhookResponse {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("log", &WebhookLog(&self.0))?;
+        m.end()
+    }
+}
+
 struct WebhookLog<'a>(&'a LogRecord);
 
 impl Serialize for WebhookLog<'_> {
@@ -219,6 +237,9 @@ impl Serialize for Attempt<'_> {
         }
         if let Some(e) = &a.error_category {
             m.serialize_entry("errorCategory", e)?;
+        }
+        if a.manual {
+            m.serialize_entry("manual", &true)?;
         }
         m.end()
     }

@@ -6,6 +6,7 @@
 
 pub(super) mod endpoints;
 mod json;
+pub(super) mod recovery;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -77,6 +78,8 @@ pub enum StatusName {
     ExecutionStatusSucceeded,
     #[schema(rename = "EXECUTION_STATUS_FAILED")]
     ExecutionStatusFailed,
+    #[schema(rename = "EXECUTION_STATUS_HELD")]
+    ExecutionStatusHeld,
 }
 
 /// Dispatch a webhook (`hookpost.v1.WebhookService/Dispatch`).
@@ -119,6 +122,9 @@ pub async fn dispatch(
         ("createdBefore" = Option<chrono::DateTime<chrono::Utc>>, Query),
         ("pageSize" = Option<i32>, Query, minimum = 0, description = "0 means 10; above 100 means 100"),
         ("pageToken" = Option<String>, Query, max_length = 8000),
+        ("endpointId" = Option<uuid::Uuid>, Query, description = "Deliveries to this endpoint"),
+        ("errorCategory" = Option<String>, Query, max_length = 32, pattern = "^[A-Za-z0-9_]*$",
+            description = "The latest attempt's failure category; with executionStatus=EXECUTION_STATUS_FAILED, the dead letters"),
     ),
     responses(
         (status = 200, description = "hookpost.v1.ListWebhookLogsResponse in proto3 JSON", body = Object),

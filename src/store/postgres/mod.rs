@@ -30,8 +30,10 @@ pub mod sql {
         () => {
             "RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, \
                        r.attempt_count, r.max_retries, r.message_id, r.organization_id, r.endpoint_id, \
-                       r.queue_key) \
+                       r.queue_key, r.manual_from) \
              SELECT c.*, m.body, e.headers::text AS endpoint_headers, e.policy::text AS endpoint_policy, \
+               COALESCE(e.paused OR e.disabled, false) AS hold, \
+               COALESCE(e.consecutive_failures, 0) AS endpoint_failures, \
                CASE WHEN c.endpoint_id IS NULL THEN o.secret ELSE e.secret END AS secret, \
                CASE WHEN c.endpoint_id IS NULL THEN o.previous_secret ELSE e.previous_secret END \
                  AS previous_secret, \
@@ -50,7 +52,7 @@ pub mod sql {
          r.call_id, m.assistant_id, r.webhook_url, r.webhook_type, m.body, m.metadata, r.status, \
          r.attempt_count, r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, \
          a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, \
-         a.response_truncated, a.response_time_ms, a.error_category, a.error_message \
+         a.response_truncated, a.response_time_ms, a.error_category, a.error_message, a.manual \
          FROM webhook_requests r \
          JOIN webhook_messages m ON m.message_id = r.message_id AND m.created_at = r.created_at \
          LEFT JOIN LATERAL (SELECT * FROM webhook_attempts la \
@@ -67,9 +69,10 @@ pub mod sql {
                  ins AS ( \
                    INSERT INTO webhook_requests (id, request_id, organization_id, workspace_id, subscription_id, \
                      call_id, webhook_url, webhook_type, max_retries, next_attempt_at, message_id, endpoint_id, \
-                     queue_key, created_at) \
+                     queue_key, created_at, status) \
                    SELECT COALESCE((SELECT log_id FROM key), nextval('webhook_requests_log_id_seq')), \
-                     $1, $2, $3, $4, $5, $7, $8, $12, now(), $13, $14, $15, now() \
+                     $1, $2, $3, $4, $5, $7, $8, $12, CASE WHEN NOT $16 THEN now() END, $13, $14, $15, now(), \
+                     CASE WHEN $16 THEN 'held' ELSE 'pending' END \
                    WHERE $11::text IS NULL OR EXISTS (SELECT 1 FROM key) \
                    RETURNING id, created_at), \
                  msg AS ( \
@@ -137,7 +140,7 @@ pub mod sql {
     /// late attempts) fails. A late attempt (lease lost) is kept, marked not
     /// held, and changes neither the status nor the log's latest attempt.
     pub const RECORD_ATTEMPT: &str = "WITH old AS ( \
-                   SELECT id, attempt_count, max_retries, \
+                   SELECT id, attempt_count, max_retries, manual_from, \
                      COALESCE(lease_id = $2 AND status = 'pending', false) AS held \
                    FROM webhook_requests WHERE id = $1 AND created_at = $13 \
                      AND NOT EXISTS (SELECT 1 FROM webhook_attempts \
@@ -145,7 +148,8 @@ pub mod sql {
                    FOR UPDATE), \
                  dec AS ( \
                    SELECT old.*, CASE WHEN NOT old.held THEN NULL \
-                     WHEN $3 = 'pending' AND old.attempt_count + 1 > old.max_retries THEN 'failed' \
+                     WHEN $3 = 'pending' AND old.attempt_count + 1 - COALESCE(old.manual_from, 0) > old.max_retries \
+                       THEN 'failed' \
                      ELSE $3 END AS new_status FROM old), \
                  upd AS ( \
                    UPDATE webhook_requests r SET \
@@ -156,12 +160,12 @@ pub mod sql {
                      lease_id = CASE WHEN dec.held THEN NULL ELSE r.lease_id END, \
                      updated_at = now() \
                    FROM dec WHERE r.id = dec.id AND r.created_at = $13 \
-                   RETURNING r.id, r.created_at, r.attempt_count, dec.held), \
+                   RETURNING r.id, r.created_at, r.attempt_count, dec.held, dec.manual_from IS NOT NULL AS manual), \
                  ins AS ( \
                    INSERT INTO webhook_attempts (request_pk, request_created_at, attempt_number, attempted_at, \
                      success, status_code, response_body, response_truncated, response_time_ms, error_category, \
-                     error_message, lease_id, held) \
-                   SELECT id, created_at, attempt_count, $5, $6, $7, $8, $9, $10, $11, $12, $2, held FROM upd) \
+                     error_message, lease_id, held, manual) \
+                   SELECT id, created_at, attempt_count, $5, $6, $7, $8, $9, $10, $11, $12, $2, held, manual FROM upd) \
                  SELECT COALESCE((SELECT held FROM old), EXISTS (SELECT 1 FROM webhook_attempts \
                    WHERE request_pk = $1 AND lease_id = $2 AND request_created_at = $13)) AS held";
 }
@@ -180,7 +184,7 @@ pub struct PostgresStore {
 }
 
 const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
-     response_truncated, response_time_ms, error_category, error_message";
+     response_truncated, response_time_ms, error_category, error_message, manual";
 
 impl PostgresStore {
     /// Connects with a pool of at most `max_connections`, without migrating.
@@ -252,6 +256,7 @@ fn attempt_from_row(row: &PgRow) -> Result<AttemptRecord> {
         response_time_ms: row.try_get("response_time_ms")?,
         error_category: row.try_get("error_category")?,
         error_message: row.try_get("error_message")?,
+        manual: row.try_get("manual")?,
     })
 }
 
@@ -303,6 +308,9 @@ fn claim_from_row(row: &PgRow) -> Result<ClaimedDelivery> {
             row.try_get("previous_secret_expires_at")?,
         ),
         queue_key: row.try_get::<Option<String>, _>("queue_key")?.unwrap_or_default(),
+        manual_from: row.try_get::<Option<i32>, _>("manual_from")?.map_or(0, to_u32),
+        hold: row.try_get("hold")?,
+        endpoint_failures: to_u32(row.try_get("endpoint_failures")?),
     })
 }
 
@@ -338,6 +346,7 @@ impl Store for PostgresStore {
             .bind(d.message_id)
             .bind(d.endpoint_id)
             .bind(d.queue_key())
+            .bind(d.held)
             .fetch_optional(&self.pool)
             .await?;
         if let Some(row) = row {
@@ -401,9 +410,10 @@ impl Store for PostgresStore {
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO webhook_requests (id, request_id, organization_id, workspace_id, subscription_id, \
                    call_id, webhook_url, webhook_type, max_retries, next_attempt_at, message_id, endpoint_id, \
-                   queue_key, created_at) \
+                   queue_key, created_at, status) \
                  VALUES (COALESCE($1, nextval('webhook_requests_log_id_seq')), $2, $3, $4, $5, $6, $7, $8, $9, \
-                   now(), $10, $11, $12, now()) RETURNING id",
+                   CASE WHEN NOT $13 THEN now() END, $10, $11, $12, now(), \
+                   CASE WHEN $13 THEN 'held' ELSE 'pending' END) RETURNING id",
             )
             .bind(if i == 0 { first_id } else { None })
             .bind(d.request_id)
@@ -417,6 +427,7 @@ impl Store for PostgresStore {
             .bind(d.message_id)
             .bind(d.endpoint_id)
             .bind(d.queue_key())
+            .bind(d.held)
             .fetch_one(&mut *tx)
             .await?;
             log_ids.push(id);
@@ -457,6 +468,12 @@ impl Store for PostgresStore {
         }
         if let Some(v) = f.created_before {
             q.push(" AND r.created_at < ").push_bind(v);
+        }
+        if let Some(v) = f.endpoint_id {
+            q.push(" AND r.endpoint_id = ").push_bind(v);
+        }
+        if let Some(v) = &f.error_category {
+            q.push(" AND a.error_category = ").push_bind(v.clone());
         }
         if let Some(c) = after {
             // A row comparison keeps this a single index range scan.
