@@ -30,6 +30,7 @@ mod list;
 mod migration;
 mod ops;
 mod processes;
+mod recovery;
 mod rest;
 mod retention;
 mod signature_schemes;
