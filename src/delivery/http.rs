@@ -89,6 +89,15 @@ impl AttemptResult {
         }
     }
 
+    /// Its deadline passed first: nothing is sent.
+    pub fn expired(at: chrono::DateTime<Utc>) -> Self {
+        Self {
+            category: Some(FailureCategory::Expired),
+            error_message: Some(format!("expired at {} before it was delivered; not sent", at.to_rfc3339())),
+            ..Self::refused(String::new())
+        }
+    }
+
     pub fn success(&self) -> bool {
         self.category.is_none()
     }

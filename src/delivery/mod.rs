@@ -370,7 +370,10 @@ impl DeliveryEngine {
     async fn deliver(&self, claim: ClaimedDelivery) {
         self.metrics.in_flight.inc();
         let started = std::time::Instant::now();
+        let expired = claim.expires_at.filter(|at| *at <= chrono::Utc::now());
         let result = match self.signing(&claim) {
+            // Past its deadline: recorded as failed ("expired"), never sent.
+            _ if expired.is_some() => AttemptResult::expired(expired.unwrap_or_default()),
             Ok(signing) => self.http.attempt(&claim, &signing).await,
             Err(Unsendable::Never(reason)) => AttemptResult::refused(reason),
             Err(Unsendable::NotHere) => {
@@ -462,7 +465,10 @@ impl DeliveryEngine {
                 .unwrap_or_default();
             let delay = retry::scheduled_delay(&schedule, number, r.retry_after, self.config.retry.retry_after_max)
                 .unwrap_or_else(|| self.config.retry.next_delay(number, r.retry_after, rand::random::<f64>()));
-            NextStep::RetryAfter(delay)
+            // Never later than the deadline: due then, it fails as expired
+            // at that time rather than after a longer backoff.
+            let until_deadline = claim.expires_at.map(|at| (at - chrono::Utc::now()).to_std().unwrap_or_default());
+            NextStep::RetryAfter(until_deadline.map_or(delay, |d| delay.min(d)))
         } else {
             NextStep::Failed
         };

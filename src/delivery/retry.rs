@@ -80,7 +80,9 @@ impl RetryPolicy {
 pub fn is_retryable(status: Option<u16>, category: Option<FailureCategory>) -> bool {
     match status {
         Some(code) => matches!(code, 408 | 425 | 429) || (500..600).contains(&code),
-        None => !matches!(category, Some(FailureCategory::Request | FailureCategory::Blocked)),
+        None => {
+            !matches!(category, Some(FailureCategory::Request | FailureCategory::Blocked | FailureCategory::Expired))
+        }
     }
 }
 

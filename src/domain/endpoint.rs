@@ -54,6 +54,9 @@ pub struct DeliveryPolicy {
     pub rate_limit_per_second: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
+    /// Deliveries without their own deadline expire this long after dispatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 /// A policy as a request gives it, before its bounds are checked.
@@ -65,6 +68,7 @@ pub struct PolicyInput {
     pub attempt_timeout: Option<std::result::Result<Duration, ()>>,
     pub rate_limit_per_second: Option<u32>,
     pub max_in_flight: Option<u32>,
+    pub ttl: Option<std::result::Result<Duration, ()>>,
 }
 
 /// The settable fields of an endpoint as a request gives them.
@@ -224,12 +228,21 @@ fn check_policy(p: PolicyInput, limits: &Limits, v: &mut Vec<FieldViolation>) ->
     if p.max_in_flight.is_some_and(|m| !(1..=1000).contains(&m)) {
         violation("max_in_flight", "must be from 1 to 1000".into());
     }
+    let ttl_ms = match p.ttl {
+        None => None,
+        Some(Ok(d)) if (super::MIN_TTL..=super::MAX_TTL_STD).contains(&d) => Some(d.as_millis() as u64),
+        Some(_) => {
+            violation("ttl", "must be from 1s to 365 days".into());
+            None
+        }
+    };
     DeliveryPolicy {
         max_retries: p.max_retries,
         retry_schedule_ms: schedule,
         attempt_timeout_ms,
         rate_limit_per_second: p.rate_limit_per_second,
         max_in_flight: p.max_in_flight,
+        ttl_ms,
     }
 }
 
@@ -302,6 +315,7 @@ impl EndpointSpec {
                 attempt_timeout: self.policy.attempt_timeout_ms.map(ms),
                 rate_limit_per_second: self.policy.rate_limit_per_second,
                 max_in_flight: self.policy.max_in_flight,
+                ttl: self.policy.ttl_ms.map(ms),
             }),
         }
     }
@@ -321,6 +335,7 @@ pub const UPDATABLE_FIELDS: &[&str] = &[
     "policy.attempt_timeout",
     "policy.rate_limit_per_second",
     "policy.max_in_flight",
+    "policy.ttl",
 ];
 
 /// The scheme follows the secret, so it changes with a new secret: a
@@ -388,6 +403,7 @@ pub fn apply_update(current: EndpointInput, update: EndpointInput, mask: &[Strin
             "policy.attempt_timeout" => policy.attempt_timeout = new_policy.attempt_timeout,
             "policy.rate_limit_per_second" => policy.rate_limit_per_second = new_policy.rate_limit_per_second,
             "policy.max_in_flight" => policy.max_in_flight = new_policy.max_in_flight,
+            "policy.ttl" => policy.ttl = new_policy.ttl,
             "signature_scheme" => return Err(scheme_not_updatable("update_mask")),
             _ => bad.push(raw.clone()),
         }

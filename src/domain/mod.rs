@@ -9,7 +9,9 @@ pub use endpoint::{
     DeliveryPolicy, Endpoint, EndpointFilter, EndpointInput, EndpointSpec, PolicyInput, SignatureScheme,
     UPDATABLE_FIELDS, apply_update, event_type_matches, scheme_not_updatable,
 };
-pub use new_delivery::{DispatchInput, Draft, Limits, NewDelivery, Target, WebhookUrl};
+pub use new_delivery::{
+    DispatchInput, Draft, Expiration, Limits, MAX_TTL_STD, MIN_TTL, NewDelivery, Target, WebhookUrl,
+};
 pub(crate) use new_delivery::{parse_uuid, valid_webhook_type};
 
 use chrono::{DateTime, Utc};
@@ -118,6 +120,8 @@ pub struct LogRecord {
     pub attempt_count: u32,
     pub max_retries: u32,
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When delivery gives up (None: never, short of max_retries).
+    pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_attempt: Option<AttemptRecord>,
@@ -145,6 +149,9 @@ pub enum FailureCategory {
     Request,
     /// The destination is a private or reserved address and the SSRF guard is on.
     Blocked,
+    /// Its deadline (expire_time, ttl) passed before it was delivered: no
+    /// request was sent, and none will be.
+    Expired,
 }
 
 impl FailureCategory {
@@ -160,6 +167,7 @@ impl FailureCategory {
             Self::HttpOther => "http_other",
             Self::Request => "request",
             Self::Blocked => "blocked",
+            Self::Expired => "expired",
         }
     }
 }
@@ -201,6 +209,8 @@ pub struct ClaimedDelivery {
     pub hold: bool,
     /// The endpoint's current run of failed attempts.
     pub endpoint_failures: u32,
+    /// Not succeeded by then: fails as expired, unsent.
+    pub expires_at: Option<DateTime<Utc>>,
     /// The `webhook-id` receivers deduplicate on.
     pub message_id: Uuid,
     pub organization_id: Uuid,

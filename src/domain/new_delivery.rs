@@ -53,6 +53,9 @@ pub struct DispatchInput {
     pub max_retries: Option<u32>,
     /// A registered endpoint to deliver to, instead of `webhook_url`.
     pub endpoint_id: String,
+    /// When delivery gives up, if the caller says (a deadline or a time to
+    /// live; `Err` for a duration that is not one).
+    pub expiration: Option<Expiration<std::result::Result<std::time::Duration, ()>>>,
 }
 
 /// An absolute `http`/`https` URL with a host.
@@ -126,8 +129,22 @@ pub struct Draft {
     pub idempotency_key: Option<String>,
     /// Given in the request; else the endpoint's policy, else the default.
     pub max_retries: Option<u32>,
+    /// The request's own deadline, if it gave one.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub target: Target,
 }
+
+/// A deadline as a request gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiration<D> {
+    At(chrono::DateTime<chrono::Utc>),
+    After(D),
+}
+
+/// Bounds of a time to live (a request's, or an endpoint policy's).
+pub const MIN_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+pub const MAX_TTL_STD: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+const MAX_TTL: chrono::TimeDelta = chrono::TimeDelta::days(365);
 
 impl Draft {
     /// One delivery of this message to `url` (an endpoint's, when
@@ -155,6 +172,7 @@ impl Draft {
             idempotency_key: self.idempotency_key.clone(),
             max_retries,
             held: false,
+            expires_at: self.expires_at,
         }
     }
 
@@ -189,6 +207,8 @@ pub struct NewDelivery {
     /// Its endpoint is paused or disabled: stored held, sent once it is
     /// resumed or re-enabled.
     pub held: bool,
+    /// Not succeeded by then: fails with the category "expired".
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl NewDelivery {
@@ -305,6 +325,22 @@ impl Draft {
         if max_retries.is_some_and(|m| m > limits.max_retries) {
             violation("max_retries", format!("must be at most {}", limits.max_retries));
         }
+        let now = chrono::Utc::now();
+        let expires_at = match input.expiration {
+            None => None,
+            Some(Expiration::At(t)) if t > now && t <= now + MAX_TTL => Some(t),
+            Some(Expiration::At(_)) => {
+                violation("expire_time", "must be in the future, at most 365 days ahead".into());
+                None
+            }
+            Some(Expiration::After(Ok(d))) if (MIN_TTL..=MAX_TTL_STD).contains(&d) => {
+                chrono::TimeDelta::from_std(d).ok().map(|d| now + d)
+            }
+            Some(Expiration::After(_)) => {
+                violation("ttl", "must be from 1s to 365 days".into());
+                None
+            }
+        };
 
         let organization_id = if input.organization_id.is_empty() {
             None
@@ -327,6 +363,7 @@ impl Draft {
                 metadata,
                 idempotency_key: Some(input.idempotency_key).filter(|k| !k.is_empty()),
                 max_retries,
+                expires_at,
                 target,
             }),
             _ => Err(Error::invalid_fields(v)),

@@ -6,7 +6,7 @@ use pbjson_types::{ListValue, Struct, Timestamp, Value, value::Kind};
 use serde_json::{Map, Number, Value as Json};
 use uuid::Uuid;
 
-use crate::domain::{AttemptRecord, DispatchInput, ExecutionStatus, LogFilter, LogRecord};
+use crate::domain::{AttemptRecord, DispatchInput, ExecutionStatus, Expiration, LogFilter, LogRecord};
 use crate::error::{Error, FieldViolation, Result};
 use crate::proto::v1 as pb;
 use crate::service::{DetailsQuery, ListQuery, LogDetails};
@@ -111,6 +111,20 @@ impl TryFrom<pb::DispatchRequest> for DispatchInput {
             idempotency_key: r.idempotency_key,
             max_retries: r.max_retries,
             endpoint_id: r.endpoint_id,
+            expiration: match r.expiration {
+                None => None,
+                Some(pb::dispatch_request::Expiration::ExpireTime(t)) => {
+                    let mut v = Vec::new();
+                    let at = timestamp("expire_time", Some(t), &mut v);
+                    if !v.is_empty() {
+                        return Err(Error::invalid_fields(v));
+                    }
+                    at.map(Expiration::At)
+                }
+                Some(pb::dispatch_request::Expiration::Ttl(d)) => {
+                    Some(Expiration::After(std::time::Duration::try_from(d).map_err(|_| ())))
+                }
+            },
         })
     }
 }
@@ -212,6 +226,7 @@ impl From<LogRecord> for pb::WebhookLog {
             next_attempt_at: l.next_attempt_at.filter(|_| l.status == ExecutionStatus::Pending).map(Into::into),
             created_at: Some(l.created_at.into()),
             updated_at: Some(l.updated_at.into()),
+            expire_time: l.expires_at.map(Into::into),
         }
     }
 }

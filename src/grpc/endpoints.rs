@@ -77,6 +77,7 @@ pub fn endpoint_input(e: pb::Endpoint) -> EndpointInput {
             attempt_timeout: p.attempt_timeout.map(duration),
             rate_limit_per_second: p.rate_limit_per_second,
             max_in_flight: p.max_in_flight,
+            ttl: p.ttl.map(duration),
         }),
     }
 }
@@ -91,6 +92,7 @@ pub fn endpoint_to_proto(e: Endpoint) -> pb::Endpoint {
         attempt_timeout: p.attempt_timeout_ms.map(ms),
         rate_limit_per_second: p.rate_limit_per_second,
         max_in_flight: p.max_in_flight,
+        ttl: p.ttl_ms.map(ms),
     };
     pb::Endpoint {
         signature_scheme,

@@ -25,6 +25,13 @@ use crate::store::{CallCursor, CallLogFilter, LogBatch, Store};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 10;
 
+/// When a delivery of `draft` to `e` gives up: the request's own deadline,
+/// else the endpoint policy's time to live from now.
+fn expiry(draft: &Draft, e: &Endpoint) -> Option<chrono::DateTime<chrono::Utc>> {
+    let ttl = e.spec.policy.ttl_ms.map(|ms| chrono::TimeDelta::milliseconds(ms as i64));
+    draft.expires_at.or_else(|| ttl.map(|ttl| chrono::Utc::now() + ttl))
+}
+
 /// Whether endpoint `e` takes events of `event_type` in a fan-out. hookpost's
 /// own operational events (`hookpost.*`) go only to endpoints that name them
 /// (exactly or by a wildcard), never to catch-all ones.
@@ -216,8 +223,8 @@ impl WebhookService {
                 let (url, max_retries) = self.endpoint_target(&draft, &endpoint)?;
                 // A paused or disabled endpoint's deliveries are held, not
                 // dropped: they flow once it is resumed or re-enabled.
-                let held = endpoint.holds();
-                Ok(vec![NewDelivery { held, ..draft.into_delivery(url, Some(id), max_retries) }])
+                let (held, expires_at) = (endpoint.holds(), expiry(&draft, &endpoint));
+                Ok(vec![NewDelivery { held, expires_at, ..draft.into_delivery(url, Some(id), max_retries) }])
             }
             Target::Subscribers => {
                 let filter = EndpointFilter { organization_id: org, workspace_id: draft.workspace_id };
@@ -228,8 +235,9 @@ impl WebhookService {
                     for e in &page {
                         if subscribes(e, &draft.webhook_type) {
                             let (url, max_retries) = self.endpoint_target(&draft, e)?;
-                            let held = e.holds();
-                            out.push(NewDelivery { held, ..draft.delivery(url, Some(e.endpoint_id), max_retries) });
+                            let (held, expires_at) = (e.holds(), expiry(&draft, e));
+                            let delivery = draft.delivery(url, Some(e.endpoint_id), max_retries);
+                            out.push(NewDelivery { held, expires_at, ..delivery });
                         }
                     }
                     match page.last() {

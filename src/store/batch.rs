@@ -74,15 +74,15 @@ async fn insert(pool: &PgPool, jobs: Vec<Job>) {
     let result = sqlx::query_as::<_, (i64, Uuid)>(
         "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int8[], $6::int8[], \
            $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::int4[], $12::uuid[], $13::uuid[], $14::text[], \
-           $15::bool[]) AS v(r, o, w, s, c, a, u, t, b, m, x, g, e, q, h)), \
+           $15::bool[], $16::timestamptz[]) AS v(r, o, w, s, c, a, u, t, b, m, x, g, e, q, h, z)), \
          msg AS (INSERT INTO webhook_messages (message_id, organization_id, workspace_id, webhook_type, body, \
            call_id, assistant_id, metadata, created_at) \
            SELECT g, o, w, t, b, c, a, m, now() FROM v) \
          INSERT INTO webhook_requests (request_id, organization_id, workspace_id, subscription_id, call_id, \
            webhook_url, webhook_type, max_retries, next_attempt_at, message_id, endpoint_id, queue_key, created_at, \
-           status) \
+           status, expires_at) \
          SELECT r, o, w, s, c, u, t, x, CASE WHEN NOT h THEN now() END, g, e, q, now(), \
-           CASE WHEN h THEN 'held' ELSE 'pending' END FROM v \
+           CASE WHEN h THEN 'held' ELSE 'pending' END, z FROM v \
          RETURNING id, request_id",
     )
     .bind(&cols.request_id)
@@ -100,6 +100,7 @@ async fn insert(pool: &PgPool, jobs: Vec<Job>) {
     .bind(&cols.endpoint_id)
     .bind(&cols.queue_key)
     .bind(&cols.held)
+    .bind(&cols.expires_at)
     .fetch_all(pool)
     .await;
     let rows = match result {
@@ -174,6 +175,7 @@ struct Columns {
     endpoint_id: Vec<Option<Uuid>>,
     queue_key: Vec<String>,
     held: Vec<bool>,
+    expires_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 impl Columns {
@@ -194,6 +196,7 @@ impl Columns {
             endpoint_id: Vec::with_capacity(n),
             queue_key: Vec::with_capacity(n),
             held: Vec::with_capacity(n),
+            expires_at: Vec::with_capacity(n),
         }
     }
 
@@ -213,5 +216,6 @@ impl Columns {
         self.message_id.push(d.message_id);
         self.endpoint_id.push(d.endpoint_id);
         self.held.push(d.held);
+        self.expires_at.push(d.expires_at);
     }
 }

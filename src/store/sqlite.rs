@@ -45,7 +45,7 @@ pub struct SqliteStore {
 
 const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
      r.call_id, m.assistant_id, r.webhook_url, r.webhook_type, m.body, m.metadata, r.status, r.attempt_count, \
-     r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, \
+     r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, r.expires_at, \
      a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, a.response_truncated, \
      a.response_time_ms, a.error_category, a.error_message, a.manual \
      FROM webhook_requests r \
@@ -119,6 +119,7 @@ fn log_from_row(row: &SqliteRow) -> Result<LogRecord> {
         attempt_count: to_u32(row.try_get("attempt_count")?),
         max_retries: to_u32(row.try_get("max_retries")?),
         next_attempt_at: opt_time(row.try_get("next_attempt_at")?)?,
+        expires_at: opt_time(row.try_get("expires_at")?)?,
         created_at: time(row.try_get("created_at")?)?,
         updated_at: time(row.try_get("updated_at")?)?,
         last_attempt,
@@ -144,7 +145,7 @@ async fn claimed_with(tx: &mut sqlx::SqliteConnection, lease_id: &str) -> Result
         "SELECT r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, m.body, \
            r.attempt_count, r.max_retries, COALESCE(r.message_id, r.request_id) AS message_id, \
            r.organization_id, r.endpoint_id, r.queue_key, e.headers AS endpoint_headers, e.policy AS endpoint_policy, \
-           r.manual_from, COALESCE(e.paused OR e.disabled, 0) AS hold, \
+           r.manual_from, r.expires_at, COALESCE(e.paused OR e.disabled, 0) AS hold, \
            COALESCE(e.consecutive_failures, 0) AS endpoint_failures, \
            CASE WHEN r.endpoint_id IS NULL THEN o.secret ELSE e.secret END AS secret, \
            CASE WHEN r.endpoint_id IS NULL THEN o.previous_secret ELSE e.previous_secret END AS previous_secret, \
@@ -189,6 +190,7 @@ async fn claimed_with(tx: &mut sqlx::SqliteConnection, lease_id: &str) -> Result
                 manual_from: row.try_get::<Option<i64>, _>("manual_from")?.map_or(0, to_u32),
                 hold: row.try_get("hold")?,
                 endpoint_failures: to_u32(row.try_get("endpoint_failures")?),
+                expires_at: opt_time(row.try_get("expires_at")?)?,
             })
         })
         .collect()
@@ -307,8 +309,8 @@ impl Store for SqliteStore {
             let row = sqlx::query(
                 "INSERT INTO webhook_requests (request_id, organization_id, workspace_id, subscription_id, call_id, \
                    webhook_url, webhook_type, idempotency_key, max_retries, \
-                   next_attempt_at, created_at, updated_at, message_id, endpoint_id, queue_key, status) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                   next_attempt_at, created_at, updated_at, message_id, endpoint_id, queue_key, status, expires_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (organization_id, idempotency_key) DO NOTHING RETURNING id",
             )
             .bind(d.request_id.to_string())
@@ -327,6 +329,7 @@ impl Store for SqliteStore {
             .bind(d.endpoint_id.map(|u| u.to_string()))
             .bind(d.queue_key())
             .bind(if d.held { "held" } else { "pending" })
+            .bind(d.expires_at.map(micros))
             .fetch_optional(&mut *tx)
             .await?;
             match row {

@@ -348,3 +348,63 @@ async fn recover_a_window_once_with_a_dry_run_first_on_postgres() {
 async fn recover_a_window_once_with_a_dry_run_first_on_sqlite() {
     recover_a_window(Backend::Sqlite).await;
 }
+
+async fn expiry(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
+    let receiver = Receiver::start().await;
+    receiver.script((0..50).map(|_| Reply::status(500)));
+    let org = Uuid::new_v4();
+
+    // A time to live on the request: retries stop at the deadline.
+    let mut req = dispatch_to(&receiver.url(), org);
+    req.max_retries = Some(50);
+    req.expiration = Some(pb::dispatch_request::Expiration::Ttl(pbjson_types::Duration { seconds: 2, nanos: 0 }));
+    let sent = app.dispatch(req).await.unwrap();
+    let d = app.settled(&sent.request_id, Duration::from_secs(30)).await;
+    let log = d.log.clone().unwrap();
+    assert_eq!(log.execution_status(), pb::ExecutionStatus::Failed);
+    assert_eq!(log.error_category.as_deref(), Some("expired"), "{log:?}");
+    assert!(log.expire_time.is_some());
+    // The expired attempt sent nothing; every other attempt was a POST.
+    assert_eq!(d.attempts[0].http_status_code, None);
+    assert_eq!(receiver.received().len(), d.attempts.len() - 1);
+    assert!(d.attempts.len() < 51);
+
+    // A policy's ttl applies to deliveries without their own: held past it,
+    // the delivery fails as expired when released, unsent.
+    let quiet = Receiver::start().await;
+    let mut e = endpoint(&quiet.url(), &[]);
+    e.policy =
+        Some(pb::DeliveryPolicy { ttl: Some(pbjson_types::Duration { seconds: 1, nanos: 0 }), ..Default::default() });
+    let id = create(&app, org, e).await;
+    let pause =
+        pb::PauseEndpointRequest { organization_id: org.to_string(), endpoint_id: id.clone(), ..Default::default() };
+    app.client.clone().pause_endpoint(app.authed(pause)).await.unwrap();
+    let held = app.dispatch(to_endpoint(org, &id, 0)).await.unwrap().request_id;
+    let log = app.details(&held).await.unwrap().log.unwrap();
+    let deadline: chrono::DateTime<chrono::Utc> = log.expire_time.unwrap().try_into().unwrap();
+    eventually(SETTLE, "the deadline passes", || async { (chrono::Utc::now() > deadline).then_some(()) }).await;
+    let resume = pb::ResumeEndpointRequest { organization_id: org.to_string(), endpoint_id: id, ..Default::default() };
+    app.client.clone().resume_endpoint(app.authed(resume)).await.unwrap();
+    let d = app.settled(&held, SETTLE).await;
+    assert_eq!(d.log.unwrap().error_category.as_deref(), Some("expired"));
+    assert!(quiet.received().is_empty());
+
+    // Deadlines out of bounds are refused, naming the field.
+    let mut bad = dispatch_to(&receiver.url(), org);
+    bad.expiration = Some(pb::dispatch_request::Expiration::Ttl(pbjson_types::Duration { seconds: 0, nanos: 0 }));
+    assert_eq!(violated_fields(&app.dispatch(bad.clone()).await.unwrap_err()), ["ttl"]);
+    let past = chrono::Utc::now() - chrono::TimeDelta::minutes(1);
+    bad.expiration = Some(pb::dispatch_request::Expiration::ExpireTime(past.into()));
+    assert_eq!(violated_fields(&app.dispatch(bad).await.unwrap_err()), ["expire_time"]);
+}
+
+#[tokio::test]
+async fn a_delivery_past_its_deadline_fails_as_expired_on_postgres() {
+    expiry(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_delivery_past_its_deadline_fails_as_expired_on_sqlite() {
+    expiry(Backend::Sqlite).await;
+}

@@ -112,6 +112,7 @@ pub fn pgbench_dispatch(db_url: &str, clients: u32, seconds: u64, dir: &Path) ->
             "NULL::uuid",
             "'h:127.0.0.1:9'",
             "false",
+            "NULL::timestamptz",
         ],
     );
     Ok(pgbench(db_url, &format!("{stmt};\n"), clients, seconds, None, dir)?.tps)
@@ -168,6 +169,7 @@ pub fn pgbench_dispatch_batched(
             &fill("NULL", "uuid"),
             &fill("'h:127.0.0.1:9'", "text"),
             &fill("false", "bool"),
+            &fill("NULL", "timestamptz"),
         ],
     );
     Ok(pgbench(db_url, &format!("{stmt};\n"), clients, seconds, None, dir)?.tps * batch as f64)

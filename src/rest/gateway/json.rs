@@ -198,6 +198,9 @@ impl Serialize for WebhookLog<'_> {
         if let Some(next) = l.next_attempt_at.filter(|_| l.status == ExecutionStatus::Pending) {
             m.serialize_entry("nextAttemptAt", &timestamp(next))?;
         }
+        if let Some(t) = l.expires_at {
+            m.serialize_entry("expireTime", &timestamp(t))?;
+        }
         m.serialize_entry("createdAt", &timestamp(l.created_at))?;
         m.serialize_entry("updatedAt", &timestamp(l.updated_at))?;
         m.end()

@@ -30,7 +30,7 @@ pub mod sql {
         () => {
             "RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, \
                        r.attempt_count, r.max_retries, r.message_id, r.organization_id, r.endpoint_id, \
-                       r.queue_key, r.manual_from) \
+                       r.queue_key, r.manual_from, r.expires_at) \
              SELECT c.*, m.body, e.headers::text AS endpoint_headers, e.policy::text AS endpoint_policy, \
                COALESCE(e.paused OR e.disabled, false) AS hold, \
                COALESCE(e.consecutive_failures, 0) AS endpoint_failures, \
@@ -50,7 +50,7 @@ pub mod sql {
     /// and its latest attempt (`a`).
     pub const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
          r.call_id, m.assistant_id, r.webhook_url, r.webhook_type, m.body, m.metadata, r.status, \
-         r.attempt_count, r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, \
+         r.attempt_count, r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, r.expires_at, \
          a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, \
          a.response_truncated, a.response_time_ms, a.error_category, a.error_message, a.manual \
          FROM webhook_requests r \
@@ -69,10 +69,10 @@ pub mod sql {
                  ins AS ( \
                    INSERT INTO webhook_requests (id, request_id, organization_id, workspace_id, subscription_id, \
                      call_id, webhook_url, webhook_type, max_retries, next_attempt_at, message_id, endpoint_id, \
-                     queue_key, created_at, status) \
+                     queue_key, created_at, status, expires_at) \
                    SELECT COALESCE((SELECT log_id FROM key), nextval('webhook_requests_log_id_seq')), \
                      $1, $2, $3, $4, $5, $7, $8, $12, CASE WHEN NOT $16 THEN now() END, $13, $14, $15, now(), \
-                     CASE WHEN $16 THEN 'held' ELSE 'pending' END \
+                     CASE WHEN $16 THEN 'held' ELSE 'pending' END, $17 \
                    WHERE $11::text IS NULL OR EXISTS (SELECT 1 FROM key) \
                    RETURNING id, created_at), \
                  msg AS ( \
@@ -281,6 +281,7 @@ fn log_from_row(row: &PgRow) -> Result<LogRecord> {
         attempt_count: to_u32(row.try_get("attempt_count")?),
         max_retries: to_u32(row.try_get("max_retries")?),
         next_attempt_at: row.try_get("next_attempt_at")?,
+        expires_at: row.try_get("expires_at")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         last_attempt,
@@ -311,6 +312,7 @@ fn claim_from_row(row: &PgRow) -> Result<ClaimedDelivery> {
         manual_from: row.try_get::<Option<i32>, _>("manual_from")?.map_or(0, to_u32),
         hold: row.try_get("hold")?,
         endpoint_failures: to_u32(row.try_get("endpoint_failures")?),
+        expires_at: row.try_get("expires_at")?,
     })
 }
 
@@ -347,6 +349,7 @@ impl Store for PostgresStore {
             .bind(d.endpoint_id)
             .bind(d.queue_key())
             .bind(d.held)
+            .bind(d.expires_at)
             .fetch_optional(&self.pool)
             .await?;
         if let Some(row) = row {
@@ -410,10 +413,10 @@ impl Store for PostgresStore {
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO webhook_requests (id, request_id, organization_id, workspace_id, subscription_id, \
                    call_id, webhook_url, webhook_type, max_retries, next_attempt_at, message_id, endpoint_id, \
-                   queue_key, created_at, status) \
+                   queue_key, created_at, status, expires_at) \
                  VALUES (COALESCE($1, nextval('webhook_requests_log_id_seq')), $2, $3, $4, $5, $6, $7, $8, $9, \
                    CASE WHEN NOT $13 THEN now() END, $10, $11, $12, now(), \
-                   CASE WHEN $13 THEN 'held' ELSE 'pending' END) RETURNING id",
+                   CASE WHEN $13 THEN 'held' ELSE 'pending' END, $14) RETURNING id",
             )
             .bind(if i == 0 { first_id } else { None })
             .bind(d.request_id)
@@ -428,6 +431,7 @@ impl Store for PostgresStore {
             .bind(d.endpoint_id)
             .bind(d.queue_key())
             .bind(d.held)
+            .bind(d.expires_at)
             .fetch_one(&mut *tx)
             .await?;
             log_ids.push(id);

@@ -1,0 +1,2 @@
+-- When delivery gives up (see the Postgres migration); microseconds.
+ALTER TABLE webhook_requests ADD COLUMN expires_at INTEGER;
