@@ -20,8 +20,9 @@ pub const ENDPOINT_DISABLED: &str = "hookpost.endpoint.disabled";
 
 /// Deliveries a recovery sends back per batch (one transaction each).
 const RECOVER_BATCH: u32 = 500;
-/// How long one replica holds a running operation without progress.
-const OPERATION_LEASE: Duration = Duration::from_secs(30);
+/// How long one replica holds a running operation without progress: a
+/// replica that dies mid-run leaves it to another (or its restart) after this.
+const OPERATION_LEASE: Duration = Duration::from_secs(10);
 /// How often a replica looks for operations to run (or resume).
 const OPERATION_POLL: Duration = Duration::from_secs(1);
 

@@ -363,3 +363,70 @@ async fn the_embedded_store_and_its_new_directory_are_private_to_their_owner() {
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A recovery killed (SIGKILL) mid-run resumes after a restart from its
+/// last committed batch: every failed delivery of the window is queued
+/// exactly once, and the counts add up across both processes.
+#[tokio::test]
+async fn a_recovery_killed_mid_run_resumes_after_restart_and_queues_each_delivery_once() {
+    const N: i64 = 40_000;
+    let db = fresh_database().await;
+    open_store(&db).await;
+    let key = cli_service_key(&db);
+    let org = uuid::Uuid::new_v4();
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&db).await.unwrap();
+    sqlx::query(
+        "WITH v AS (SELECT gen_random_uuid() AS id, now() - interval '1 minute' AS t FROM generate_series(1, $2)), \
+         m AS (INSERT INTO webhook_messages (message_id, organization_id, webhook_type, body, created_at) \
+           SELECT id, $1, 'call_ended', '{}', t FROM v) \
+         INSERT INTO webhook_requests (request_id, message_id, organization_id, webhook_url, webhook_type, \
+           max_retries, status, attempt_count, created_at, updated_at) \
+         SELECT id, id, $1, 'http://127.0.0.1:9/h', 'call_ended', 0, 'failed', 1, t, t FROM v",
+    )
+    .bind(org)
+    .bind(N)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let mut first = ServerProcess::start(&db, &["--no-delivery"]).await;
+    let mut client = first.client(&key).await;
+    let now = chrono::Utc::now();
+    let req = pb::RecoverWebhooksRequest {
+        organization_id: org.to_string(),
+        start_time: Some((now - chrono::TimeDelta::hours(1)).into()),
+        end_time: Some((now + chrono::TimeDelta::minutes(1)).into()),
+        ..Default::default()
+    };
+    let op = client.recover_webhooks(req).await.unwrap().into_inner().operation.unwrap();
+    let get = pb::GetOperationRequest { organization_id: org.to_string(), operation_id: op.operation_id.clone() };
+    let mid = eventually(Duration::from_secs(30), "the recovery is under way", || {
+        let (mut client, get) = (client.clone(), get.clone());
+        async move {
+            let op = client.get_operation(get).await.unwrap().into_inner().operation.unwrap();
+            (op.matched > 0).then_some(op)
+        }
+    })
+    .await;
+    first.kill();
+    assert!(!mid.done, "the run finished before it could be killed ({} of {N}); seed more rows", mid.matched);
+
+    let second = ServerProcess::start(&db, &["--no-delivery"]).await;
+    let mut client = second.client(&key).await;
+    eventually(Duration::from_secs(60), "the recovery resumes and finishes", || {
+        let (mut client, get) = (client.clone(), get.clone());
+        async move { client.get_operation(get).await.unwrap().into_inner().operation.unwrap().done.then_some(()) }
+    })
+    .await;
+    let op = client.get_operation(get).await.unwrap().into_inner().operation.unwrap();
+    assert_eq!((op.matched, op.recovered), (N, N), "{op:?}");
+    let (pending, manual): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE manual_from = 1) \
+         FROM webhook_requests WHERE organization_id = $1",
+    )
+    .bind(org)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((pending, manual), (N, N));
+}
