@@ -21,6 +21,7 @@ pub enum StatusParam {
     Pending,
     Succeeded,
     Failed,
+    Held,
 }
 
 /// Proto field names as this API calls its parameters.
@@ -47,7 +48,7 @@ pub struct SubscriptionLog {
     attempt_count: u32,
     /// Status of the latest attempt; null before the first attempt.
     http_status_code: Option<i32>,
-    /// pending, succeeded or failed.
+    /// pending, succeeded, failed or held.
     execution_status: String,
     created_at: String,
     updated_at: String,
@@ -163,7 +164,11 @@ pub async fn list_logs(
     let status = match params.get("executionStatus").map(String::as_str) {
         None => None,
         Some(raw) => Some(ExecutionStatus::parse(raw).ok_or_else(|| {
-            bad_param(Style::Status, "executionStatus", format!("must be pending, succeeded or failed, got {raw:?}"))
+            bad_param(
+                Style::Status,
+                "executionStatus",
+                format!("must be pending, succeeded, failed or held, got {raw:?}"),
+            )
         })?),
     };
     let filter = LogFilter {

@@ -34,10 +34,13 @@ fn expiry(draft: &Draft, e: &Endpoint) -> Option<chrono::DateTime<chrono::Utc>> 
 
 /// Whether endpoint `e` takes events of `event_type` in a fan-out. hookpost's
 /// own operational events (`hookpost.*`) go only to endpoints that name them
-/// (exactly or by a wildcard), never to catch-all ones.
+/// (exactly or by a wildcard such as `hookpost.*`), never to catch-all ones
+/// (no event types, or `*`).
 fn subscribes(e: &Endpoint, event_type: &str) -> bool {
-    let named = !e.spec.event_types.is_empty();
-    (named || !event_type.starts_with("hookpost.")) && event_type_matches(&e.spec.event_types, event_type)
+    if !event_type.starts_with("hookpost.") {
+        return event_type_matches(&e.spec.event_types, event_type);
+    }
+    e.spec.event_types.iter().any(|p| p != "*" && event_type_matches(std::slice::from_ref(p), event_type))
 }
 pub const MAX_PAGE_SIZE: u32 = 100;
 /// Bodies (request, response) one page or chunk of logs may hold: a page

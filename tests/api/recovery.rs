@@ -167,11 +167,13 @@ async fn pause_holds_and_resume_releases_in_order_on_sqlite() {
 async fn gone_disables_and_announces(backend: Backend) {
     let app = spawn_app_on_backend(backend, |_| {}).await;
     let (gone, ops, catch_all) = (Receiver::start().await, Receiver::start().await, Receiver::start().await);
+    let star = Receiver::start().await;
     gone.script([Reply::status(410)]);
     let org = Uuid::new_v4();
     let a = create(&app, org, endpoint(&gone.url(), &["call.*"])).await;
     create(&app, org, endpoint(&ops.url(), &["hookpost.endpoint.disabled"])).await;
     create(&app, org, endpoint(&catch_all.url(), &[])).await;
+    create(&app, org, endpoint(&star.url(), &["*"])).await;
 
     let first = app.dispatch(to_endpoint(org, &a, 0)).await.unwrap().request_id;
     let d = app.settled(&first, SETTLE).await;
@@ -201,8 +203,9 @@ async fn gone_disables_and_announces(backend: Backend) {
     let got = gone.wait_for(2, SETTLE).await;
     assert_eq!(got[1].body, r#"{"n":1}"#);
     assert_eq!(app.settled(&second, SETTLE).await.log.unwrap().execution_status(), pb::ExecutionStatus::Succeeded);
-    // The catch-all endpoint never gets hookpost's own events.
+    // Catch-all endpoints (no event types, or "*") never get hookpost's own events.
     assert!(catch_all.received().is_empty());
+    assert!(star.received().is_empty());
 }
 
 #[tokio::test]

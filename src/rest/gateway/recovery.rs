@@ -41,7 +41,8 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Resu
 
 /// Send a delivery again (`RedeliverWebhook`): a settled one goes back to
 /// pending now, with a fresh retry budget; its new attempts are marked
-/// manual. 409 (`FAILED_PRECONDITION`) while it is pending or held.
+/// manual. 400 (`FAILED_PRECONDITION`, as grpc-gateway maps it) while it is
+/// pending or held.
 #[utoipa::path(
     post,
     path = "/v1/webhook-logs/{request_id}:redeliver",
@@ -51,7 +52,7 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Resu
     responses(
         (status = 200, description = "hookpost.v1.RedeliverWebhookResponse: the delivery, pending again", body = Object),
         (status = 404, description = "No such request", body = Object),
-        (status = 409, description = "Still pending or held", body = Object),
+        (status = 400, description = "FAILED_PRECONDITION: still pending or held; or a bad ID", body = Object),
     ),
     security(("bearer" = []))
 )]
@@ -108,7 +109,7 @@ async fn redeliver_call(
     responses(
         (status = 200, description = "hookpost.v1.RedeliverWebhookResponse", body = Object),
         (status = 404, description = "No such request in this subscription", body = Object),
-        (status = 409, description = "Still pending or held", body = Object),
+        (status = 400, description = "FAILED_PRECONDITION: still pending or held; or a bad ID", body = Object),
     ),
     security(("bearer" = []), ("accessKey" = []))
 )]
