@@ -158,9 +158,12 @@ impl Application {
         let operations_task = tokio::spawn(self.service.clone().run_operations(token.clone()));
         tracing::info!(addr = %self.addr, "hookpost listening (gRPC and REST)");
 
-        let stop = token.clone();
+        let (stop, service) = (token.clone(), self.service.clone());
         tokio::spawn(async move {
             shutdown.await;
+            // Watch streams never end on their own: end them, so that their
+            // connections can drain.
+            service.stop_watchers();
             stop.cancel();
         });
         crate::transport::serve(self.listener, router, self.connection_limits.clone(), token.clone()).await;

@@ -165,6 +165,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKPOST_MAX_ENDPOINTS_PER_ORGANIZATION", default_value_t = 1000)]
     pub max_endpoints_per_organization: u32,
 
+    /// Live-tail streams (WatchWebhookLogs, REST watch) one API key may hold
+    /// open at once; more answer RESOURCE_EXHAUSTED (HTTP 429).
+    #[arg(long, env = "HOOKPOST_MAX_WATCH_STREAMS_PER_KEY", default_value_t = 16)]
+    pub max_watch_streams_per_key: u32,
+
     /// Most database connections this process opens.
     #[arg(long, env = "HOOKPOST_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
@@ -398,6 +403,7 @@ impl TryFrom<ServeArgs> for Config {
             max_idempotency_key_len: a.max_idempotency_key_bytes,
             allow_private_targets: a.allow_private_targets,
             max_endpoints_per_organization: a.max_endpoints_per_organization,
+            max_watch_streams_per_key: a.max_watch_streams_per_key,
             ..Limits::default()
         };
         anyhow::ensure!(a.max_retries <= limits.max_retries, "--max-retries must be at most {}", limits.max_retries);

@@ -117,6 +117,9 @@ fn before(key: &str) -> String {
 #[async_trait::async_trait]
 pub trait Notices: Send + Sync {
     async fn endpoint_disabled(&self, endpoint: crate::domain::Endpoint);
+
+    /// Something was recorded (an attempt, a hold): live tails look now.
+    fn recorded(&self);
 }
 
 pub struct DeliveryEngine {
@@ -291,11 +294,12 @@ impl DeliveryEngine {
         // (it flows again when the endpoint is resumed or re-enabled).
         let (held, claims): (Vec<_>, Vec<_>) = claims.into_iter().partition(|c| c.hold);
         if !held.is_empty() {
-            let store = self.store.clone();
+            let (store, notices) = (self.store.clone(), self.notices.clone());
             self.tracker.spawn(async move {
-                if let Err(err) = store.hold(&held).await {
+                match store.hold(&held).await {
+                    Ok(()) => notices.recorded(),
                     // The lease brings them back and they are held then.
-                    tracing::warn!(error = %err, "holding deliveries failed");
+                    Err(err) => tracing::warn!(error = %err, "holding deliveries failed"),
                 }
             });
         }
@@ -407,6 +411,7 @@ impl DeliveryEngine {
         loop {
             match self.store.record_attempt(&claim, &attempt).await {
                 Ok(true) => {
+                    self.notices.recorded();
                     self.endpoint_outcome(&claim, &attempt).await;
                     return;
                 }

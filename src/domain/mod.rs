@@ -122,6 +122,8 @@ pub struct LogRecord {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// When delivery gives up (None: never, short of max_retries).
     pub expires_at: Option<DateTime<Utc>>,
+    /// The registered endpoint it goes to, if any.
+    pub endpoint_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_attempt: Option<AttemptRecord>,
@@ -186,6 +188,25 @@ pub struct AttemptRecord {
     pub error_message: Option<String>,
     /// Made after a manual redelivery or a recovery.
     pub manual: bool,
+}
+
+impl AttemptRecord {
+    /// The BASIC view (AIP-157): without the response body.
+    pub fn strip_bodies(&mut self) {
+        self.response_body.clear();
+    }
+}
+
+impl LogRecord {
+    /// The BASIC view (AIP-157): without request and response bodies (the
+    /// payload, the metadata, the latest attempt's response).
+    pub fn strip_bodies(&mut self) {
+        self.body.clear();
+        self.metadata = None;
+        if let Some(a) = &mut self.last_attempt {
+            a.strip_bodies();
+        }
+    }
 }
 
 /// A due delivery claimed by one worker until `lease_id`'s lease expires.

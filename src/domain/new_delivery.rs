@@ -20,6 +20,8 @@ pub struct Limits {
     pub allow_private_targets: bool,
     /// Endpoints one organization may register.
     pub max_endpoints_per_organization: u32,
+    /// WatchWebhookLogs streams one API key may hold open at once.
+    pub max_watch_streams_per_key: u32,
 }
 
 impl Default for Limits {
@@ -33,6 +35,7 @@ impl Default for Limits {
             max_retries: 50,
             allow_private_targets: false,
             max_endpoints_per_organization: 1000,
+            max_watch_streams_per_key: 16,
         }
     }
 }

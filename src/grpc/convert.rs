@@ -248,6 +248,68 @@ fn attempt_to_proto(a: AttemptRecord, request_body: &str) -> pb::DeliveryAttempt
     }
 }
 
+/// Whether a request's view leaves the bodies out; `default_basic` is the
+/// method's default (AIP-157).
+pub fn basic_view(view: i32, default_basic: bool) -> bool {
+    match pb::LogView::try_from(view) {
+        Ok(pb::LogView::Basic) => true,
+        Ok(pb::LogView::Full) => false,
+        _ => default_basic,
+    }
+}
+
+/// A page or details in the BASIC view.
+pub fn strip_details(d: &mut LogDetails) {
+    d.log.strip_bodies();
+    d.attempts.iter_mut().for_each(AttemptRecord::strip_bodies);
+}
+
+impl TryFrom<pb::WatchWebhookLogsRequest> for crate::service::WatchQuery {
+    type Error = Error;
+
+    /// The filters are ListWebhookLogs's, checked by the same conversion.
+    fn try_from(r: pb::WatchWebhookLogsRequest) -> Result<Self> {
+        let list = pb::ListWebhookLogsRequest {
+            organization_id: r.organization_id,
+            workspace_id: r.workspace_id,
+            subscription_id: r.subscription_id,
+            call_id: r.call_id,
+            webhook_type: r.webhook_type,
+            execution_status: r.execution_status,
+            endpoint_id: r.endpoint_id,
+            error_category: r.error_category,
+            ..Default::default()
+        };
+        let filter = ListQuery::try_from(list)?.filter;
+        Ok(crate::service::WatchQuery { filter, resume_token: r.resume_token })
+    }
+}
+
+/// One watch event in proto form (the bodies left out when `basic`).
+pub fn watch_event_to_proto(e: crate::service::WatchEvent, basic: bool) -> pb::WatchWebhookLogsResponse {
+    let mut log = e.log;
+    if basic {
+        log.strip_bodies();
+    }
+    let (kind, attempt, reason) = match e.change {
+        crate::store::TailChange::Attempt(mut a) => {
+            if basic {
+                a.strip_bodies();
+            }
+            ("attempt", Some(attempt_to_proto(a, &log.body)), String::new())
+        }
+        crate::store::TailChange::Status { reason, .. } => ("status", None, reason),
+    };
+    pb::WatchWebhookLogsResponse {
+        kind: kind.into(),
+        log: Some(log.into()),
+        attempt,
+        reason,
+        event_time: Some(e.at.into()),
+        resume_token: e.resume_token,
+    }
+}
+
 impl From<LogDetails> for pb::GetLogDetailsResponse {
     fn from(d: LogDetails) -> Self {
         let attempts = d.attempts.into_iter().map(|a| attempt_to_proto(a, &d.log.body)).collect();

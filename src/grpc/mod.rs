@@ -5,7 +5,7 @@ mod convert;
 pub mod endpoints;
 pub mod recovery;
 
-pub use convert::{json_to_struct, struct_to_json};
+pub use convert::{basic_view, json_to_struct, strip_details, struct_to_json};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -63,6 +63,29 @@ impl GrpcApi {
 
 #[tonic::async_trait]
 impl WebhookServiceRpc for GrpcApi {
+    type WatchWebhookLogsStream =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<pb::WatchWebhookLogsResponse, Status>> + Send>>;
+
+    #[tracing::instrument(skip_all, name = "WatchWebhookLogs")]
+    async fn watch_webhook_logs(
+        &self,
+        request: Request<pb::WatchWebhookLogsRequest>,
+    ) -> Result<Response<Self::WatchWebhookLogsStream>, Status> {
+        use futures_util::StreamExt;
+        self.observed("WatchWebhookLogs", async {
+            let who = self.caller(&request).await?;
+            let basic = convert::basic_view(request.get_ref().view, true);
+            let query = crate::service::WatchQuery::try_from(request.into_inner())?;
+            let events = self.service.watch(&who, query).await?;
+            let stream = events.map(move |e| match e {
+                Ok(e) => Ok(convert::watch_event_to_proto(e, basic)),
+                Err(err) => Err(Status::from(err)),
+            });
+            Ok(Response::new(Box::pin(stream) as Self::WatchWebhookLogsStream))
+        })
+        .await
+    }
+
     #[tracing::instrument(skip_all, name = "Dispatch", fields(request_id = tracing::field::Empty))]
     async fn dispatch(&self, request: Request<pb::DispatchRequest>) -> Result<Response<pb::DispatchResponse>, Status> {
         self.observed("Dispatch", async {
@@ -88,8 +111,12 @@ impl WebhookServiceRpc for GrpcApi {
     ) -> Result<Response<pb::ListWebhookLogsResponse>, Status> {
         self.observed("ListWebhookLogs", async {
             let who = self.caller(&request).await?;
+            let basic = convert::basic_view(request.get_ref().view, false);
             let query = ListQuery::try_from(request.into_inner())?;
-            let page = self.service.list_logs(&who, query).await?;
+            let mut page = self.service.list_logs(&who, query).await?;
+            if basic {
+                page.logs.iter_mut().for_each(crate::domain::LogRecord::strip_bodies);
+            }
             Ok(Response::new(pb::ListWebhookLogsResponse {
                 logs: page.logs.into_iter().map(Into::into).collect(),
                 next_page_token: page.next_page_token.unwrap_or_default(),
@@ -106,8 +133,12 @@ impl WebhookServiceRpc for GrpcApi {
         self.observed("GetLogDetails", async {
             let who = self.caller(&request).await?;
             tracing::Span::current().record("request_id", request.get_ref().request_id.as_str());
+            let basic = convert::basic_view(request.get_ref().view, false);
             let query = DetailsQuery::try_from(request.into_inner())?;
-            let details = self.service.log_details(&who, query).await?;
+            let mut details = self.service.log_details(&who, query).await?;
+            if basic {
+                convert::strip_details(&mut details);
+            }
             Ok(Response::new(details.into()))
         })
         .await

@@ -90,26 +90,7 @@ impl IntoResponse for RestError {
         let status = StatusCode::from_u16(self.err.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = match self.style {
             Style::Detail => json!({ "detail": self.err.message }),
-            Style::Status => {
-                let mut body = json!({
-                    "code": self.err.code.grpc_code() as i32,
-                    "message": self.err.message,
-                    "details": [],
-                });
-                if !self.err.violations.is_empty() {
-                    let violations: Vec<_> = self
-                        .err
-                        .violations
-                        .iter()
-                        .map(|v| json!({"field": v.field, "description": v.description}))
-                        .collect();
-                    body["details"] = json!([{
-                        "@type": "type.googleapis.com/google.rpc.BadRequest",
-                        "fieldViolations": violations,
-                    }]);
-                }
-                body
-            }
+            Style::Status => status_body(&self.err),
         };
         let mut response = (status, Json(body)).into_response();
         if let Some(after) = self.err.retry_after
@@ -119,6 +100,25 @@ impl IntoResponse for RestError {
         }
         response
     }
+}
+
+/// An error as grpc-gateway's `google.rpc.Status` JSON, field violations
+/// included.
+pub(crate) fn status_body(err: &Error) -> serde_json::Value {
+    let mut body = json!({
+        "code": err.code.grpc_code() as i32,
+        "message": err.message,
+        "details": [],
+    });
+    if !err.violations.is_empty() {
+        let violations: Vec<_> =
+            err.violations.iter().map(|v| json!({"field": v.field, "description": v.description})).collect();
+        body["details"] = json!([{
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": violations,
+        }]);
+    }
+    body
 }
 
 /// The gRPC status of a gateway call, as grpc-gateway renders it.

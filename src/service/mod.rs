@@ -2,10 +2,12 @@
 
 mod endpoints;
 mod recovery;
+mod tail;
 
 use endpoints::may_act_for;
 pub use endpoints::{DEFAULT_GRACE, EndpointPage, EndpointRef, MAX_GRACE, ShownSecret};
 pub use recovery::{ENDPOINT_DISABLED, RecoverInput, Recovery};
+pub use tail::{WatchEvent, WatchQuery, matches};
 
 use std::sync::Arc;
 
@@ -135,6 +137,8 @@ pub struct WebhookService {
     retention: std::time::Duration,
     /// Wakes the operation runner when a recovery starts.
     operations: Arc<Notify>,
+    /// This process's watch streams.
+    watchers: Arc<tail::Watchers>,
 }
 
 impl WebhookService {
@@ -157,6 +161,7 @@ impl WebhookService {
             signed_organizations: Default::default(),
             retention,
             operations: Default::default(),
+            watchers: Default::default(),
         }
     }
 

@@ -74,6 +74,7 @@ impl WebhookService {
             Redelivered::Done => {}
         }
         self.wake.notify_one();
+        self.recorded();
         let (log, attempts) = self.store.log_details(request_id, org).await?.ok_or_else(|| no_request(request_id))?;
         Ok(LogDetails { log, attempts })
     }
@@ -99,6 +100,7 @@ impl WebhookService {
         let n = self.store.release_held(e.endpoint_id).await?;
         if n > 0 {
             self.wake.notify_one();
+            self.recorded();
         }
         Ok(n)
     }
@@ -181,6 +183,7 @@ impl WebhookService {
                             Ok(next) => {
                                 if next.recovered > op.recovered {
                                     self.wake.notify_one();
+                                    self.recorded();
                                 }
                                 op = next;
                             }
@@ -207,6 +210,10 @@ impl WebhookService {
 
 #[async_trait]
 impl crate::delivery::Notices for WebhookService {
+    fn recorded(&self) {
+        WebhookService::recorded(self);
+    }
+
     /// Tells the organization's endpoints that subscribe to
     /// `hookpost.endpoint.disabled` (by name or a `hookpost.*` wildcard).
     async fn endpoint_disabled(&self, e: Endpoint) {

@@ -8,11 +8,13 @@ pub mod endpoints;
 pub mod postgres;
 pub mod recovery;
 mod sqlite;
+pub mod tail;
 
 pub use endpoints::{DisableRule, EndpointOutcome, EndpointStore, NewEndpoint, StoredSecrets};
 pub use postgres::PostgresStore;
 pub use recovery::{Operation, RecoverFilter, RecoveryStore, Redelivered};
 pub use sqlite::SqliteStore;
+pub use tail::{TailChange, TailEvent, TailPosition, TailStore};
 
 /// Opens and migrates the store a URL names: `postgres://` (or `postgresql://`)
 /// for Postgres, `sqlite://path` for the embedded store. Returns it with a
@@ -128,7 +130,7 @@ pub struct QueueStats {
 }
 
 #[async_trait]
-pub trait Store: EndpointStore + RecoveryStore + Send + Sync + 'static {
+pub trait Store: EndpointStore + RecoveryStore + TailStore + Send + Sync + 'static {
     /// Stores a webhook durably (committed before returning). A repeated
     /// idempotency key in the same organization returns the earlier request.
     async fn insert_delivery(&self, delivery: &NewDelivery) -> Result<Dispatched>;

@@ -205,7 +205,9 @@ impl RecoveryStore for PostgresStore {
              upd AS (UPDATE webhook_requests w SET status = 'pending', next_attempt_at = now(), lease_id = NULL, \
                manual_from = w.attempt_count, queue_key = {PG_QUEUE_KEY}, updated_at = now() \
                FROM r WHERE w.id = r.id AND w.created_at = r.created_at AND r.status IN ('succeeded', 'failed') \
-               RETURNING 1) \
+               RETURNING w.id, w.created_at), \
+             ev AS (INSERT INTO delivery_events (log_id, request_created_at, status, reason) \
+               SELECT id, created_at, 'pending', 'redelivered' FROM upd) \
              SELECT r.status, EXISTS (SELECT 1 FROM upd) AS done FROM r"
         ))
         .bind(request_id)
@@ -228,11 +230,13 @@ impl RecoveryStore for PostgresStore {
         let leases: Vec<Uuid> = claims.iter().map(|c| c.lease_id).collect();
         let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.created_at).collect();
         sqlx::query(
-            "UPDATE webhook_requests r SET status = 'held', next_attempt_at = NULL, lease_id = NULL, \
+            "WITH upd AS (UPDATE webhook_requests r SET status = 'held', next_attempt_at = NULL, lease_id = NULL, \
                updated_at = now() \
              FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[]) AS c(id, lease_id, created_at) \
              WHERE r.id = c.id AND r.created_at = c.created_at AND r.lease_id = c.lease_id \
-               AND r.status = 'pending'",
+               AND r.status = 'pending' RETURNING r.id, r.created_at) \
+             INSERT INTO delivery_events (log_id, request_created_at, status, reason) \
+             SELECT id, created_at, 'held', 'held' FROM upd",
         )
         .bind(&ids)
         .bind(&leases)
@@ -245,8 +249,10 @@ impl RecoveryStore for PostgresStore {
     async fn release_held(&self, endpoint_id: Uuid) -> Result<u64> {
         // Due at their creation time: already due, and claimed oldest first.
         let done = sqlx::query(
-            "UPDATE webhook_requests SET status = 'pending', next_attempt_at = created_at, updated_at = now() \
-             WHERE endpoint_id = $1 AND status = 'held'",
+            "WITH upd AS (UPDATE webhook_requests SET status = 'pending', next_attempt_at = created_at, \
+               updated_at = now() WHERE endpoint_id = $1 AND status = 'held' RETURNING id, created_at) \
+             INSERT INTO delivery_events (log_id, request_created_at, status, reason) \
+             SELECT id, created_at, 'pending', 'released' FROM upd",
         )
         .bind(endpoint_id)
         .execute(self.pool())
@@ -311,10 +317,12 @@ impl RecoveryStore for PostgresStore {
         // Only a delivery still failed goes back: one queued by an earlier
         // run, or sent again by hand meanwhile, is not queued twice.
         let recovered = sqlx::query(&format!(
-            "UPDATE webhook_requests w SET status = 'pending', next_attempt_at = now(), lease_id = NULL, \
+            "WITH upd AS (UPDATE webhook_requests w SET status = 'pending', next_attempt_at = now(), lease_id = NULL, \
                manual_from = w.attempt_count, queue_key = {PG_QUEUE_KEY}, updated_at = now() \
              FROM unnest($1::bigint[], $2::timestamptz[]) AS c(id, created_at) \
-             WHERE w.id = c.id AND w.created_at = c.created_at AND w.status = 'failed'"
+             WHERE w.id = c.id AND w.created_at = c.created_at AND w.status = 'failed' RETURNING w.id, w.created_at) \
+             INSERT INTO delivery_events (log_id, request_created_at, status, reason) \
+             SELECT id, created_at, 'pending', 'recovered' FROM upd"
         ))
         .bind(&ids)
         .bind(&created)
@@ -346,6 +354,18 @@ impl RecoveryStore for PostgresStore {
 // ------------------------------------------------------------------ SQLite
 
 use super::sqlite::{micros, time};
+
+/// Records a status change no attempt explains, for the live tail.
+async fn sqlite_event(tx: &mut sqlx::SqliteConnection, log_id: i64, status: &str, reason: &str, at: i64) -> Result<()> {
+    sqlx::query("INSERT INTO delivery_events (log_id, status, reason, at) VALUES (?, ?, ?, ?)")
+        .bind(log_id)
+        .bind(status)
+        .bind(reason)
+        .bind(at)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
 
 const SQLITE_OPERATION: &str = "operation_id, organization_id, kind, params, cursor_at, cursor_id, matched, \
      recovered, done, error, created_at, updated_at";
@@ -429,6 +449,7 @@ impl RecoveryStore for SqliteStore {
         .bind(row.try_get::<i64, _>("id")?)
         .execute(&mut *tx)
         .await?;
+        sqlite_event(&mut tx, row.try_get("id")?, "pending", "redelivered", now).await?;
         tx.commit().await?;
         Ok(Redelivered::Done)
     }
@@ -437,7 +458,7 @@ impl RecoveryStore for SqliteStore {
         let mut tx = self.writer().begin().await?;
         let now = micros(Utc::now());
         for c in claims {
-            sqlx::query(
+            let held = sqlx::query(
                 "UPDATE webhook_requests SET status = 'held', next_attempt_at = NULL, lease_id = NULL, \
                    updated_at = ? WHERE id = ? AND lease_id = ? AND status = 'pending'",
             )
@@ -446,21 +467,30 @@ impl RecoveryStore for SqliteStore {
             .bind(c.lease_id.to_string())
             .execute(&mut *tx)
             .await?;
+            if held.rows_affected() == 1 {
+                sqlite_event(&mut tx, c.log_id, "held", "held", now).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
     }
 
     async fn release_held(&self, endpoint_id: Uuid) -> Result<u64> {
-        let done = sqlx::query(
+        let now = micros(Utc::now());
+        let mut tx = self.writer().begin().await?;
+        let ids: Vec<i64> = sqlx::query_scalar(
             "UPDATE webhook_requests SET status = 'pending', next_attempt_at = created_at, updated_at = ? \
-             WHERE endpoint_id = ? AND status = 'held'",
+             WHERE endpoint_id = ? AND status = 'held' RETURNING id",
         )
-        .bind(micros(Utc::now()))
+        .bind(now)
         .bind(endpoint_id.to_string())
-        .execute(self.writer())
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(done.rows_affected())
+        for id in &ids {
+            sqlite_event(&mut tx, *id, "pending", "released", now).await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
     }
 
     async fn count_recoverable(&self, f: &RecoverFilter) -> Result<u64> {
@@ -524,7 +554,7 @@ impl RecoveryStore for SqliteStore {
         let now = Utc::now();
         let mut recovered = 0u64;
         for (id, _) in &rows {
-            recovered += sqlx::query(
+            let n = sqlx::query(
                 "UPDATE webhook_requests SET status = 'pending', next_attempt_at = ?, lease_id = NULL, \
                    manual_from = attempt_count, updated_at = ?, \
                    queue_key = COALESCE(queue_key, CASE WHEN endpoint_id IS NOT NULL THEN 'e:' || endpoint_id \
@@ -537,6 +567,10 @@ impl RecoveryStore for SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            if n == 1 {
+                sqlite_event(&mut tx, *id, "pending", "recovered", micros(now)).await?;
+            }
+            recovered += n;
         }
         let last = match rows.last() {
             Some((id, at)) => Some((time(*at)?, *id)),

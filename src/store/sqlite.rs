@@ -43,7 +43,8 @@ pub struct SqliteStore {
     migrate_options: SqliteConnectOptions,
 }
 
-const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
+pub(crate) const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
+     r.endpoint_id, \
      r.call_id, m.assistant_id, r.webhook_url, r.webhook_type, m.body, m.metadata, r.status, r.attempt_count, \
      r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, r.expires_at, \
      a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, a.response_truncated, \
@@ -53,7 +54,7 @@ const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.worksp
      LEFT JOIN webhook_attempts a ON a.request_pk = r.id AND a.attempt_number = \
        (SELECT max(la.attempt_number) FROM webhook_attempts la WHERE la.request_pk = r.id AND la.held)";
 
-const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
+pub(crate) const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
      response_truncated, response_time_ms, error_category, error_message, manual";
 
 pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
@@ -80,7 +81,7 @@ fn to_u32(v: i64) -> u32 {
     u32::try_from(v).unwrap_or(0)
 }
 
-fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
+pub(crate) fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
     Ok(AttemptRecord {
         attempt_number: to_u32(row.try_get("attempt_number")?),
         attempted_at: time(row.try_get("attempted_at")?)?,
@@ -95,7 +96,7 @@ fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
     })
 }
 
-fn log_from_row(row: &SqliteRow) -> Result<LogRecord> {
+pub(crate) fn log_from_row(row: &SqliteRow) -> Result<LogRecord> {
     let last_attempt = match row.try_get::<Option<i64>, _>("attempt_number")? {
         Some(_) => Some(attempt_from_row(row)?),
         None => None,
@@ -120,6 +121,7 @@ fn log_from_row(row: &SqliteRow) -> Result<LogRecord> {
         max_retries: to_u32(row.try_get("max_retries")?),
         next_attempt_at: opt_time(row.try_get("next_attempt_at")?)?,
         expires_at: opt_time(row.try_get("expires_at")?)?,
+        endpoint_id: opt_uuid(row.try_get("endpoint_id")?)?,
         created_at: time(row.try_get("created_at")?)?,
         updated_at: time(row.try_get("updated_at")?)?,
         last_attempt,

@@ -35,3 +35,4 @@ mod rest;
 mod retention;
 mod signature_schemes;
 mod tenancy;
+mod watch;

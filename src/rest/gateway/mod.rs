@@ -7,6 +7,7 @@
 pub(super) mod endpoints;
 mod json;
 pub(super) mod recovery;
+pub(super) mod watch;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -123,6 +124,7 @@ pub async fn dispatch(
         ("pageSize" = Option<i32>, Query, minimum = 0, description = "0 means 10; above 100 means 100"),
         ("pageToken" = Option<String>, Query, max_length = 8000),
         ("endpointId" = Option<uuid::Uuid>, Query, description = "Deliveries to this endpoint"),
+        ("view" = Option<String>, Query, description = "LOG_VIEW_FULL (default) or LOG_VIEW_BASIC: without request and response bodies"),
         ("errorCategory" = Option<String>, Query, max_length = 32, pattern = "^[A-Za-z0-9_]*$",
             description = "The latest attempt's failure category; with executionStatus=EXECUTION_STATUS_FAILED, the dead letters"),
     ),
@@ -139,8 +141,12 @@ pub async fn list_webhook_logs(
 ) -> Result<Json<json::ListWebhookLogsResponse>, RestError> {
     let who = caller(&extensions, Style::Status)?;
     let message: pb::ListWebhookLogsRequest = message_from_params(raw.as_deref(), &[])?;
+    let basic = crate::grpc::basic_view(message.view, false);
     let query = ListQuery::try_from(message).map_err(|e| RestError::status(e).json_named())?;
-    let page = state.service.list_logs(&who, query).await.map_err(|e| RestError::status(e).json_named())?;
+    let mut page = state.service.list_logs(&who, query).await.map_err(|e| RestError::status(e).json_named())?;
+    if basic {
+        page.logs.iter_mut().for_each(crate::domain::LogRecord::strip_bodies);
+    }
     Ok(Json(json::ListWebhookLogsResponse::new(page)))
 }
 
@@ -149,7 +155,10 @@ pub async fn list_webhook_logs(
     get,
     path = "/v1/webhook-logs/{request_id}",
     tag = "gateway",
-    params(("request_id" = uuid::Uuid, Path, description = "The request ID")),
+    params(
+        ("request_id" = uuid::Uuid, Path, description = "The request ID"),
+        ("view" = Option<String>, Query, description = "LOG_VIEW_FULL (default) or LOG_VIEW_BASIC: without request and response bodies"),
+    ),
     responses(
         (status = 200, description = "hookpost.v1.GetLogDetailsResponse in proto3 JSON", body = Object),
         (status = 400, description = "google.rpc.Status with field violations", body = Object),
@@ -165,7 +174,11 @@ pub async fn get_log_details(
 ) -> Result<Json<json::GetLogDetailsResponse>, RestError> {
     let who = caller(&extensions, Style::Status)?;
     let message: pb::GetLogDetailsRequest = message_from_params(raw.as_deref(), &[("request_id", request_id)])?;
+    let basic = crate::grpc::basic_view(message.view, false);
     let query = DetailsQuery::try_from(message).map_err(|e| RestError::status(e).json_named())?;
-    let details = state.service.log_details(&who, query).await.map_err(|e| RestError::status(e).json_named())?;
+    let mut details = state.service.log_details(&who, query).await.map_err(|e| RestError::status(e).json_named())?;
+    if basic {
+        crate::grpc::strip_details(&mut details);
+    }
     Ok(Json(json::GetLogDetailsResponse::new(details)))
 }

@@ -49,6 +49,7 @@ pub mod sql {
     /// The columns of a log listing: the delivery (`r`), its message (`m`)
     /// and its latest attempt (`a`).
     pub const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
+         r.endpoint_id, \
          r.call_id, m.assistant_id, r.webhook_url, r.webhook_type, m.body, m.metadata, r.status, \
          r.attempt_count, r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, r.expires_at, \
          a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, \
@@ -183,7 +184,7 @@ pub struct PostgresStore {
     batcher: Arc<InsertBatcher>,
 }
 
-const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
+pub(crate) const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
      response_truncated, response_time_ms, error_category, error_message, manual";
 
 impl PostgresStore {
@@ -245,7 +246,7 @@ fn to_u32(v: i32) -> u32 {
     u32::try_from(v).unwrap_or(0)
 }
 
-fn attempt_from_row(row: &PgRow) -> Result<AttemptRecord> {
+pub(crate) fn attempt_from_row(row: &PgRow) -> Result<AttemptRecord> {
     Ok(AttemptRecord {
         attempt_number: to_u32(row.try_get("attempt_number")?),
         attempted_at: row.try_get("attempted_at")?,
@@ -260,7 +261,7 @@ fn attempt_from_row(row: &PgRow) -> Result<AttemptRecord> {
     })
 }
 
-fn log_from_row(row: &PgRow) -> Result<LogRecord> {
+pub(crate) fn log_from_row(row: &PgRow) -> Result<LogRecord> {
     let last_attempt = match row.try_get::<Option<i32>, _>("attempt_number")? {
         Some(_) => Some(attempt_from_row(row)?),
         None => None,
@@ -282,6 +283,7 @@ fn log_from_row(row: &PgRow) -> Result<LogRecord> {
         max_retries: to_u32(row.try_get("max_retries")?),
         next_attempt_at: row.try_get("next_attempt_at")?,
         expires_at: row.try_get("expires_at")?,
+        endpoint_id: row.try_get("endpoint_id")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         last_attempt,

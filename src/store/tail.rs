@@ -1,0 +1,278 @@
+//! The live tail: attempts and status changes in the order they became
+//! visible, from a position, with no gap and no repeat.
+//!
+//! Postgres: transactions commit out of order, so a tail by ID (or by time)
+//! can pass a row whose transaction commits later. Each row records its
+//! transaction's ID (xid), and a read takes only rows whose xid is below the
+//! oldest transaction still running (`pg_snapshot_xmin`): every transaction
+//! below that line is finished, so no row can appear below it later. A
+//! position is the last (xid, id) read from each source; the next read
+//! continues strictly after it. A row of a transaction still running waits
+//! until that transaction ends (commit or rollback).
+//!
+//! SQLite has one writer: IDs follow commit order, and the xid is always 0.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{QueryBuilder, Row};
+
+use super::{PostgresStore, SqliteStore};
+use crate::domain::{AttemptRecord, ExecutionStatus, LogRecord};
+use crate::error::{Error, Result};
+
+/// After which attempt and which status change a tail continues: the last
+/// (xid, id) of each source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TailPosition {
+    pub attempt: (i64, i64),
+    pub event: (i64, i64),
+}
+
+impl TailPosition {
+    /// The position as a resume token (opaque to clients).
+    pub fn token(&self) -> String {
+        use base64::Engine;
+        let raw = format!("{}.{}.{}.{}", self.attempt.0, self.attempt.1, self.event.0, self.event.1);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    pub fn from_token(token: &str) -> Option<Self> {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        let n: Vec<i64> = text.split('.').map(str::parse).collect::<std::result::Result<_, _>>().ok()?;
+        match n.as_slice() {
+            [a, b, c, d] => Some(Self { attempt: (*a, *b), event: (*c, *d) }),
+            _ => None,
+        }
+    }
+}
+
+/// What happened to a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TailChange {
+    /// An attempt was recorded.
+    Attempt(AttemptRecord),
+    /// Its status changed without an attempt (held, released, redelivered,
+    /// recovered).
+    Status { status: ExecutionStatus, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailEvent {
+    /// The delivery (log ID and creation time, its key in the store).
+    pub log_id: i64,
+    pub created_at: DateTime<Utc>,
+    pub change: TailChange,
+    pub at: DateTime<Utc>,
+    /// The tail's position right after this event.
+    pub position: TailPosition,
+}
+
+#[async_trait]
+pub trait TailStore: Send + Sync {
+    /// The position of "now": a tail from it sees only what is recorded later.
+    async fn tail_now(&self) -> Result<TailPosition>;
+
+    /// Up to `limit` events of each source after `after`, in order.
+    async fn tail(&self, after: TailPosition, limit: u32) -> Result<Vec<TailEvent>>;
+
+    /// The logs of these deliveries (log ID, creation time), as they are now.
+    async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)]) -> Result<Vec<LogRecord>>;
+}
+
+/// One row of a source, before it gets its position.
+struct SourceRow {
+    xid: i64,
+    id: i64,
+    log_id: i64,
+    created_at: DateTime<Utc>,
+    change: TailChange,
+    at: DateTime<Utc>,
+}
+
+/// Merges the two sources in (xid, source, id) order and gives each event
+/// the position after it. Each source is complete up to its last row, so
+/// any interleaving that keeps each source's own order has no gap.
+fn merge(after: TailPosition, attempts: Vec<SourceRow>, events: Vec<SourceRow>) -> Vec<TailEvent> {
+    let mut all: Vec<(bool, SourceRow)> =
+        attempts.into_iter().map(|r| (false, r)).chain(events.into_iter().map(|r| (true, r))).collect();
+    all.sort_by_key(|(event, r)| (r.xid, *event, r.id));
+    let mut position = after;
+    all.into_iter()
+        .map(|(event, r)| {
+            if event {
+                position.event = (r.xid, r.id);
+            } else {
+                position.attempt = (r.xid, r.id);
+            }
+            TailEvent { log_id: r.log_id, created_at: r.created_at, change: r.change, at: r.at, position }
+        })
+        .collect()
+}
+
+fn status_change(status: &str, reason: String) -> Result<TailChange> {
+    let status = ExecutionStatus::parse(status)
+        .ok_or_else(|| Error::internal(anyhow::anyhow!("unknown status {status:?} in store")))?;
+    Ok(TailChange::Status { status, reason })
+}
+
+#[async_trait]
+impl TailStore for PostgresStore {
+    async fn tail_now(&self) -> Result<TailPosition> {
+        let h: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(self.pool())
+            .await?;
+        // Everything below the horizon is in the past.
+        Ok(TailPosition { attempt: (h - 1, i64::MAX), event: (h - 1, i64::MAX) })
+    }
+
+    async fn tail(&self, after: TailPosition, limit: u32) -> Result<Vec<TailEvent>> {
+        let h: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(self.pool())
+            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT xid, id, request_pk, request_created_at, {} FROM webhook_attempts \
+             WHERE xid < $3 AND (xid, id) > ($1, $2) ORDER BY xid, id LIMIT {limit}",
+            super::postgres::ATTEMPT_COLUMNS
+        ))
+        .bind(after.attempt.0)
+        .bind(after.attempt.1)
+        .bind(h)
+        .fetch_all(self.pool())
+        .await?;
+        let mut attempts = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let a = super::postgres::attempt_from_row(row)?;
+            let at = a.attempted_at;
+            attempts.push(SourceRow {
+                xid: row.try_get("xid")?,
+                id: row.try_get("id")?,
+                log_id: row.try_get("request_pk")?,
+                created_at: row.try_get("request_created_at")?,
+                change: TailChange::Attempt(a),
+                at,
+            });
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT xid, id, log_id, request_created_at, status, reason, at FROM delivery_events \
+             WHERE xid < $3 AND (xid, id) > ($1, $2) ORDER BY xid, id LIMIT {limit}"
+        ))
+        .bind(after.event.0)
+        .bind(after.event.1)
+        .bind(h)
+        .fetch_all(self.pool())
+        .await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            events.push(SourceRow {
+                xid: row.try_get("xid")?,
+                id: row.try_get("id")?,
+                log_id: row.try_get("log_id")?,
+                created_at: row.try_get("request_created_at")?,
+                change: status_change(row.try_get("status")?, row.try_get("reason")?)?,
+                at: row.try_get("at")?,
+            });
+        }
+        Ok(merge(after, attempts, events))
+    }
+
+    async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)]) -> Result<Vec<LogRecord>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (logs, created): (Vec<i64>, Vec<DateTime<Utc>>) = ids.iter().copied().unzip();
+        let sql = format!(
+            "{} WHERE (r.id, r.created_at) IN (SELECT * FROM unnest($1::bigint[], $2::timestamptz[]))",
+            super::postgres::sql::LOG_SELECT
+        );
+        let rows = sqlx::query(&sql).bind(&logs).bind(&created).fetch_all(self.pool()).await?;
+        rows.iter().map(super::postgres::log_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl TailStore for SqliteStore {
+    async fn tail_now(&self) -> Result<TailPosition> {
+        let row = sqlx::query(
+            "SELECT (SELECT COALESCE(max(id), 0) FROM webhook_attempts) AS a, \
+               (SELECT COALESCE(max(id), 0) FROM delivery_events) AS e",
+        )
+        .fetch_one(self.reader())
+        .await?;
+        Ok(TailPosition { attempt: (0, row.try_get("a")?), event: (0, row.try_get("e")?) })
+    }
+
+    async fn tail(&self, after: TailPosition, limit: u32) -> Result<Vec<TailEvent>> {
+        use super::sqlite::time;
+        let rows = sqlx::query(&format!(
+            "SELECT a.id, a.request_pk, r.created_at AS request_created_at, {} FROM webhook_attempts a \
+             JOIN webhook_requests r ON r.id = a.request_pk WHERE a.id > ? ORDER BY a.id LIMIT {limit}",
+            super::sqlite::ATTEMPT_COLUMNS
+        ))
+        .bind(after.attempt.1)
+        .fetch_all(self.reader())
+        .await?;
+        let mut attempts = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let a = super::sqlite::attempt_from_row(row)?;
+            let at = a.attempted_at;
+            attempts.push(SourceRow {
+                xid: 0,
+                id: row.try_get("id")?,
+                log_id: row.try_get("request_pk")?,
+                created_at: time(row.try_get("request_created_at")?)?,
+                change: TailChange::Attempt(a),
+                at,
+            });
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT e.id, e.log_id, r.created_at AS request_created_at, e.status, e.reason, e.at \
+             FROM delivery_events e JOIN webhook_requests r ON r.id = e.log_id WHERE e.id > ? \
+             ORDER BY e.id LIMIT {limit}"
+        ))
+        .bind(after.event.1)
+        .fetch_all(self.reader())
+        .await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            events.push(SourceRow {
+                xid: 0,
+                id: row.try_get("id")?,
+                log_id: row.try_get("log_id")?,
+                created_at: time(row.try_get("request_created_at")?)?,
+                change: status_change(row.try_get("status")?, row.try_get("reason")?)?,
+                at: time(row.try_get("at")?)?,
+            });
+        }
+        Ok(merge(after, attempts, events))
+    }
+
+    async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)]) -> Result<Vec<LogRecord>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(super::sqlite::LOG_SELECT);
+        q.push(" WHERE r.id IN (");
+        let mut list = q.separated(", ");
+        for (id, _) in ids {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        let rows = q.build().fetch_all(self.reader()).await?;
+        rows.iter().map(super::sqlite::log_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_survives_its_token_and_junk_is_refused() {
+        let p = TailPosition { attempt: (7, 42), event: (9, i64::MAX) };
+        assert_eq!(TailPosition::from_token(&p.token()), Some(p));
+        assert_eq!(TailPosition::from_token("not base64 !"), None);
+        assert_eq!(TailPosition::from_token(""), None);
+    }
+}

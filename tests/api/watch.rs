@@ -1,0 +1,280 @@
+//! WatchWebhookLogs: the live tail over gRPC, NDJSON and SSE; resume with no
+//! gap and no repeat; out-of-order commits; another replica's attempts; the
+//! per-key limit; shutdown; views.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use hookpost::auth::KeyKind;
+use hookpost::proto::v1 as pb;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+type Events = tonic::Streaming<pb::WatchWebhookLogsResponse>;
+
+async fn watch(app: &TestApp, req: pb::WatchWebhookLogsRequest) -> Events {
+    app.client.clone().watch_webhook_logs(app.authed(req)).await.unwrap().into_inner()
+}
+
+fn of_org(org: Uuid) -> pb::WatchWebhookLogsRequest {
+    pb::WatchWebhookLogsRequest { organization_id: org.to_string(), ..Default::default() }
+}
+
+/// The next event, within the deadline.
+async fn next(events: &mut Events) -> pb::WatchWebhookLogsResponse {
+    tokio::time::timeout(SETTLE, events.message()).await.expect("an event in time").unwrap().expect("an open stream")
+}
+
+fn attempt_number(e: &pb::WatchWebhookLogsResponse) -> u32 {
+    e.attempt.as_ref().map_or(0, |a| a.attempt_number)
+}
+
+async fn tail_and_resume(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(500), Reply::status(500)]);
+    let org = Uuid::new_v4();
+    let mut events = watch(&app, of_org(org)).await;
+    // Another organization's traffic never shows.
+    let other = Receiver::start().await;
+    app.dispatch(dispatch_to(&other.url(), Uuid::new_v4())).await.unwrap();
+    let sent = app.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap();
+
+    let first = next(&mut events).await;
+    assert_eq!((first.kind.as_str(), attempt_number(&first)), ("attempt", 1));
+    let log = first.log.clone().unwrap();
+    assert_eq!(log.request_id, sent.request_id);
+    // BASIC by default: no bodies.
+    assert!(log.payload.is_none() && first.attempt.as_ref().unwrap().request_body.is_empty());
+    drop(events);
+
+    // Resumed from the first event: the next attempts, none repeated.
+    let resumed = pb::WatchWebhookLogsRequest {
+        resume_token: first.resume_token.clone(),
+        view: pb::LogView::Full.into(),
+        ..of_org(org)
+    };
+    let mut events = watch(&app, resumed).await;
+    let second = next(&mut events).await;
+    let third = next(&mut events).await;
+    assert_eq!((attempt_number(&second), attempt_number(&third)), (2, 3));
+    assert_eq!(third.log.as_ref().unwrap().execution_status(), pb::ExecutionStatus::Succeeded);
+    // FULL: the bodies are there.
+    assert!(third.log.as_ref().unwrap().payload.is_some());
+    assert!(!third.attempt.as_ref().unwrap().request_body.is_empty());
+
+    // A status change without an attempt: a redelivery.
+    let redeliver = pb::RedeliverWebhookRequest { request_id: sent.request_id.clone(), ..Default::default() };
+    app.client.clone().redeliver_webhook(app.authed(redeliver)).await.unwrap();
+    let changed = next(&mut events).await;
+    assert_eq!((changed.kind.as_str(), changed.reason.as_str()), ("status", "redelivered"));
+    let fourth = next(&mut events).await;
+    assert_eq!(attempt_number(&fourth), 4);
+
+    // A bad token is named.
+    let bad = pb::WatchWebhookLogsRequest { resume_token: "junk".into(), ..of_org(org) };
+    let err = app.client.clone().watch_webhook_logs(app.authed(bad)).await.unwrap_err();
+    assert_eq!(violated_fields(&err), ["resume_token"]);
+}
+
+#[tokio::test]
+async fn a_watch_sees_each_attempt_once_and_resumes_without_a_gap_on_postgres() {
+    tail_and_resume(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_watch_sees_each_attempt_once_and_resumes_without_a_gap_on_sqlite() {
+    tail_and_resume(Backend::Sqlite).await;
+}
+
+/// Two transactions record attempts; the one that started first commits
+/// last. A tail by ID would pass the first one's row while it is still
+/// invisible and never come back: the watcher must get both, once each.
+#[tokio::test]
+async fn attempts_committed_out_of_order_both_reach_the_watcher() {
+    let app = spawn_app_with(|c| c.delivery.enabled = false).await;
+    let org = Uuid::new_v4();
+    let a = app.dispatch(dispatch_to("http://127.0.0.1:9/a", org)).await.unwrap();
+    let b = app.dispatch(dispatch_to("http://127.0.0.1:9/b", org)).await.unwrap();
+    let mut events = watch(&app, of_org(org)).await;
+    let insert = "INSERT INTO webhook_attempts (request_pk, request_created_at, attempt_number, attempted_at, \
+         success, status_code, response_time_ms) \
+         SELECT id, created_at, 1, now(), true, 200, 1 FROM webhook_requests WHERE request_id = $1::uuid";
+
+    let store = open_store(&app.database_url).await;
+    let start = store.tail_now().await.unwrap();
+    let mut early = app.pg().begin().await.unwrap();
+    sqlx::query(insert).bind(&a.request_id).execute(&mut *early).await.unwrap();
+    let mut late = app.pg().begin().await.unwrap();
+    sqlx::query(insert).bind(&b.request_id).execute(&mut *late).await.unwrap();
+    late.commit().await.unwrap();
+    // The later transaction is committed, the earlier one is not: the tail
+    // holds the later row back rather than pass the earlier one by.
+    assert!(store.tail(start, 100).await.unwrap().is_empty());
+    early.commit().await.unwrap();
+    let both = store.tail(start, 100).await.unwrap();
+    assert_eq!(both.len(), 2, "{both:?}");
+
+    let mut seen =
+        vec![next(&mut events).await.log.unwrap().request_id, next(&mut events).await.log.unwrap().request_id];
+    seen.sort();
+    let mut expected = vec![a.request_id, b.request_id];
+    expected.sort();
+    assert_eq!(seen, expected);
+    // Nothing more (no repeat): a third event would be a duplicate.
+    assert!(tokio::time::timeout(Duration::from_millis(600), events.message()).await.is_err());
+}
+
+/// A watcher on one replica sees what another replica delivers.
+#[tokio::test]
+async fn a_watcher_sees_attempts_recorded_by_another_replica() {
+    let db = fresh_database().await;
+    let delivering = spawn_app_on(test_config(&db), &db).await;
+    let mut config = test_config(&db);
+    config.delivery.enabled = false;
+    let watching = spawn_app_on(config, &db).await;
+    let receiver = Receiver::start().await;
+    let org = Uuid::new_v4();
+    let mut events = watch(&watching, of_org(org)).await;
+    let sent = delivering.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap();
+    let e = next(&mut events).await;
+    assert_eq!(e.log.unwrap().request_id, sent.request_id);
+}
+
+#[tokio::test]
+async fn ndjson_and_sse_stream_the_same_events_and_sse_resumes_with_last_event_id() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let org = Uuid::new_v4();
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/webhook-logs:watch?organizationId={org}", app.base_url);
+    let ndjson = http.get(&url).bearer_auth(&app.key).send().await.unwrap();
+    assert_eq!(ndjson.status(), 200);
+    assert_eq!(ndjson.headers()["content-type"], "application/x-ndjson");
+    let sse = http.get(&url).bearer_auth(&app.key).header("accept", "text/event-stream").send().await.unwrap();
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
+
+    receiver.script([Reply::status(500)]);
+    let sent = app.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap();
+
+    // NDJSON: one {"result": …} per line.
+    let mut lines = ndjson.bytes_stream();
+    let mut buf = Vec::new();
+    while !buf.contains(&b'\n') {
+        let chunk = tokio::time::timeout(SETTLE, lines.next()).await.unwrap().unwrap().unwrap();
+        buf.extend_from_slice(&chunk);
+    }
+    let line = &buf[..buf.iter().position(|b| *b == b'\n').unwrap()];
+    let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+    assert_eq!(v["result"]["kind"], "attempt", "{v}");
+    assert_eq!(v["result"]["log"]["requestId"], sent.request_id.as_str());
+    assert_eq!(v["result"]["attempt"]["attemptNumber"], 1);
+
+    // SSE: `id:` is the resume token.
+    let mut frames = sse.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("\n\n") || !text.contains("data:") {
+        let chunk = tokio::time::timeout(SETTLE, frames.next()).await.unwrap().unwrap().unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let id = text.lines().find_map(|l| l.strip_prefix("id: ")).unwrap().to_owned();
+    assert!(text.contains("event: log"), "{text}");
+    drop(frames);
+    let again = http
+        .get(&url)
+        .bearer_auth(&app.key)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", &id)
+        .send()
+        .await
+        .unwrap();
+    let mut frames = again.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("data:") {
+        let chunk = tokio::time::timeout(SETTLE, frames.next()).await.unwrap().unwrap().unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    // Resumed after attempt 1: the next one is attempt 2.
+    assert!(text.contains("\"attemptNumber\":2"), "{text}");
+}
+
+#[tokio::test]
+async fn open_streams_are_limited_per_key_and_end_at_shutdown() {
+    let mut app = spawn_app_with(|c| c.limits.max_watch_streams_per_key = 2).await;
+    let org = Uuid::new_v4();
+    let mut one = watch(&app, of_org(org)).await;
+    let two = watch(&app, of_org(org)).await;
+    let err = app.client.clone().watch_webhook_logs(app.authed(of_org(org))).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    // Another key has its own allowance.
+    let other = app.create_key(KeyKind::Organization(org)).await;
+    app.client.clone().watch_webhook_logs(with_key(of_org(org), &other)).await.unwrap();
+    // A closed stream frees its place.
+    drop(two);
+    eventually(SETTLE, "a place frees up", || async {
+        app.client.clone().watch_webhook_logs(app.authed(of_org(org))).await.ok()
+    })
+    .await;
+    // Shutdown ends the streams cleanly, and the server stops.
+    app.stop().await;
+    let end = tokio::time::timeout(SETTLE, one.message()).await.expect("the stream ends at shutdown");
+    assert!(matches!(end, Ok(None) | Err(_)));
+}
+
+#[tokio::test]
+async fn an_organization_key_watches_its_own_organization_only() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let (mine, theirs) = (Uuid::new_v4(), Uuid::new_v4());
+    let key = app.create_key(KeyKind::Organization(mine)).await;
+    let mut client = app.client.clone();
+    // Naming another organization: a stream that stays empty.
+    let mut foreign = client.watch_webhook_logs(with_key(of_org(theirs), &key)).await.unwrap().into_inner();
+    let mut own =
+        client.watch_webhook_logs(with_key(pb::WatchWebhookLogsRequest::default(), &key)).await.unwrap().into_inner();
+    app.dispatch(dispatch_to(&receiver.url(), theirs)).await.unwrap();
+    let sent = app.dispatch(dispatch_to(&receiver.url(), mine)).await.unwrap();
+    assert_eq!(next(&mut own).await.log.unwrap().request_id, sent.request_id);
+    assert!(tokio::time::timeout(Duration::from_millis(600), foreign.message()).await.is_err());
+}
+
+async fn views(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
+    let receiver = Receiver::start().await;
+    let org = Uuid::new_v4();
+    let sent = app.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap();
+    app.settled(&sent.request_id, SETTLE).await;
+    let list = |view: pb::LogView| pb::ListWebhookLogsRequest {
+        organization_id: org.to_string(),
+        view: view.into(),
+        ..Default::default()
+    };
+    let full = app.list(list(pb::LogView::Unspecified)).await.unwrap().logs.remove(0);
+    assert!(full.payload.is_some(), "FULL stays the default");
+    let basic = app.list(list(pb::LogView::Basic)).await.unwrap().logs.remove(0);
+    assert!(basic.payload.is_none() && basic.metadata.is_none());
+    assert_eq!(basic.execution_status(), pb::ExecutionStatus::Succeeded);
+    let req = pb::GetLogDetailsRequest {
+        request_id: sent.request_id.clone(),
+        view: pb::LogView::Basic.into(),
+        ..Default::default()
+    };
+    let d = app.client.clone().get_log_details(app.authed(req)).await.unwrap().into_inner();
+    assert!(d.attempts[0].request_body.is_empty() && d.attempts[0].response_body.is_empty());
+    let (status, body) = app.get_json(&format!("/v1/webhook-logs/{}?view=LOG_VIEW_BASIC", sent.request_id)).await;
+    assert_eq!(status, 200);
+    assert!(body["log"].get("payload").is_none() && body["attempts"][0].get("requestBody").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn basic_views_leave_the_bodies_out_on_postgres() {
+    views(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn basic_views_leave_the_bodies_out_on_sqlite() {
+    views(Backend::Sqlite).await;
+}
