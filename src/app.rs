@@ -34,6 +34,7 @@ pub struct Application {
     auth: Arc<Authenticator>,
     connection_limits: ConnectionLimits,
     request_timeout: Duration,
+    cors_allow_origins: Vec<String>,
     retention: Duration,
     maintenance_interval: Duration,
     metrics: Arc<Metrics>,
@@ -95,6 +96,7 @@ impl Application {
             auth,
             connection_limits: config.connection_limits.clone(),
             request_timeout: config.request_timeout,
+            cors_allow_origins: config.cors_allow_origins.clone(),
             retention: config.retention,
             maintenance_interval: config.maintenance_interval,
             metrics,
@@ -133,7 +135,10 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .prepare()
-            .into_axum_router();
+            .into_axum_router()
+            // gRPC-Web on the same port: browsers (and grpc-web clients)
+            // call the same service; the layer passes plain gRPC through.
+            .layer(tonic_web::GrpcWebLayer::new());
         let rest = crate::rest::router(crate::rest::RestState {
             service: self.service.clone(),
             metrics: self.metrics.clone(),
@@ -143,7 +148,8 @@ impl Application {
         .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(tower_http::request_id::MakeRequestUuid));
-        let router = crate::transport::router(grpc, rest, self.auth.clone(), self.request_timeout);
+        let router =
+            crate::transport::router(grpc, rest, self.auth.clone(), self.request_timeout, &self.cors_allow_origins)?;
 
         let health_task = tokio::spawn(report_health(self.store.clone(), health, token.clone()));
         let engine_task = tokio::spawn(self.engine.clone().run(token.clone()));

@@ -299,6 +299,13 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKPOST_REQUEST_TIMEOUT", value_parser = duration, default_value = "30s")]
     pub request_timeout: Duration,
 
+    /// Browser origins allowed to call the API across origins (CORS), e.g.
+    /// https://console.example.com; repeat the flag or separate with commas;
+    /// `*` allows any. Off by default: browsers may then call only from the
+    /// same origin. Applies to REST and gRPC-Web alike.
+    #[arg(long = "cors-allow-origin", env = "HOOKPOST_CORS_ALLOW_ORIGINS", value_delimiter = ',')]
+    pub cors_allow_origins: Vec<String>,
+
     /// A connection with no request in flight for this long is closed.
     #[arg(long, env = "HOOKPOST_IDLE_TIMEOUT", value_parser = duration, default_value = "60s")]
     pub idle_timeout: Duration,
@@ -353,6 +360,8 @@ pub struct Config {
     pub key_cache_ttl: Duration,
     pub connection_limits: ConnectionLimits,
     pub request_timeout: Duration,
+    /// Origins allowed by CORS; empty: CORS off.
+    pub cors_allow_origins: Vec<String>,
     pub rate_limit: Option<std::num::NonZeroU32>,
     pub retention: Duration,
     pub maintenance_interval: Duration,
@@ -373,6 +382,7 @@ impl Config {
             key_cache_ttl: Duration::from_secs(10),
             connection_limits: ConnectionLimits::default(),
             request_timeout: Duration::from_secs(30),
+            cors_allow_origins: Vec::new(),
             rate_limit: None,
             retention: Duration::from_secs(30 * 24 * 3600),
             maintenance_interval: Duration::from_secs(3600),
@@ -462,6 +472,7 @@ impl TryFrom<ServeArgs> for Config {
                 http2_max_concurrent_streams: a.http2_max_concurrent_streams,
             },
             request_timeout: a.request_timeout,
+            cors_allow_origins: a.cors_allow_origins.clone(),
             rate_limit: a.rate_limit,
             retention: a.retention,
             maintenance_interval: a.maintenance_interval,

@@ -22,24 +22,77 @@ use crate::rest::{RestError, Style};
 
 pub use listener::{ConnectionLimits, raise_open_file_limit, serve};
 
-/// The whole HTTP surface: gRPC and REST behind the shared layers.
+/// The whole HTTP surface: gRPC (and gRPC-Web) and REST behind the shared
+/// layers; CORS outermost when origins are configured, so that a browser's
+/// preflight is answered without a key.
 pub fn router(
     grpc: axum::Router,
     rest: axum::Router,
     auth: Arc<Authenticator>,
     request_timeout: Duration,
-) -> axum::Router {
-    by_content_type(grpc, rest)
+    cors_allow_origins: &[String],
+) -> anyhow::Result<axum::Router> {
+    let router = by_content_type(grpc, rest)
         .layer(axum::middleware::from_fn_with_state(auth, auth::authenticate))
-        .layer(axum::middleware::from_fn_with_state(request_timeout, deadline))
+        .layer(axum::middleware::from_fn_with_state(request_timeout, deadline));
+    Ok(match cors(cors_allow_origins)? {
+        Some(cors) => router.layer(cors),
+        None => router,
+    })
+}
+
+/// The CORS policy for `origins` (none: no CORS headers at all).
+fn cors(origins: &[String]) -> anyhow::Result<Option<tower_http::cors::CorsLayer>> {
+    use axum::http::{HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<&str> = origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()).collect();
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.contains(&"*") {
+        AllowOrigin::any()
+    } else {
+        let parsed = origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o).map_err(|_| anyhow::anyhow!("--cors-allow-origin {o:?} is not a valid origin"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        AllowOrigin::list(parsed)
+    };
+    let headers = [
+        "authorization",
+        "content-type",
+        "accept",
+        "last-event-id",
+        "x-grpc-web",
+        "x-user-agent",
+        "grpc-timeout",
+        "connect-protocol-version",
+        "connect-timeout-ms",
+    ];
+    let exposed = ["grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id", "retry-after"];
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
+            .allow_headers(headers.map(HeaderName::from_static))
+            .expose_headers(exposed.map(HeaderName::from_static))
+            .max_age(Duration::from_secs(3600)),
+    ))
 }
 
 /// True for a gRPC call: a gRPC content type on a gRPC method path. Anything
 /// else (`/healthz` with a gRPC content type included) is REST.
 pub fn is_grpc(request: &Request) -> bool {
     let content_type = request.headers().get(axum::http::header::CONTENT_TYPE).map(|v| v.as_bytes());
+    // gRPC, and gRPC-Web (application/grpc-web, -web+proto, -web-text),
+    // which the gRPC side translates.
     let grpc_type = content_type.is_some_and(|v| {
-        v == b"application/grpc" || v.starts_with(b"application/grpc+") || v.starts_with(b"application/grpc;")
+        v == b"application/grpc"
+            || v.starts_with(b"application/grpc+")
+            || v.starts_with(b"application/grpc;")
+            || v.starts_with(b"application/grpc-web")
     });
     let path = request.uri().path();
     // gRPC paths are /<package.Service>/<Method>; REST paths never have a

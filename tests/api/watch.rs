@@ -278,3 +278,70 @@ async fn basic_views_leave_the_bodies_out_on_postgres() {
 async fn basic_views_leave_the_bodies_out_on_sqlite() {
     views(Backend::Sqlite).await;
 }
+
+/// A gRPC-Web call (HTTP/1.1, `application/grpc-web+proto`) on the same port.
+#[tokio::test]
+async fn grpc_web_calls_work_on_the_same_port() {
+    use prost::Message;
+    let app = spawn_app().await;
+    let req = dispatch_to("http://127.0.0.1:9/hook", Uuid::new_v4());
+    let message = req.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/hookpost.v1.WebhookService/Dispatch", app.base_url))
+        .bearer_auth(&app.key)
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(frame)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/grpc-web"));
+    let body = resp.bytes().await.unwrap();
+    // A data frame (flag 0) with the response, then a trailer frame (0x80).
+    assert_eq!(body[0], 0);
+    let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+    let answer = pb::DispatchResponse::decode(&body[5..5 + len]).unwrap();
+    assert!(Uuid::parse_str(&answer.request_id).is_ok());
+    let trailer = &body[5 + len..];
+    assert_eq!(trailer[0], 0x80);
+    assert!(String::from_utf8_lossy(&trailer[5..]).contains("grpc-status:0"));
+}
+
+/// CORS is off by default; with an allowed origin, a preflight is answered
+/// without a key and only that origin is allowed.
+#[tokio::test]
+async fn cors_is_off_by_default_and_allows_only_configured_origins() {
+    let preflight = |app: &TestApp, origin: &str| {
+        reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, format!("{}/v1/webhook-logs", app.base_url))
+            .header("origin", origin.to_owned())
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let plain = spawn_app().await;
+    let resp = preflight(&plain, "http://localhost:3000").await.unwrap();
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+
+    let app = spawn_app_with(|c| c.cors_allow_origins = vec!["http://localhost:3000".into()]).await;
+    let resp = preflight(&app, "http://localhost:3000").await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    assert_eq!(resp.headers()["access-control-allow-origin"], "http://localhost:3000");
+    assert!(resp.headers()["access-control-allow-headers"].to_str().unwrap().contains("authorization"));
+    let resp = preflight(&app, "http://127.0.0.1:9").await.unwrap();
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    // A real request from the allowed origin carries the header too.
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/webhook-logs", app.base_url))
+        .bearer_auth(&app.key)
+        .header("origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "http://localhost:3000");
+}
