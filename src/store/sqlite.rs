@@ -717,6 +717,13 @@ impl Store for SqliteStore {
             sqlx::query(&format!("DELETE FROM webhook_requests WHERE id IN ({list})")).execute(&mut *tx).await?;
             tx.commit().await?;
         }
+        // The live tail's status changes of deliveries that are gone.
+        sqlx::query(
+            "DELETE FROM delivery_events WHERE NOT EXISTS \
+             (SELECT 1 FROM webhook_requests r WHERE r.id = delivery_events.log_id)",
+        )
+        .execute(&self.write)
+        .await?;
         // Messages left without a delivery go with their last one.
         loop {
             let done = sqlx::query(

@@ -192,15 +192,30 @@ async fn purge_removes_settled_logs_and_never_pending_ones(backend: Backend) {
     for c in store.claim_due(10, Duration::from_secs(30)).await.unwrap() {
         store.record_attempt(&c, &settled(NextStep::Succeeded)).await.unwrap();
     }
+    // One is sent again (a status change the live tail records), and settles.
+    let again = all_pages(store.as_ref(), &LogFilter::default(), 10).await[0];
+    assert_eq!(store.redeliver(again, None).await.unwrap(), hookpost::store::Redelivered::Done);
+    for c in store.claim_due(10, Duration::from_secs(30)).await.unwrap() {
+        store.record_attempt(&c, &settled(NextStep::Succeeded)).await.unwrap();
+    }
+    let start = hookpost::store::TailPosition { attempt: (0, 0), event: (0, 0) };
+    // (On Postgres, rows show once no older transaction runs on the server.)
+    let seen = eventually(Duration::from_secs(20), "the tail to show every row", || {
+        let store = store.clone();
+        async move { Some(store.tail(start, 100).await.unwrap()).filter(|e| e.len() >= 5) }
+    })
+    .await;
+    assert_eq!(seen.len(), 5, "4 attempts and 1 status change");
     // Everything created before the cutoff goes (whole days on Postgres): a
     // cutoff two days ahead takes today.
     let cutoff = -chrono::TimeDelta::days(2);
     let dry = store.purge(cutoff, true).await.unwrap();
-    assert_eq!((dry.requests, dry.attempts), (3, 3));
+    assert_eq!((dry.requests, dry.attempts), (3, 4));
     assert_eq!(all_pages(store.as_ref(), &LogFilter::default(), 10).await.len(), 3, "a dry run removes nothing");
     let done = store.purge(cutoff, false).await.unwrap();
-    assert_eq!((done.requests, done.attempts), (3, 3));
+    assert_eq!((done.requests, done.attempts), (3, 4));
     assert!(all_pages(store.as_ref(), &LogFilter::default(), 10).await.is_empty());
+    assert!(store.tail(start, 100).await.unwrap().is_empty(), "the tail's rows go with their logs");
 
     // A pending delivery is never purged.
     store.prepare().await.unwrap();

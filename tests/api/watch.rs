@@ -115,7 +115,13 @@ async fn attempts_committed_out_of_order_both_reach_the_watcher() {
     // holds the later row back rather than pass the earlier one by.
     assert!(store.tail(start, 100).await.unwrap().is_empty());
     early.commit().await.unwrap();
-    let both = store.tail(start, 100).await.unwrap();
+    // Both appear once no older transaction runs (the horizon is the
+    // server's: other tests' transactions can hold it back a moment).
+    let both = eventually(SETTLE, "both rows to pass the horizon", || {
+        let store = store.clone();
+        async move { Some(store.tail(start, 100).await.unwrap()).filter(|e| e.len() >= 2) }
+    })
+    .await;
     assert_eq!(both.len(), 2, "{both:?}");
 
     let mut seen =

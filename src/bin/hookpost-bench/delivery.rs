@@ -416,3 +416,124 @@ pub async fn fairness(
         updates_per_attempt: (s1.upd - s0.upd) as f64 / ((att1 - att0).max(1)) as f64,
     })
 }
+
+pub struct Watch {
+    /// Deliveries per second without watchers and with them.
+    pub bare: f64,
+    pub watched: f64,
+    /// Attempt recorded (its end) -> event at a watcher, seconds.
+    pub latencies: Vec<f64>,
+    pub events: u64,
+}
+
+/// Delivery at full speed (`n` webhooks to one endpoint, dispatch
+/// concurrency `concurrency`), first without watchers, then with `watchers`
+/// open WatchWebhookLogs streams on the organization; each run twice,
+/// alternating. Latency is measured from the end of each attempt (its start
+/// plus its response time, as recorded) to the event's arrival.
+pub async fn watch(
+    admin: &str,
+    db_name: &str,
+    n: usize,
+    watchers: usize,
+    concurrency: usize,
+    dir: &Path,
+) -> anyhow::Result<Watch> {
+    use futures_util::StreamExt;
+    let db = create_database(admin, db_name).await?;
+    let sink = Sink::start(dir, "sink-watch", &[]).await?;
+    let app = Hookpost::start(&db, dir, "watch", &["--max-watch-streams-per-key", "64"]).await?;
+    let org = Uuid::new_v4().to_string();
+    let endpoint = create_endpoint(&app, &org, sink.url("w"), None).await?;
+    let (mut bare, mut watched, mut latencies, mut events) = (Vec::new(), Vec::new(), Vec::new(), 0u64);
+    let mut seen = 0u64;
+    for _ in 0..2 {
+        let start = Instant::now();
+        dispatch_load(
+            &app.base_url(),
+            &app.key,
+            concurrency,
+            Load::Count(n),
+            false,
+            to_endpoints(org.clone(), Some(endpoint.clone())),
+        )
+        .await?;
+        seen += n as u64;
+        let last = sink.wait_for(seen, Duration::from_secs(900)).await?;
+        bare.push(n as f64 / (last - start).as_secs_f64());
+
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..watchers {
+            let mut client = hookpost::client::connect(app.base_url(), &app.key).await?;
+            let req = pb::WatchWebhookLogsRequest { organization_id: org.clone(), ..Default::default() };
+            let mut stream = client.watch_webhook_logs(req).await?.into_inner();
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return lat,
+                        m = stream.next() => match m {
+                            Some(Ok(e)) => {
+                                let now = chrono::Utc::now();
+                                if let Some(a) = e.attempt
+                                    && let Some(t) = a.created_at
+                                    && let Ok(at) = chrono::DateTime::<chrono::Utc>::try_from(t)
+                                {
+                                    let done = at + chrono::TimeDelta::milliseconds(a.response_time_ms);
+                                    lat.push((now - done).num_microseconds().unwrap_or(0) as f64 / 1e6);
+                                }
+                            }
+                            _ => return lat,
+                        },
+                    }
+                }
+            });
+        }
+        let start = Instant::now();
+        dispatch_load(
+            &app.base_url(),
+            &app.key,
+            concurrency,
+            Load::Count(n),
+            false,
+            to_endpoints(org.clone(), Some(endpoint.clone())),
+        )
+        .await?;
+        seen += n as u64;
+        let last = sink.wait_for(seen, Duration::from_secs(900)).await?;
+        watched.push(n as f64 / (last - start).as_secs_f64());
+        // Let the tails catch up with the last attempts before counting.
+        let want = (n * watchers) as u64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if Instant::now() > deadline {
+                break;
+            }
+            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_requests WHERE status = 'pending'")
+                .fetch_one(&PgPool::connect(&db).await?)
+                .await?;
+            if pending == 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                break;
+            }
+        }
+        stop.cancel();
+        let mut got = 0u64;
+        while let Some(lat) = tasks.join_next().await {
+            let lat = lat?;
+            got += lat.len() as u64;
+            latencies.extend(lat);
+        }
+        events += got;
+        if got < want {
+            eprintln!("watch: {got} events of {want} expected arrived");
+        }
+    }
+    app.stop().await;
+    sink.proc.stop().await;
+    drop_database(admin, db_name).await;
+    Ok(Watch { bare: median(&bare), watched: median(&watched), latencies, events })
+}

@@ -367,6 +367,22 @@ async fn purge(conn: &mut PgConnection, older_than: chrono::TimeDelta, dry_run: 
                 break;
             }
         }
+        // The live tail's status changes of deliveries that are gone, the
+        // same way (those of a kept day stay with it).
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM delivery_events WHERE id IN \
+                 (SELECT e.id FROM delivery_events e WHERE e.request_created_at < $1 AND NOT EXISTS \
+                   (SELECT 1 FROM webhook_requests r WHERE r.id = e.log_id AND r.created_at = e.request_created_at) \
+                  LIMIT 10000)",
+            )
+            .bind(cutoff)
+            .execute(&mut *conn)
+            .await?;
+            if done.rows_affected() < 10000 {
+                break;
+            }
+        }
     }
     Ok(report)
 }
