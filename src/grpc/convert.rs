@@ -159,6 +159,7 @@ impl TryFrom<pb::ListWebhookLogsRequest> for ListQuery {
             created_before: timestamp("created_before", r.created_before, &mut v),
             endpoint_id: opt_uuid("endpoint_id", Some(&r.endpoint_id), &mut v),
             error_category: error_category(r.error_category, &mut v),
+            expr: None,
         };
         if !v.is_empty() {
             return Err(Error::invalid_fields(v));
