@@ -3,12 +3,14 @@
 
 pub mod address;
 mod endpoint;
+pub mod filter;
 mod new_delivery;
 
 pub use endpoint::{
     DeliveryPolicy, Endpoint, EndpointFilter, EndpointInput, EndpointSpec, PolicyInput, SignatureScheme,
     UPDATABLE_FIELDS, apply_update, event_type_matches, scheme_not_updatable,
 };
+pub use filter::{FilterError, FilterExpr};
 pub use new_delivery::{
     DispatchInput, Draft, Expiration, Limits, MAX_TTL_STD, MIN_TTL, NewDelivery, Target, WebhookUrl,
 };
@@ -92,6 +94,10 @@ pub struct LogFilter {
     pub endpoint_id: Option<Uuid>,
     /// The latest attempt failed with this category (see [`FailureCategory`]).
     pub error_category: Option<String>,
+    /// What an AIP-160 `filter` adds beyond the fields above (see
+    /// [`LogFilter::narrow`]). Part of the hash that ties page tokens to
+    /// their filter.
+    pub expr: Option<FilterExpr>,
 }
 
 /// A keyset position: logs are ordered by `(created_at, log_id)` descending.

@@ -6,7 +6,7 @@ use pbjson_types::{ListValue, Struct, Timestamp, Value, value::Kind};
 use serde_json::{Map, Number, Value as Json};
 use uuid::Uuid;
 
-use crate::domain::{AttemptRecord, DispatchInput, ExecutionStatus, Expiration, LogFilter, LogRecord};
+use crate::domain::{AttemptRecord, DispatchInput, ExecutionStatus, Expiration, FilterExpr, LogFilter, LogRecord};
 use crate::error::{Error, FieldViolation, Result};
 use crate::proto::v1 as pb;
 use crate::service::{DetailsQuery, ListQuery, LogDetails};
@@ -148,7 +148,7 @@ impl TryFrom<pb::ListWebhookLogsRequest> for ListQuery {
                 None
             }
         };
-        let filter = LogFilter {
+        let mut filter = LogFilter {
             organization_id: opt_uuid("organization_id", Some(&r.organization_id), &mut v),
             workspace_id: opt_uuid("workspace_id", r.workspace_id.as_deref(), &mut v),
             subscription_id: opt_uuid("subscription_id", r.subscription_id.as_deref(), &mut v),
@@ -159,7 +159,13 @@ impl TryFrom<pb::ListWebhookLogsRequest> for ListQuery {
             created_before: timestamp("created_before", r.created_before, &mut v),
             endpoint_id: opt_uuid("endpoint_id", Some(&r.endpoint_id), &mut v),
             error_category: error_category(r.error_category, &mut v),
+            expr: None,
         };
+        match FilterExpr::parse(&r.filter) {
+            Ok(Some(expr)) => filter.narrow(expr),
+            Ok(None) => {}
+            Err(e) => v.push(FieldViolation { field: "filter".into(), description: e.to_string() }),
+        }
         if !v.is_empty() {
             return Err(Error::invalid_fields(v));
         }
@@ -278,6 +284,7 @@ impl TryFrom<pb::WatchWebhookLogsRequest> for crate::service::WatchQuery {
             execution_status: r.execution_status,
             endpoint_id: r.endpoint_id,
             error_category: r.error_category,
+            filter: r.filter,
             ..Default::default()
         };
         let filter = ListQuery::try_from(list)?.filter;

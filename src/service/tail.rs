@@ -81,6 +81,7 @@ pub fn matches(f: &LogFilter, l: &LogRecord) -> bool {
         && f.error_category.as_deref().is_none_or(|v| Some(v) == category)
         && f.created_after.is_none_or(|v| l.created_at >= v)
         && f.created_before.is_none_or(|v| l.created_at < v)
+        && f.expr.as_ref().is_none_or(|e| e.matches(l))
 }
 
 impl WebhookService {

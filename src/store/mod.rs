@@ -5,6 +5,7 @@
 
 mod batch;
 pub mod endpoints;
+mod filter_sql;
 pub mod postgres;
 pub mod recovery;
 mod sqlite;

@@ -403,6 +403,10 @@ impl Store for SqliteStore {
         if let Some(v) = &f.error_category {
             q.push(" AND a.error_category = ").push_bind(v.clone());
         }
+        // What the indexed fields above could not say.
+        if let Some(e) = &f.expr {
+            super::filter_sql::push_and(&mut q, e);
+        }
         if let Some(c) = after {
             q.push(" AND (r.created_at, r.id) < (")
                 .push_bind(micros(c.created_at))

@@ -24,6 +24,7 @@ mod delivery;
 mod dispatch;
 mod endpoints;
 mod fairness;
+mod filter;
 mod hardening;
 mod helpers;
 mod list;

@@ -467,11 +467,12 @@ pub fn pgbench_list_latencies(db_url: &str, s: &Seeded, samples: u64, dir: &Path
         "\\set o random(0, {last_org})\n\\set t random({t0}, {t1})\n{select} WHERE true \
          AND r.organization_id = md5('o' || :o)::uuid AND r.status = 'failed' \
          AND (r.created_at, r.id) < (to_timestamp(:t / 1000000.0), 9223372036854775807) \
-         ORDER BY r.created_at DESC, r.id DESC LIMIT 51;\n",
+         ORDER BY r.created_at DESC, r.id DESC LIMIT 51{end};\n",
         last_org = s.orgs - 1,
         t0 = s.from.timestamp_micros(),
         t1 = s.to().timestamp_micros(),
-        select = sql::LOG_SELECT,
+        select = sql::LIST_PAGE,
+        end = sql::LIST_PAGE_END,
     );
     Ok(pgbench(db_url, &script, 1, 0, Some(samples), dir)?.latencies)
 }

@@ -127,6 +127,8 @@ pub async fn dispatch(
         ("view" = Option<String>, Query, description = "LOG_VIEW_FULL (default) or LOG_VIEW_BASIC: without request and response bodies"),
         ("errorCategory" = Option<String>, Query, max_length = 32, pattern = "^[A-Za-z0-9_]*$",
             description = "The latest attempt's failure category; with executionStatus=EXECUTION_STATUS_FAILED, the dead letters"),
+        ("filter" = Option<String>, Query, max_length = 2048,
+            description = "AIP-160 filter, ANDed with the other parameters, e.g. `execution_status = FAILED AND create_time > \"2026-11-20T00:00:00Z\"` (see ListWebhookLogsRequest.filter)"),
     ),
     responses(
         (status = 200, description = "hookpost.v1.ListWebhookLogsResponse in proto3 JSON", body = Object),

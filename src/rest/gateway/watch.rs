@@ -34,6 +34,7 @@ use crate::service::WatchQuery;
         ("executionStatus" = Option<super::StatusName>, Query),
         ("endpointId" = Option<uuid::Uuid>, Query),
         ("errorCategory" = Option<String>, Query, max_length = 32, pattern = "^[A-Za-z0-9_]*$"),
+        ("filter" = Option<String>, Query, max_length = 2048, description = "AIP-160 filter, as for ListWebhookLogs"),
         ("resumeToken" = Option<String>, Query, max_length = 200, description = "Continue right after the event that carried it"),
         ("view" = Option<String>, Query, description = "LOG_VIEW_BASIC (default: no bodies) or LOG_VIEW_FULL"),
     ),
