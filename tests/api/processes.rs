@@ -430,3 +430,28 @@ async fn a_recovery_killed_mid_run_resumes_after_restart_and_queues_each_deliver
     .unwrap();
     assert_eq!((pending, manual), (N, N));
 }
+
+/// Two `hookpost serve` processes on one database: a watcher on the one that
+/// does not deliver sees the attempts the other records.
+#[tokio::test]
+async fn a_watch_on_one_process_sees_attempts_recorded_by_another() {
+    use futures_util::StreamExt;
+    let db = fresh_database().await;
+    open_store(&db).await;
+    let key = cli_service_key(&db);
+    let delivering = ServerProcess::start(&db, &[]).await;
+    let watching = ServerProcess::start(&db, &["--no-delivery"]).await;
+    let receiver = Receiver::start().await;
+    let org = uuid::Uuid::new_v4();
+    let mut stream = watching
+        .client(&key)
+        .await
+        .watch_webhook_logs(pb::WatchWebhookLogsRequest { organization_id: org.to_string(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let sent = delivering.client(&key).await.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap().into_inner();
+    let event = tokio::time::timeout(Duration::from_secs(20), stream.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(event.kind, "attempt");
+    assert_eq!(event.log.unwrap().request_id, sent.request_id);
+}

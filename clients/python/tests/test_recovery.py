@@ -155,6 +155,9 @@ class GrpcApi:
     def logs(self, request: pb.ListWebhookLogsRequest) -> list[pb.WebhookLog]:
         return list(self._call("ListWebhookLogs", request).logs)
 
+    def dispatch(self, request: pb.DispatchRequest) -> pb.DispatchResponse:
+        return self._call("Dispatch", request)
+
     def close(self) -> None:
         self.channel.close()
 
@@ -214,6 +217,10 @@ class RestApi:
     def logs(self, request: pb.ListWebhookLogsRequest) -> list[pb.WebhookLog]:
         query = urllib.parse.urlencode(json_format.MessageToDict(request))
         return list(self._call("GET", f"/v1/webhook-logs?{query}", None, pb.ListWebhookLogsResponse()).logs)
+
+    def dispatch(self, request: pb.DispatchRequest) -> pb.DispatchResponse:
+        body = json_format.MessageToDict(request)
+        return self._call("POST", "/v1/webhooks:dispatch", body, pb.DispatchResponse())
 
     def close(self) -> None:
         pass
@@ -426,11 +433,32 @@ def recover_and_dead_letters(api: Api, setup: Setup) -> None:
     assert err.code == grpc.StatusCode.NOT_FOUND, err
 
 
+def expiry(api: Api, setup: Setup) -> None:
+    """A 2 s time to live against a receiver that keeps answering 500: the
+    delivery stops retrying at the deadline and fails as "expired"."""
+    receiver = setup.receiver
+    org, path = str(uuid.uuid4()), f"/expiry/{api.name}"
+    receiver.answer(path, 500)
+    request = pb.DispatchRequest(
+        organization_id=org, webhook_url=receiver.url(path), webhook_type="call.ended", max_retries=20,
+    )
+    request.ttl.FromSeconds(2)
+    sent = api.dispatch(request)
+    d = settled(api, sent.request_id, pb.EXECUTION_STATUS_FAILED)
+    assert d.log.error_category == "expired", d.log
+    assert d.log.HasField("expire_time"), d.log
+    assert not d.attempts[0].HasField("http_status_code"), d.attempts[0]
+    past = pb.DispatchRequest(organization_id=org, webhook_url=receiver.url(path), webhook_type="call.ended")
+    past.expire_time.FromJsonString("2000-01-01T00:00:00Z")
+    err = refused(lambda: api.dispatch(past))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT and "expire" in str(err).lower(), err
+
+
 def main() -> None:
     addr, key = os.environ["HOOKPOST_ADDR"], os.environ["HOOKPOST_KEY"]
     setup = Setup(Client(addr, key), GrpcApi(addr, key), Receiver())
     for api in (setup.grpc, RestApi(addr, key)):
-        for scenario in (redeliver, pause_and_resume, gone_disables, recover_and_dead_letters):
+        for scenario in (redeliver, pause_and_resume, gone_disables, recover_and_dead_letters, expiry):
             scenario(api, setup)
             print(f"python recovery: {scenario.__name__} over {api.name}: ok", flush=True)
     setup.grpc.close()
