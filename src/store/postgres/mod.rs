@@ -16,7 +16,7 @@ use super::{CallCursor, CallLogFilter, LogBatch, NewAttempt, QueueStats, Store, 
 use crate::auth::{ApiKeyRecord, KeyKind, NewApiKey};
 use crate::domain::{
     AttemptRecord, ClaimedDelivery, Cursor, Dispatched, DueQueue, ExecutionStatus, LogFilter, LogRecord, NewDelivery,
-    NextStep, PurgeReport,
+    PurgeReport,
 };
 use crate::error::{Error, Result};
 
@@ -193,6 +193,7 @@ pub mod sql {
 }
 
 mod maintenance;
+mod record;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -203,6 +204,8 @@ pub struct PostgresStore {
     options: PgConnectOptions,
     /// Group commit for dispatches without an idempotency key.
     batcher: Arc<InsertBatcher>,
+    /// Group commit for attempt records.
+    recorder: Arc<record::RecordBatcher>,
 }
 
 pub(crate) const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
@@ -224,7 +227,8 @@ impl PostgresStore {
             .await
             .context("connecting to Postgres")?;
         let batcher = Arc::new(InsertBatcher::start(pool.clone()));
-        Ok(Self { pool, options, batcher })
+        let recorder = Arc::new(record::RecordBatcher::start(pool.clone()));
+        Ok(Self { pool, options, batcher, recorder })
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
@@ -570,40 +574,11 @@ impl Store for PostgresStore {
 
     #[tracing::instrument(skip_all, fields(request_id = %claim.request_id))]
     async fn record_attempt(&self, claim: &ClaimedDelivery, a: &NewAttempt) -> Result<bool> {
-        // The retry time is computed by the database (now() + delay): due
-        // times are compared with the database's clock, so they must come
-        // from it, whatever this host's clock says.
-        let (status, retry_in_ms) = match a.next {
-            NextStep::Succeeded => (ExecutionStatus::Succeeded, None),
-            NextStep::Failed => (ExecutionStatus::Failed, None),
-            NextStep::RetryAfter(delay) => (ExecutionStatus::Pending, Some(millis(delay))),
-        };
-        // One statement, so one implicit transaction: the attempt row and the
-        // request's new state land together or not at all. FOR UPDATE reads the
-        // latest version of the request, so the attempt number is never reused.
-        // A worker whose lease was lost still records its attempt (it happened)
-        // but leaves the state to the worker that holds the claim now.
-        let row = sqlx::query(sql::RECORD_ATTEMPT)
-            .bind(claim.log_id)
-            .bind(claim.lease_id)
-            .bind(status.as_str())
-            .bind(retry_in_ms)
-            .bind(a.attempted_at)
-            .bind(a.success)
-            .bind(a.status_code)
-            .bind(&a.response_body)
-            .bind(a.response_truncated)
-            .bind(a.response_time_ms)
-            .bind(a.error_category)
-            .bind(&a.error_message)
-            .bind(claim.created_at)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            Some(row) => Ok(row.try_get("held")?),
-            // The request is gone (purged); nothing left to record against.
-            None => Ok(false),
-        }
+        // Batched with the attempts finishing at the same time: one statement
+        // and one commit for all of them (see `record`). The retry time is
+        // computed by the database (now() + delay): due times are compared
+        // with the database's clock, so they must come from it.
+        self.recorder.record(claim, a).await
     }
 
     async fn release(&self, claims: &[ClaimedDelivery], after: Duration) -> Result<()> {
