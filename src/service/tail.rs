@@ -1,12 +1,20 @@
 //! WatchWebhookLogs: every attempt and status change of the deliveries a
 //! filter matches, as they are recorded by any replica, from now or from a
-//! resume token. The store's tail is gap-free (see `store::tail`); this
-//! polls it, woken early by this process's own records, and filters each
-//! event by its delivery's log.
+//! resume token. The store's tail is gap-free (see `store::tail`).
+//!
+//! One reader per process (the hub) polls the tail, woken early by this
+//! process's own records, fetches each event's log once and broadcasts the
+//! batch; every watcher filters it. So N watchers cost one read of the tail,
+//! not N. A watcher that resumes from a token (or falls behind the
+//! broadcast) first reads from the store itself, then joins the broadcast,
+//! dropping what it has already sent: each source (attempts, status
+//! changes) is in order in both, so positions tell what is new.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::broadcast;
 
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
@@ -22,7 +30,35 @@ use crate::store::{TailChange, TailPosition};
 /// How often a watcher looks for what other replicas recorded.
 const POLL: Duration = Duration::from_millis(200);
 /// Events read per source per look.
-const BATCH: u32 = 200;
+const BATCH: u32 = 500;
+/// Shortest time between two reads of the tail by the hub.
+const MIN_GAP: Duration = Duration::from_millis(20);
+
+/// Sends the events of `batch` after `position` that `filter` selects,
+/// moving `position` past every one of them; false once the client left.
+async fn send(
+    tx: &tokio::sync::mpsc::Sender<Result<WatchEvent>>,
+    filter: &LogFilter,
+    batch: &[(crate::store::TailEvent, Option<LogRecord>)],
+    position: &mut TailPosition,
+) -> bool {
+    for (e, log) in batch {
+        if !after(e, position) {
+            continue;
+        }
+        match e.change {
+            TailChange::Attempt(_) => position.attempt = e.position.attempt,
+            TailChange::Status { .. } => position.event = e.position.event,
+        }
+        // A delivery purged since, or outside the filter.
+        let Some(log) = log.as_ref().filter(|l| matches(filter, l)) else { continue };
+        let event = WatchEvent { log: log.clone(), change: e.change.clone(), at: e.at, resume_token: position.token() };
+        if tx.send(Ok(event)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct WatchQuery {
@@ -41,12 +77,37 @@ pub struct WatchEvent {
 }
 
 /// The watchers of this process: their count per API key, their wake-up,
-/// and the token that ends them all at shutdown.
+/// the token that ends them all at shutdown, and the hub they listen to.
 #[derive(Default)]
 pub struct Watchers {
     open: Mutex<HashMap<String, u32>>,
     pub(super) wake: Notify,
     pub(super) shutdown: CancellationToken,
+    hub: tokio::sync::OnceCell<Arc<Hub>>,
+}
+
+/// One tail event with its delivery's log as it was read (None: purged).
+type Batch = Arc<Vec<(crate::store::TailEvent, Option<LogRecord>)>>;
+
+/// The process's one reader of the tail.
+struct Hub {
+    sender: broadcast::Sender<Batch>,
+    /// Through where batches have been sent; updated with each send, under
+    /// this lock, so that a watcher reading it after subscribing knows that
+    /// every later batch comes after it.
+    position: Mutex<TailPosition>,
+}
+
+/// Batches the broadcast holds for a slow watcher before it falls behind
+/// (and catches up from the store).
+const HUB_BUFFER: usize = 256;
+
+/// Whether `e` comes after `p` in its own source.
+fn after(e: &crate::store::TailEvent, p: &TailPosition) -> bool {
+    match e.change {
+        TailChange::Attempt(_) => e.position.attempt > p.attempt,
+        TailChange::Status { .. } => e.position.event > p.event,
+    }
 }
 
 /// One open stream, counted against its key until dropped.
@@ -110,73 +171,151 @@ impl WebhookService {
                 _ => q.filter.organization_id = Some(org),
             }
         }
-        let mut position = match q.resume_token.as_str() {
-            "" => self.store.tail_now().await?,
-            token => TailPosition::from_token(token)
-                .ok_or_else(|| Error::invalid("resume_token", "is not a token this API issued"))?,
+        let from = match q.resume_token.as_str() {
+            "" => None,
+            token => Some(
+                TailPosition::from_token(token)
+                    .ok_or_else(|| Error::invalid("resume_token", "is not a token this API issued"))?,
+            ),
         };
         let slot = self.open_slot(who)?;
+        let hub = self.hub().await?;
+        // Subscribe before reading the hub's position: every batch sent
+        // after that read is in the subscription.
+        let mut batches = hub.sender.subscribe();
+        let hub_at = *hub.position.lock().expect("hub poisoned");
+        let mut position = from.unwrap_or(hub_at);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<WatchEvent>>(64);
         let service = self.clone();
         let filter = q.filter;
         tokio::spawn(async move {
             let _slot = slot;
             let shutdown = service.watchers.shutdown.clone();
-            loop {
-                if nothing {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tx.closed() => return,
-                    }
+            if nothing {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tx.closed() => {}
                 }
-                let wake = service.watchers.wake.notified();
-                let events = match service.store.tail(position, BATCH).await {
-                    Ok(events) => events,
-                    Err(err) => {
-                        let _ = tx.send(Err(err)).await;
-                        return;
-                    }
-                };
-                let full = events.len() >= BATCH as usize;
-                if !events.is_empty() {
-                    let mut ids: Vec<(i64, DateTime<Utc>)> = events.iter().map(|e| (e.log_id, e.created_at)).collect();
-                    ids.sort();
-                    ids.dedup();
-                    let logs = match service.store.logs_by_id(&ids).await {
-                        Ok(logs) => logs,
+                return;
+            }
+            // From a token: catch up from the store, then join the hub.
+            let mut catch_up = from.is_some();
+            loop {
+                if catch_up {
+                    match service.read_tail(position).await {
+                        Ok(batch) => {
+                            let full = batch.len() >= BATCH as usize;
+                            if !send(&tx, &filter, &batch, &mut position).await {
+                                return;
+                            }
+                            catch_up = full;
+                        }
                         Err(err) => {
                             let _ = tx.send(Err(err)).await;
                             return;
                         }
-                    };
-                    let logs: HashMap<i64, LogRecord> = logs.into_iter().map(|l| (l.log_id, l)).collect();
-                    for e in events {
-                        position = e.position;
-                        // A delivery purged since, or outside the filter.
-                        let Some(log) = logs.get(&e.log_id).filter(|l| matches(&filter, l)) else { continue };
-                        let event = WatchEvent {
-                            log: log.clone(),
-                            change: e.change,
-                            at: e.at,
-                            resume_token: e.position.token(),
-                        };
-                        if tx.send(Ok(event)).await.is_err() {
-                            return;
-                        }
                     }
-                }
-                if full {
                     continue;
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tx.closed() => return,
-                    _ = wake => {}
-                    _ = tokio::time::sleep(POLL) => {}
+                    batch = batches.recv() => match batch {
+                        Ok(batch) => {
+                            if !send(&tx, &filter, &batch, &mut position).await {
+                                return;
+                            }
+                        }
+                        // Too slow for the broadcast: read what was missed.
+                        Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
                 }
             }
         });
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
+    /// The next events after `position`, each with its log.
+    async fn read_tail(&self, position: TailPosition) -> Result<Vec<(crate::store::TailEvent, Option<LogRecord>)>> {
+        let events = self.store.tail(position, BATCH).await?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids: Vec<(i64, DateTime<Utc>)> = events.iter().map(|e| (e.log_id, e.created_at)).collect();
+        ids.sort();
+        ids.dedup();
+        let logs = self.store.logs_by_id(&ids).await?;
+        let logs: HashMap<i64, LogRecord> = logs.into_iter().map(|l| (l.log_id, l)).collect();
+        Ok(events
+            .into_iter()
+            .map(|e| {
+                let log = logs.get(&e.log_id).cloned();
+                (e, log)
+            })
+            .collect())
+    }
+
+    /// The process's hub, started by the first watcher.
+    async fn hub(&self) -> Result<Arc<Hub>> {
+        let hub = self
+            .watchers
+            .hub
+            .get_or_try_init(|| async {
+                let start = self.store.tail_now().await?;
+                let (sender, _) = broadcast::channel(HUB_BUFFER);
+                let hub = Arc::new(Hub { sender, position: Mutex::new(start) });
+                tokio::spawn(self.clone().run_hub(hub.clone()));
+                Ok::<_, Error>(hub)
+            })
+            .await?;
+        Ok(hub.clone())
+    }
+
+    /// Reads the tail and broadcasts it, while anyone listens; woken early
+    /// by this process's own records. With no watcher it only keeps its
+    /// position at "now", so that a new watcher does not start in the past.
+    async fn run_hub(self, hub: Arc<Hub>) {
+        let shutdown = self.watchers.shutdown.clone();
+        let mut failures = 0u32;
+        loop {
+            let wake = self.watchers.wake.notified();
+            let mut full = false;
+            if hub.sender.receiver_count() == 0 {
+                if let Ok(now) = self.store.tail_now().await {
+                    *hub.position.lock().expect("hub poisoned") = now;
+                }
+            } else {
+                let at = *hub.position.lock().expect("hub poisoned");
+                match self.read_tail(at).await {
+                    Ok(batch) => {
+                        failures = 0;
+                        full = batch.len() >= BATCH as usize;
+                        if let Some((last, _)) = batch.last() {
+                            let mut position = hub.position.lock().expect("hub poisoned");
+                            *position = last.position;
+                            let _ = hub.sender.send(Arc::new(batch));
+                        }
+                    }
+                    Err(err) => {
+                        failures += 1;
+                        tracing::warn!(error = %err, "reading the live tail failed");
+                        tokio::time::sleep(POLL * failures.min(10)).await;
+                    }
+                }
+            }
+            if full {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = wake => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            // Coalesce: at most one read per MIN_GAP, however many records
+            // woke it (each read takes everything up to the horizon).
+            tokio::time::sleep(MIN_GAP).await;
+        }
     }
 
     fn open_slot(&self, who: &Principal) -> Result<Slot> {

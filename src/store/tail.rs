@@ -91,24 +91,33 @@ struct SourceRow {
     at: DateTime<Utc>,
 }
 
-/// Merges the two sources in (xid, source, id) order and gives each event
-/// the position after it. Each source is complete up to its last row, so
-/// any interleaving that keeps each source's own order has no gap.
+/// Merges the two sources and gives each event the position after it. Each
+/// source is complete up to its last row, so any interleaving that keeps
+/// each source's own order has no gap.
 fn merge(after: TailPosition, attempts: Vec<SourceRow>, events: Vec<SourceRow>) -> Vec<TailEvent> {
-    let mut all: Vec<(bool, SourceRow)> =
-        attempts.into_iter().map(|r| (false, r)).chain(events.into_iter().map(|r| (true, r))).collect();
-    all.sort_by_key(|(event, r)| (r.xid, *event, r.id));
+    // A two-way merge: each source keeps its own order (positions only
+    // move forward), and between the sources the earlier (xid, time) goes
+    // first, so that a delivery's own events keep their order (a
+    // redelivery before the attempt it led to), on SQLite too (xid 0).
+    let mut out = Vec::with_capacity(attempts.len() + events.len());
     let mut position = after;
-    all.into_iter()
-        .map(|(event, r)| {
-            if event {
-                position.event = (r.xid, r.id);
-            } else {
-                position.attempt = (r.xid, r.id);
-            }
-            TailEvent { log_id: r.log_id, created_at: r.created_at, change: r.change, at: r.at, position }
-        })
-        .collect()
+    let (mut a, mut e) = (attempts.into_iter().peekable(), events.into_iter().peekable());
+    loop {
+        let take_attempt = match (a.peek(), e.peek()) {
+            (Some(x), Some(y)) => (x.xid, x.at) <= (y.xid, y.at),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let r = if take_attempt { a.next() } else { e.next() }.expect("peeked");
+        if take_attempt {
+            position.attempt = (r.xid, r.id);
+        } else {
+            position.event = (r.xid, r.id);
+        }
+        out.push(TailEvent { log_id: r.log_id, created_at: r.created_at, change: r.change, at: r.at, position });
+    }
+    out
 }
 
 fn status_change(status: &str, reason: String) -> Result<TailChange> {
@@ -267,6 +276,43 @@ impl TailStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(xid: i64, id: i64, secs: i64, status: bool) -> SourceRow {
+        let change = if status {
+            TailChange::Status { status: ExecutionStatus::Pending, reason: "redelivered".into() }
+        } else {
+            TailChange::Attempt(AttemptRecord {
+                attempt_number: 1,
+                attempted_at: DateTime::from_timestamp(secs, 0).unwrap(),
+                success: true,
+                status_code: Some(200),
+                response_body: String::new(),
+                response_truncated: false,
+                response_time_ms: 1,
+                error_category: None,
+                error_message: None,
+                manual: false,
+            })
+        };
+        let at = DateTime::from_timestamp(secs, 0).unwrap();
+        SourceRow { xid, id, log_id: id, created_at: at, change, at }
+    }
+
+    #[test]
+    fn a_merge_keeps_each_sources_order_and_positions_only_move_forward() {
+        // Attempt 2 started before attempt 1 but was recorded after it (a
+        // higher ID); a status change falls between them in time.
+        let attempts = vec![row(0, 1, 30, false), row(0, 2, 10, false)];
+        let events = vec![row(0, 1, 20, true)];
+        let start = TailPosition { attempt: (0, 0), event: (0, 0) };
+        let merged = merge(start, attempts, events);
+        let ids: Vec<(bool, i64)> =
+            merged.iter().map(|e| (matches!(e.change, TailChange::Status { .. }), e.log_id)).collect();
+        assert_eq!(ids, [(true, 1), (false, 1), (false, 2)]);
+        let attempt_positions: Vec<(i64, i64)> = merged.iter().map(|e| e.position.attempt).collect();
+        assert!(attempt_positions.windows(2).all(|w| w[0] <= w[1]), "{attempt_positions:?}");
+        assert_eq!(merged.last().unwrap().position, TailPosition { attempt: (0, 2), event: (0, 1) });
+    }
 
     #[test]
     fn a_position_survives_its_token_and_junk_is_refused() {
