@@ -24,30 +24,45 @@ pub struct InsertBatcher {
     queue: mpsc::Sender<Job>,
 }
 
-impl InsertBatcher {
-    pub fn start(pool: PgPool) -> Self {
-        let (queue, rx) = mpsc::channel::<Job>(MAX_BATCH * WORKERS * 4);
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..WORKERS {
-            let (rx, pool) = (rx.clone(), pool.clone());
-            tokio::spawn(async move {
-                loop {
-                    let mut jobs = Vec::with_capacity(MAX_BATCH);
-                    {
-                        let mut rx = rx.lock().await;
-                        let Some(first) = rx.recv().await else { return };
-                        jobs.push(first);
-                        while jobs.len() < MAX_BATCH {
-                            match rx.try_recv() {
-                                Ok(job) => jobs.push(job),
-                                Err(_) => break,
-                            }
+/// Starts `workers` tasks that each take whatever jobs have queued (at
+/// least one, at most `max_batch`) and hand them to `run` as one batch; the
+/// next batch forms while a statement runs. Returns the queue. Shared by
+/// the group commits of Dispatch and of attempt records.
+pub(crate) fn spawn_batch_workers<J, F, Fut>(pool: PgPool, workers: usize, max_batch: usize, run: F) -> mpsc::Sender<J>
+where
+    J: Send + 'static,
+    F: Fn(PgPool, Vec<J>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let (queue, rx) = mpsc::channel::<J>(max_batch * workers * 4);
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..workers {
+        let (rx, pool, run) = (rx.clone(), pool.clone(), run.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut jobs = Vec::with_capacity(max_batch);
+                {
+                    let mut rx = rx.lock().await;
+                    let Some(first) = rx.recv().await else { return };
+                    jobs.push(first);
+                    while jobs.len() < max_batch {
+                        match rx.try_recv() {
+                            Ok(job) => jobs.push(job),
+                            Err(_) => break,
                         }
                     }
-                    insert(&pool, jobs).await;
                 }
-            });
-        }
+                run(pool.clone(), jobs).await;
+            }
+        });
+    }
+    queue
+}
+
+impl InsertBatcher {
+    pub fn start(pool: PgPool) -> Self {
+        let queue =
+            spawn_batch_workers(pool, WORKERS, MAX_BATCH, |pool, jobs| async move { insert(&pool, jobs).await });
         Self { queue }
     }
 

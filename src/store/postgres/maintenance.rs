@@ -352,39 +352,39 @@ async fn purge(conn: &mut PgConnection, older_than: chrono::TimeDelta, dry_run: 
 
     if !dry_run {
         // Idempotency keys whose request is gone (a kept day keeps its keys,
-        // so a retried Dispatch still finds its request): batched.
-        loop {
-            let done = sqlx::query(
-                "DELETE FROM idempotency_keys WHERE ctid IN \
-                 (SELECT k.ctid FROM idempotency_keys k WHERE k.created_at < $1 AND NOT EXISTS \
-                   (SELECT 1 FROM webhook_requests r WHERE r.id = k.log_id AND r.created_at = k.created_at) \
-                  LIMIT 10000)",
-            )
-            .bind(cutoff)
-            .execute(&mut *conn)
-            .await?;
-            if done.rows_affected() < 10000 {
-                break;
-            }
-        }
-        // The live tail's status changes of deliveries that are gone, the
-        // same way (those of a kept day stay with it).
-        loop {
-            let done = sqlx::query(
-                "DELETE FROM delivery_events WHERE id IN \
-                 (SELECT e.id FROM delivery_events e WHERE e.request_created_at < $1 AND NOT EXISTS \
-                   (SELECT 1 FROM webhook_requests r WHERE r.id = e.log_id AND r.created_at = e.request_created_at) \
-                  LIMIT 10000)",
-            )
-            .bind(cutoff)
-            .execute(&mut *conn)
-            .await?;
-            if done.rows_affected() < 10000 {
-                break;
-            }
-        }
+        // so a retried Dispatch still finds its request), and the live
+        // tail's status changes of deliveries that are gone: batched.
+        delete_orphans(
+            conn,
+            "DELETE FROM idempotency_keys WHERE ctid IN \
+             (SELECT k.ctid FROM idempotency_keys k WHERE k.created_at < $1 AND NOT EXISTS \
+               (SELECT 1 FROM webhook_requests r WHERE r.id = k.log_id AND r.created_at = k.created_at) \
+              LIMIT 10000)",
+            cutoff,
+        )
+        .await?;
+        delete_orphans(
+            conn,
+            "DELETE FROM delivery_events WHERE id IN \
+             (SELECT e.id FROM delivery_events e WHERE e.request_created_at < $1 AND NOT EXISTS \
+               (SELECT 1 FROM webhook_requests r WHERE r.id = e.log_id AND r.created_at = e.request_created_at) \
+              LIMIT 10000)",
+            cutoff,
+        )
+        .await?;
     }
     Ok(report)
+}
+
+/// Runs a `DELETE … LIMIT 10000` of rows older than `cutoff` until it
+/// deletes fewer: no single statement holds locks or WAL for long.
+async fn delete_orphans(conn: &mut PgConnection, sql: &str, cutoff: DateTime<Utc>) -> Result<()> {
+    loop {
+        let done = sqlx::query(sql).bind(cutoff).execute(&mut *conn).await?;
+        if done.rows_affected() < 10000 {
+            return Ok(());
+        }
+    }
 }
 
 async fn to_regclass(conn: &mut PgConnection, name: &str) -> Result<Option<String>> {

@@ -12,11 +12,9 @@
 //! batch as single-row statements in one transaction, run one after the
 //! other; it halved throughput and was reverted (05d863d).
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::domain::{ClaimedDelivery, ExecutionStatus, NextStep};
@@ -90,28 +88,9 @@ fn millis(d: std::time::Duration) -> i64 {
 
 impl RecordBatcher {
     pub fn start(pool: PgPool) -> Self {
-        let (queue, rx) = mpsc::channel::<Job>(MAX_BATCH * WORKERS * 4);
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..WORKERS {
-            let (rx, pool) = (rx.clone(), pool.clone());
-            tokio::spawn(async move {
-                loop {
-                    let mut jobs = Vec::with_capacity(MAX_BATCH);
-                    {
-                        let mut rx = rx.lock().await;
-                        let Some(first) = rx.recv().await else { return };
-                        jobs.push(first);
-                        while jobs.len() < MAX_BATCH {
-                            match rx.try_recv() {
-                                Ok(job) => jobs.push(job),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    record(&pool, jobs).await;
-                }
-            });
-        }
+        let queue = crate::store::batch::spawn_batch_workers(pool, WORKERS, MAX_BATCH, |pool, jobs| async move {
+            record(&pool, jobs).await
+        });
         Self { queue }
     }
 
