@@ -24,7 +24,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{ClaimedDelivery, DueQueue, NextStep};
+use crate::domain::{ClaimedDelivery, DueQueue, FailureCategory, NextStep};
 use crate::error::ErrorCode;
 use crate::metrics::{AttemptLabels, Metrics};
 use crate::store::{DisableRule, EndpointOutcome, NewAttempt, Store};
@@ -438,6 +438,10 @@ impl DeliveryEngine {
     /// ends a run), and announces the endpoint if this attempt disabled it.
     async fn endpoint_outcome(&self, claim: &ClaimedDelivery, attempt: &NewAttempt) {
         let Some(endpoint_id) = claim.endpoint_id else { return };
+        // An expired delivery sent nothing: it says nothing about the receiver.
+        if attempt.error_category == Some(FailureCategory::Expired.as_str()) {
+            return;
+        }
         let outcome = match (attempt.success, attempt.status_code) {
             // Nothing to reset: no write for the common case.
             (true, _) if claim.endpoint_failures == 0 => return,

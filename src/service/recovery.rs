@@ -25,6 +25,8 @@ const RECOVER_BATCH: u32 = 500;
 const OPERATION_LEASE: Duration = Duration::from_secs(10);
 /// How often a replica looks for operations to run (or resume).
 const OPERATION_POLL: Duration = Duration::from_secs(1);
+/// How often held deliveries of endpoints that no longer hold are released.
+const STRANDED_SWEEP: Duration = Duration::from_secs(5);
 
 /// What a RecoverWebhooks call asks for.
 #[derive(Debug, Clone)]
@@ -174,7 +176,20 @@ impl WebhookService {
     /// through it batch by batch. Each batch commits its deliveries and the
     /// operation's cursor together, so a restart resumes exactly there.
     pub async fn run_operations(self, shutdown: CancellationToken) {
+        let mut last_sweep = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
+            if last_sweep.elapsed() >= STRANDED_SWEEP {
+                last_sweep = tokio::time::Instant::now();
+                match self.store.release_stranded(1000).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(released = n, "released held deliveries of active endpoints");
+                        self.wake.notify_one();
+                        self.recorded();
+                    }
+                    Err(err) => tracing::warn!(error = %err, "releasing stranded held deliveries failed"),
+                }
+            }
             match self.store.lease_operation(OPERATION_LEASE).await {
                 Ok(Some(mut op)) => {
                     tracing::info!(operation_id = %op.operation_id, "running a recovery");

@@ -41,6 +41,7 @@ async fn send(
     filter: &LogFilter,
     batch: &[(crate::store::TailEvent, Option<LogRecord>)],
     position: &mut TailPosition,
+    shutdown: &CancellationToken,
 ) -> bool {
     for (e, log) in batch {
         if !after(e, position) {
@@ -53,8 +54,10 @@ async fn send(
         // A delivery purged since, or outside the filter.
         let Some(log) = log.as_ref().filter(|l| matches(filter, l)) else { continue };
         let event = WatchEvent { log: log.clone(), change: e.change.clone(), at: e.at, resume_token: position.token() };
-        if tx.send(Ok(event)).await.is_err() {
-            return false;
+        // A client that stops reading must not hold shutdown up.
+        tokio::select! {
+            sent = tx.send(Ok(event)) => if sent.is_err() { return false },
+            _ = shutdown.cancelled() => return false,
         }
     }
     true
@@ -100,7 +103,7 @@ struct Hub {
 
 /// Batches the broadcast holds for a slow watcher before it falls behind
 /// (and catches up from the store).
-const HUB_BUFFER: usize = 256;
+const HUB_BUFFER: usize = 16;
 
 /// Whether `e` comes after `p` in its own source.
 fn after(e: &crate::store::TailEvent, p: &TailPosition) -> bool {
@@ -192,6 +195,8 @@ impl WebhookService {
             let _slot = slot;
             let shutdown = service.watchers.shutdown.clone();
             if nothing {
+                // Never reads the broadcast: must not hold its batches.
+                drop(batches);
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = tx.closed() => {}
@@ -205,10 +210,10 @@ impl WebhookService {
                     match service.read_tail(position).await {
                         Ok(batch) => {
                             let full = batch.len() >= BATCH as usize;
-                            if !send(&tx, &filter, &batch, &mut position).await {
+                            if !send(&tx, &filter, &batch, &mut position, &shutdown).await {
                                 return;
                             }
-                            catch_up = full;
+                            catch_up = full && !shutdown.is_cancelled();
                         }
                         Err(err) => {
                             let _ = tx.send(Err(err)).await;
@@ -222,7 +227,7 @@ impl WebhookService {
                     _ = tx.closed() => return,
                     batch = batches.recv() => match batch {
                         Ok(batch) => {
-                            if !send(&tx, &filter, &batch, &mut position).await {
+                            if !send(&tx, &filter, &batch, &mut position, &shutdown).await {
                                 return;
                             }
                         }
@@ -283,7 +288,13 @@ impl WebhookService {
             let mut full = false;
             if hub.sender.receiver_count() == 0 {
                 if let Ok(now) = self.store.tail_now().await {
-                    *hub.position.lock().expect("hub poisoned") = now;
+                    // Only if still nobody listens: a watcher that subscribed
+                    // meanwhile read the old position and must get what
+                    // follows it (it subscribes before it takes this lock).
+                    let mut position = hub.position.lock().expect("hub poisoned");
+                    if hub.sender.receiver_count() == 0 {
+                        *position = now;
+                    }
                 }
             } else {
                 let at = *hub.position.lock().expect("hub poisoned");

@@ -73,6 +73,13 @@ pub trait RecoveryStore: Send + Sync {
     /// were created; returns how many.
     async fn release_held(&self, endpoint_id: Uuid) -> Result<u64>;
 
+    /// Releases held deliveries whose endpoint is neither paused nor
+    /// disabled (any more), at most `limit`: a safety net for the races
+    /// between holding and resuming (a Dispatch that read the endpoint just
+    /// before it was resumed, an update re-enabling it meanwhile) and for
+    /// endpoints deleted while they held deliveries. Returns how many.
+    async fn release_stranded(&self, limit: u32) -> Result<u64>;
+
     /// How many failed deliveries `f` matches now.
     async fn count_recoverable(&self, f: &RecoverFilter) -> Result<u64>;
 
@@ -203,7 +210,7 @@ impl RecoveryStore for PostgresStore {
             "WITH r AS (SELECT id, created_at, status FROM webhook_requests \
                WHERE request_id = $1 AND ($2::uuid IS NULL OR organization_id = $2) FOR UPDATE), \
              upd AS (UPDATE webhook_requests w SET status = 'pending', next_attempt_at = now(), lease_id = NULL, \
-               manual_from = w.attempt_count, queue_key = {PG_QUEUE_KEY}, updated_at = now() \
+               manual_from = w.attempt_count, queue_key = {PG_QUEUE_KEY}, updated_at = now(), expires_at = NULL \
                FROM r WHERE w.id = r.id AND w.created_at = r.created_at AND r.status IN ('succeeded', 'failed') \
                RETURNING w.id, w.created_at), \
              ev AS (INSERT INTO delivery_events (log_id, request_created_at, status, reason) \
@@ -229,14 +236,25 @@ impl RecoveryStore for PostgresStore {
         let ids: Vec<i64> = claims.iter().map(|c| c.log_id).collect();
         let leases: Vec<Uuid> = claims.iter().map(|c| c.lease_id).collect();
         let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.created_at).collect();
+        // The endpoint is read again here, its row locked FOR SHARE: a
+        // resume that committed since the claim releases the delivery
+        // instead (due now), and one still running waits for this to commit
+        // and then releases what it held. Holding on the claim's stale view
+        // could strand a delivery held on an active endpoint.
         sqlx::query(
-            "WITH upd AS (UPDATE webhook_requests r SET status = 'held', next_attempt_at = NULL, lease_id = NULL, \
-               updated_at = now() \
-             FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[]) AS c(id, lease_id, created_at) \
-             WHERE r.id = c.id AND r.created_at = c.created_at AND r.lease_id = c.lease_id \
-               AND r.status = 'pending' RETURNING r.id, r.created_at) \
+            "WITH c AS (SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[]) \
+               AS c(id, lease_id, created_at)), \
+             still AS (SELECT e.endpoint_id FROM endpoints e WHERE (e.paused OR e.disabled) AND e.endpoint_id IN \
+               (SELECT r.endpoint_id FROM webhook_requests r JOIN c ON r.id = c.id AND r.created_at = c.created_at) \
+               FOR SHARE), \
+             upd AS (UPDATE webhook_requests r SET \
+               status = CASE WHEN r.endpoint_id IN (SELECT endpoint_id FROM still) THEN 'held' ELSE 'pending' END, \
+               next_attempt_at = CASE WHEN r.endpoint_id IN (SELECT endpoint_id FROM still) THEN NULL ELSE now() END, \
+               lease_id = NULL, updated_at = now() \
+             FROM c WHERE r.id = c.id AND r.created_at = c.created_at AND r.lease_id = c.lease_id \
+               AND r.status = 'pending' RETURNING r.id, r.created_at, r.status) \
              INSERT INTO delivery_events (log_id, request_created_at, status, reason) \
-             SELECT id, created_at, 'held', 'held' FROM upd",
+             SELECT id, created_at, 'held', 'held' FROM upd WHERE status = 'held'",
         )
         .bind(&ids)
         .bind(&leases)
@@ -255,6 +273,23 @@ impl RecoveryStore for PostgresStore {
              SELECT id, created_at, 'pending', 'released' FROM upd",
         )
         .bind(endpoint_id)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn release_stranded(&self, limit: u32) -> Result<u64> {
+        let done = sqlx::query(&format!(
+            "WITH s AS (SELECT r.id, r.created_at FROM webhook_requests r WHERE r.status = 'held' \
+               AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.endpoint_id = r.endpoint_id \
+                 AND (e.paused OR e.disabled)) \
+               LIMIT {limit} FOR UPDATE OF r SKIP LOCKED), \
+             upd AS (UPDATE webhook_requests r SET status = 'pending', next_attempt_at = r.created_at, \
+               updated_at = now() FROM s WHERE r.id = s.id AND r.created_at = s.created_at \
+               RETURNING r.id, r.created_at) \
+             INSERT INTO delivery_events (log_id, request_created_at, status, reason) \
+             SELECT id, created_at, 'pending', 'released' FROM upd"
+        ))
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected())
@@ -318,7 +353,7 @@ impl RecoveryStore for PostgresStore {
         // run, or sent again by hand meanwhile, is not queued twice.
         let recovered = sqlx::query(&format!(
             "WITH upd AS (UPDATE webhook_requests w SET status = 'pending', next_attempt_at = now(), lease_id = NULL, \
-               manual_from = w.attempt_count, queue_key = {PG_QUEUE_KEY}, updated_at = now() \
+               manual_from = w.attempt_count, queue_key = {PG_QUEUE_KEY}, updated_at = now(), expires_at = NULL \
              FROM unnest($1::bigint[], $2::timestamptz[]) AS c(id, created_at) \
              WHERE w.id = c.id AND w.created_at = c.created_at AND w.status = 'failed' RETURNING w.id, w.created_at) \
              INSERT INTO delivery_events (log_id, request_created_at, status, reason) \
@@ -439,7 +474,7 @@ impl RecoveryStore for SqliteStore {
         let now = micros(Utc::now());
         sqlx::query(
             "UPDATE webhook_requests SET status = 'pending', next_attempt_at = ?, lease_id = NULL, \
-               manual_from = attempt_count, updated_at = ?, \
+               manual_from = attempt_count, updated_at = ?, expires_at = NULL, \
                queue_key = COALESCE(queue_key, CASE WHEN endpoint_id IS NOT NULL THEN 'e:' || endpoint_id \
                  ELSE 'h:' || webhook_url END) \
              WHERE id = ?",
@@ -458,16 +493,23 @@ impl RecoveryStore for SqliteStore {
         let mut tx = self.writer().begin().await?;
         let now = micros(Utc::now());
         for c in claims {
-            let held = sqlx::query(
-                "UPDATE webhook_requests SET status = 'held', next_attempt_at = NULL, lease_id = NULL, \
-                   updated_at = ? WHERE id = ? AND lease_id = ? AND status = 'pending'",
+            // Read the endpoint again in this (serialized) transaction: if
+            // it was resumed since the claim, release instead.
+            let status: Option<String> = sqlx::query_scalar(
+                "UPDATE webhook_requests SET \
+                   status = CASE WHEN EXISTS (SELECT 1 FROM endpoints e WHERE e.endpoint_id = \
+                     webhook_requests.endpoint_id AND (e.paused OR e.disabled)) THEN 'held' ELSE 'pending' END, \
+                   next_attempt_at = CASE WHEN EXISTS (SELECT 1 FROM endpoints e WHERE e.endpoint_id = \
+                     webhook_requests.endpoint_id AND (e.paused OR e.disabled)) THEN NULL ELSE ?1 END, \
+                   lease_id = NULL, updated_at = ?1 WHERE id = ?2 AND lease_id = ?3 AND status = 'pending' \
+                 RETURNING status",
             )
             .bind(now)
             .bind(c.log_id)
             .bind(c.lease_id.to_string())
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-            if held.rows_affected() == 1 {
+            if status.as_deref() == Some("held") {
                 sqlite_event(&mut tx, c.log_id, "held", "held", now).await?;
             }
         }
@@ -484,6 +526,25 @@ impl RecoveryStore for SqliteStore {
         )
         .bind(now)
         .bind(endpoint_id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &ids {
+            sqlite_event(&mut tx, *id, "pending", "released", now).await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
+    async fn release_stranded(&self, limit: u32) -> Result<u64> {
+        let now = micros(Utc::now());
+        let mut tx = self.writer().begin().await?;
+        let ids: Vec<i64> = sqlx::query_scalar(&format!(
+            "UPDATE webhook_requests SET status = 'pending', next_attempt_at = created_at, updated_at = ? \
+             WHERE id IN (SELECT r.id FROM webhook_requests r WHERE r.status = 'held' AND NOT EXISTS \
+               (SELECT 1 FROM endpoints e WHERE e.endpoint_id = r.endpoint_id AND (e.paused OR e.disabled)) \
+               LIMIT {limit}) RETURNING id"
+        ))
+        .bind(now)
         .fetch_all(&mut *tx)
         .await?;
         for id in &ids {
@@ -556,7 +617,7 @@ impl RecoveryStore for SqliteStore {
         for (id, _) in &rows {
             let n = sqlx::query(
                 "UPDATE webhook_requests SET status = 'pending', next_attempt_at = ?, lease_id = NULL, \
-                   manual_from = attempt_count, updated_at = ?, \
+                   manual_from = attempt_count, updated_at = ?, expires_at = NULL, \
                    queue_key = COALESCE(queue_key, CASE WHEN endpoint_id IS NOT NULL THEN 'e:' || endpoint_id \
                      ELSE 'h:' || webhook_url END) \
                  WHERE id = ? AND status = 'failed'",

@@ -39,7 +39,10 @@ pub struct SqliteStore {
     write: SqlitePool,
     /// For migrations: foreign keys off, so that a migration can rebuild a
     /// table the documented way (new table, copy, drop the old one) without
-    /// the drop cascading into the tables that reference it.
+    /// the drop cascading into the tables that reference it. Nothing checks
+    /// the keys then (20261128000002 says otherwise in a comment, which
+    /// cannot change without changing its checksum): such a migration keeps
+    /// every referenced ID.
     migrate_options: SqliteConnectOptions,
 }
 

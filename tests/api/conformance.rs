@@ -301,7 +301,30 @@ async fn no_more_than_max_retries_plus_one_attempts_even_with_a_lost_lease(backe
     assert!(store.claim_due(10, Duration::from_secs(30)).await.unwrap().is_empty(), "nothing left to attempt");
 }
 
+/// A late attempt and the current holder's, recorded at the same moment
+/// (on Postgres they may share one batched statement): both are kept, and
+/// the holder's decides the status.
+async fn a_late_and_a_current_attempt_recorded_together_both_land(backend: Backend) {
+    let store = store(backend).await;
+    for _ in 0..10 {
+        let d = store.insert_delivery(&delivery(Uuid::new_v4(), |_| {})).await.unwrap();
+        let a = store.claim_due(1, Duration::from_millis(100)).await.unwrap().pop().unwrap();
+        let b = eventually(Duration::from_secs(5), "the lease to expire", || {
+            let store = store.clone();
+            async move { store.claim_due(1, Duration::from_secs(30)).await.unwrap().pop() }
+        })
+        .await;
+        let (failed, succeeded) = (settled(NextStep::Failed), settled(NextStep::Succeeded));
+        let (late, current) = tokio::join!(store.record_attempt(&a, &failed), store.record_attempt(&b, &succeeded));
+        assert!(!late.unwrap() && current.unwrap());
+        let (log, attempts) = store.log_details(d.request_id, None).await.unwrap().unwrap();
+        assert_eq!((log.status, attempts.len()), (ExecutionStatus::Succeeded, 2), "{attempts:?}");
+        assert!(log.last_attempt.unwrap().success);
+    }
+}
+
 on_both_stores!(
+    a_late_and_a_current_attempt_recorded_together_both_land,
     a_late_attempt_neither_becomes_the_latest_nor_changes_the_status,
     no_more_than_max_retries_plus_one_attempts_even_with_a_lost_lease,
     a_claim_records_at_most_one_attempt,

@@ -392,6 +392,10 @@ async fn expiry(backend: Backend) {
     let d = app.settled(&held, SETTLE).await;
     assert_eq!(d.log.unwrap().error_category.as_deref(), Some("expired"));
     assert!(quiet.received().is_empty());
+    // Sent again by hand, it is sent: a redelivery lifts the deadline.
+    let again = pb::RedeliverWebhookRequest { request_id: held.clone(), ..Default::default() };
+    app.client.clone().redeliver_webhook(app.authed(again)).await.unwrap();
+    quiet.wait_for(1, SETTLE).await;
 
     // Deadlines out of bounds are refused, naming the field.
     let mut bad = dispatch_to(&receiver.url(), org);
@@ -410,4 +414,30 @@ async fn a_delivery_past_its_deadline_fails_as_expired_on_postgres() {
 #[tokio::test]
 async fn a_delivery_past_its_deadline_fails_as_expired_on_sqlite() {
     expiry(Backend::Sqlite).await;
+}
+
+/// A delivery held for an endpoint that is active again without a release
+/// (a race between holding and resuming, simulated by flipping the flag in
+/// the database) is released by the periodic sweep.
+#[tokio::test]
+async fn a_held_delivery_of_an_active_endpoint_is_released_by_the_sweep() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let org = Uuid::new_v4();
+    let id = create(&app, org, endpoint(&receiver.url(), &[])).await;
+    let pause =
+        pb::PauseEndpointRequest { organization_id: org.to_string(), endpoint_id: id.clone(), ..Default::default() };
+    app.client.clone().pause_endpoint(app.authed(pause)).await.unwrap();
+    let held = app.dispatch(to_endpoint(org, &id, 0)).await.unwrap().request_id;
+    assert_eq!(status(&app, &held).await, pb::ExecutionStatus::Held);
+    sqlx::query("UPDATE endpoints SET paused = false WHERE endpoint_id = $1::uuid")
+        .bind(&id)
+        .execute(app.pg())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the sweep releases it and it is delivered", || async {
+        (status(&app, &held).await == pb::ExecutionStatus::Succeeded).then_some(())
+    })
+    .await;
+    assert_eq!(receiver.received().len(), 1);
 }

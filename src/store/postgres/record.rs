@@ -118,7 +118,20 @@ impl RecordBatcher {
     }
 }
 
+/// Records `jobs`, at most one per delivery per statement: two attempts of
+/// one delivery in one statement (a late one and the current holder's)
+/// would update its row once, with either's values, and lose the other's.
 async fn record(pool: &PgPool, jobs: Vec<Job>) {
+    let mut pending = jobs;
+    while !pending.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        let (now, later): (Vec<Job>, Vec<Job>) = pending.into_iter().partition(|j| seen.insert(j.log_id));
+        record_unique(pool, now).await;
+        pending = later;
+    }
+}
+
+async fn record_unique(pool: &PgPool, jobs: Vec<Job>) {
     let n = jobs.len();
     let mut ids = Vec::with_capacity(n);
     let mut leases = Vec::with_capacity(n);
