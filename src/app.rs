@@ -162,6 +162,7 @@ impl Application {
         ));
         let sampler_task = tokio::spawn(sample_queue(self.store.clone(), self.metrics.clone(), token.clone()));
         let operations_task = tokio::spawn(self.service.clone().run_operations(token.clone()));
+        let announcer_task = tokio::spawn(self.service.clone().run_announcer(token.clone()));
         tracing::info!(addr = %self.addr, "hookpost listening (gRPC and REST)");
 
         let (stop, service) = (token.clone(), self.service.clone());
@@ -179,6 +180,7 @@ impl Application {
         maintenance_task.abort();
         sampler_task.abort();
         operations_task.abort();
+        announcer_task.abort();
         tracing::info!("hookpost stopped");
         Ok(())
     }

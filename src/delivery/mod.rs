@@ -182,6 +182,25 @@ impl DeliveryEngine {
             tracing::info!("delivery disabled on this replica");
             return;
         }
+        // Other replicas announce what they commit: wake at once instead of
+        // at the next poll (which stays, for announcements lost in a
+        // reconnect and for retries falling due).
+        let listener = match self.store.due_announcements().await {
+            Ok(Some(mut announcements)) => {
+                let wake = self.wake.clone();
+                Some(tokio::spawn(async move {
+                    use futures_util::StreamExt;
+                    while announcements.next().await.is_some() {
+                        wake.notify_one();
+                    }
+                }))
+            }
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, "listening for other replicas' work failed; polling only");
+                None
+            }
+        };
         let mut failures = 0u32;
         let mut cursor = String::new();
         while !shutdown.is_cancelled() {
@@ -231,6 +250,9 @@ impl DeliveryEngine {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.config.poll_interval) => {}
             }
+        }
+        if let Some(listener) = listener {
+            listener.abort();
         }
         self.tracker.close();
         if tokio::time::timeout(self.config.drain_timeout, self.tracker.wait()).await.is_err() {

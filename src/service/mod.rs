@@ -139,6 +139,8 @@ pub struct WebhookService {
     operations: Arc<Notify>,
     /// This process's watch streams.
     watchers: Arc<tail::Watchers>,
+    /// Set when work was committed that other replicas should hear about.
+    announce: Arc<Notify>,
 }
 
 impl WebhookService {
@@ -162,6 +164,7 @@ impl WebhookService {
             retention,
             operations: Default::default(),
             watchers: Default::default(),
+            announce: Default::default(),
         }
     }
 
@@ -199,6 +202,7 @@ impl WebhookService {
         self.metrics.dispatches.get_or_create(&OutcomeLabels { outcome }).inc();
         if !dispatched.duplicate {
             self.wake.notify_one();
+            self.announce.notify_one();
         }
         tracing::debug!(request_id = %dispatched.request_id, duplicate = dispatched.duplicate, "dispatched");
         Ok(dispatched)
@@ -323,6 +327,21 @@ impl WebhookService {
             return Err(not_found());
         }
         Ok(LogDetails { log, attempts })
+    }
+
+    /// Announces committed work to the other replicas until `shutdown`:
+    /// one announcement at a time, so a burst of dispatches while one is
+    /// sent becomes one more (at most two per round trip, whatever the rate).
+    pub async fn run_announcer(self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.announce.notified() => {}
+            }
+            if let Err(err) = self.store.announce_due().await {
+                tracing::debug!(error = %err, "announcing due work failed; other replicas will poll");
+            }
+        }
     }
 
     /// Readiness: the store answers.

@@ -76,6 +76,7 @@ impl WebhookService {
             Redelivered::Done => {}
         }
         self.wake.notify_one();
+        self.announce.notify_one();
         self.recorded();
         let (log, attempts) = self.store.log_details(request_id, org).await?.ok_or_else(|| no_request(request_id))?;
         Ok(LogDetails { log, attempts })
@@ -102,6 +103,7 @@ impl WebhookService {
         let n = self.store.release_held(e.endpoint_id).await?;
         if n > 0 {
             self.wake.notify_one();
+            self.announce.notify_one();
             self.recorded();
         }
         Ok(n)
@@ -198,6 +200,7 @@ impl WebhookService {
                             Ok(next) => {
                                 if next.recovered > op.recovered {
                                     self.wake.notify_one();
+                                    self.announce.notify_one();
                                     self.recorded();
                                 }
                                 op = next;

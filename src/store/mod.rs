@@ -197,6 +197,19 @@ pub trait Store: EndpointStore + RecoveryStore + TailStore + Send + Sync + 'stat
     /// Cheap round trip, for health checks.
     async fn ping(&self) -> Result<()>;
 
+    /// Tells every process sharing the store that work was just committed
+    /// (Postgres: one `NOTIFY`, sent after the commit, outside it). Callers
+    /// coalesce. Nothing to do where one process owns the store.
+    async fn announce_due(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// What other processes announce: one item per announcement. `None`
+    /// where there is no such channel (then polling alone finds work).
+    async fn due_announcements(&self) -> Result<Option<futures_util::stream::BoxStream<'static, ()>>> {
+        Ok(None)
+    }
+
     /// Prepares storage for the days around today by the store's clock
     /// (Postgres: creates the day partitions ahead of time).
     async fn prepare(&self) -> Result<()>;

@@ -353,3 +353,29 @@ on_both_stores!(
     shutdown_lets_the_in_flight_attempt_finish_and_records_it,
     a_hanging_receiver_does_not_starve_other_hosts
 );
+
+/// A replica that delivers hears of another replica's Dispatch at once (a
+/// NOTIFY after the commit), not at its next poll: here the poll is two
+/// minutes away, and the webhook arrives within the test's deadline.
+#[tokio::test]
+async fn a_replica_hears_of_another_replicas_dispatch_without_waiting_for_its_poll() {
+    let db = fresh_database().await;
+    // One secret key for both, as replicas have: the one signs what the
+    // other stored.
+    let key = hookpost::config::SecretKeySource::Base64(hookpost::secrets::SecretKey::generate().expose_base64());
+    let mut config = test_config(&db);
+    config.delivery.poll_interval = Duration::from_secs(120);
+    config.secret_key = key.clone();
+    let _delivering = spawn_app_on(config, &db).await;
+    let mut config = test_config(&db);
+    config.delivery.enabled = false;
+    config.secret_key = key;
+    let api = spawn_app_on(config, &db).await;
+    let receiver = Receiver::start().await;
+    // The first may meet the delivering engine's first look at start-up;
+    // once it is delivered, that engine waits for a poll or a word.
+    let first = api.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
+    api.settled(&first.request_id, SETTLE).await;
+    api.dispatch(dispatch_to(&receiver.url(), Uuid::new_v4())).await.unwrap();
+    receiver.wait_for(2, Duration::from_secs(20)).await;
+}

@@ -192,6 +192,9 @@ pub mod sql {
                    WHERE request_pk = $1 AND lease_id = $2 AND request_created_at = $13)) AS held";
 }
 
+/// The channel on which replicas announce newly committed work.
+const DUE_CHANNEL: &str = "hookpost_due";
+
 mod maintenance;
 mod record;
 
@@ -607,6 +610,20 @@ impl Store for PostgresStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn announce_due(&self) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, '')").bind(DUE_CHANNEL).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn due_announcements(&self) -> Result<Option<futures_util::stream::BoxStream<'static, ()>>> {
+        use futures_util::StreamExt;
+        // Its own connection (outside the pool's count). A notification
+        // sent while it reconnects is lost: the poll still finds the work.
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(DUE_CHANNEL).await?;
+        Ok(Some(listener.into_stream().map(|_| ()).boxed()))
     }
 
     async fn prepare(&self) -> Result<()> {
