@@ -25,17 +25,24 @@ pub fn operation_to_proto(op: Operation) -> pb::Operation {
     }
 }
 
+/// The delivery a RedeliverWebhook names, and the organization scope it
+/// gives (if any). The REST gateway parses its requests with this too.
+pub fn redeliver_target(r: &pb::RedeliverWebhookRequest) -> Result<(uuid::Uuid, Option<uuid::Uuid>)> {
+    let mut v = Vec::new();
+    let request_id = required_uuid("request_id", &r.request_id, &mut v);
+    let organization_id = opt_uuid("organization_id", Some(&r.organization_id), &mut v);
+    match request_id.filter(|_| v.is_empty()) {
+        Some(request_id) => Ok((request_id, organization_id)),
+        None => Err(Error::invalid_fields(v)),
+    }
+}
+
 pub async fn redeliver(
     s: &WebhookService,
     who: &Principal,
     r: pb::RedeliverWebhookRequest,
 ) -> Result<pb::RedeliverWebhookResponse> {
-    let mut v = Vec::new();
-    let request_id = required_uuid("request_id", &r.request_id, &mut v);
-    let organization_id = opt_uuid("organization_id", Some(&r.organization_id), &mut v);
-    let Some(request_id) = request_id.filter(|_| v.is_empty()) else {
-        return Err(Error::invalid_fields(v));
-    };
+    let (request_id, organization_id) = redeliver_target(&r)?;
     let details = s.redeliver(who, request_id, organization_id).await?;
     Ok(pb::RedeliverWebhookResponse { log: Some(details.log.into()) })
 }

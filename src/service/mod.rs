@@ -30,6 +30,17 @@ pub const DEFAULT_PAGE_SIZE: u32 = 10;
 /// what it adds to another replica's pickup, at most.
 const ANNOUNCE_GAP: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// The organization a request lookup is confined to: the key's own, or the
+/// one named (a service key; `None` for any). `None` when an organization
+/// key names another organization: the caller answers as if missing.
+fn request_scope(who: &Principal, named: Option<Uuid>) -> Option<Option<Uuid>> {
+    match (who.organization(), named) {
+        (Some(own), Some(named)) if own != named => None,
+        (Some(own), _) => Some(Some(own)),
+        (None, named) => Some(named),
+    }
+}
+
 /// When a delivery of `draft` to `e` gives up: the request's own deadline,
 /// else the endpoint policy's time to live from now.
 fn expiry(draft: &Draft, e: &Endpoint) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -318,11 +329,7 @@ impl WebhookService {
     /// missing request, after the same single lookup.
     pub async fn log_details(&self, who: &Principal, q: DetailsQuery) -> Result<LogDetails> {
         let not_found = || Error::not_found(format!("no webhook log with request ID {}", q.request_id));
-        let org = match (who.organization(), q.organization_id) {
-            (Some(own), Some(named)) if own != named => return Err(not_found()),
-            (Some(own), _) => Some(own),
-            (None, named) => named,
-        };
+        let org = request_scope(who, q.organization_id).ok_or_else(not_found)?;
         let (log, attempts) = self.store.log_details(q.request_id, org).await?.ok_or_else(not_found)?;
         let in_scope = q.workspace_id.is_none_or(|w| Some(w) == log.workspace_id)
             && q.subscription_id.is_none_or(|s| Some(s) == log.subscription_id);

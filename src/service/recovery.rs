@@ -59,11 +59,7 @@ impl WebhookService {
         request_id: Uuid,
         organization_id: Option<Uuid>,
     ) -> Result<LogDetails> {
-        let org = match (who.organization(), organization_id) {
-            (Some(own), Some(named)) if own != named => return Err(no_request(request_id)),
-            (Some(own), _) => Some(own),
-            (None, named) => named,
-        };
+        let org = super::request_scope(who, organization_id).ok_or_else(|| no_request(request_id))?;
         match self.store.redeliver(request_id, org).await? {
             Redelivered::Missing => return Err(no_request(request_id)),
             Redelivered::NotSettled(status) => {

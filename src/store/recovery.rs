@@ -107,31 +107,29 @@ fn not_found_or<T>(v: Option<T>) -> Result<T> {
     v.ok_or_else(|| Error::internal(anyhow::anyhow!("an operation vanished while it ran")))
 }
 
-/// Pushes one bind (or a bound value's SQL) onto a query being built.
-type PushBind<'a, DB> = Box<dyn FnOnce(&mut QueryBuilder<'a, DB>) + 'a>;
-
 /// The failed deliveries `f` matches, after `cursor`: the shared WHERE
-/// clause (both stores spell their placeholders through the builder).
-fn push_filter<'a, DB: sqlx::Database>(
+/// clause. Each store gives its own spelling of IDs (`U`) and times (`T`,
+/// made by `time`); the builder spells the placeholders.
+fn push_filter<'a, DB, T, U>(
     q: &mut QueryBuilder<'a, DB>,
-    f: &'a RecoverFilter,
+    f: &RecoverFilter,
     cursor: Option<(DateTime<Utc>, i64)>,
-    org: impl sqlx::Encode<'a, DB> + sqlx::Type<DB> + 'a,
-    time: impl Fn(DateTime<Utc>) -> PushBind<'a, DB>,
-    endpoint: Option<PushBind<'a, DB>>,
+    org: U,
+    endpoint: Option<U>,
+    time: impl Fn(DateTime<Utc>) -> T,
     same_day: &str,
 ) where
+    DB: sqlx::Database,
+    T: sqlx::Encode<'a, DB> + sqlx::Type<DB> + 'a,
+    U: sqlx::Encode<'a, DB> + sqlx::Type<DB> + 'a,
     String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
     q.push(" WHERE r.status = 'failed' AND r.organization_id = ").push_bind(org);
-    q.push(" AND r.created_at >= ");
-    time(f.start)(q);
-    q.push(" AND r.created_at < ");
-    time(f.end)(q);
-    if let Some(bind) = endpoint {
-        q.push(" AND r.endpoint_id = ");
-        bind(q);
+    q.push(" AND r.created_at >= ").push_bind(time(f.start));
+    q.push(" AND r.created_at < ").push_bind(time(f.end));
+    if let Some(e) = endpoint {
+        q.push(" AND r.endpoint_id = ").push_bind(e);
     }
     if let Some(t) = &f.webhook_type {
         q.push(" AND r.webhook_type = ").push_bind(t.clone());
@@ -145,10 +143,8 @@ fn push_filter<'a, DB: sqlx::Database>(
         .push_bind(c.clone());
     }
     if let Some((at, id)) = cursor {
-        q.push(" AND (r.created_at > ");
-        time(at)(q);
-        q.push(" OR (r.created_at = ");
-        time(at)(q);
+        q.push(" AND (r.created_at > ").push_bind(time(at));
+        q.push(" OR (r.created_at = ").push_bind(time(at));
         q.push(" AND r.id > ").push_bind(id).push("))");
     }
 }
@@ -182,25 +178,8 @@ fn pg_operation(row: &sqlx::postgres::PgRow) -> Result<Operation> {
     })
 }
 
-fn pg_filter<'a>(q: &mut QueryBuilder<'a, sqlx::Postgres>, f: &'a RecoverFilter, cursor: Option<(DateTime<Utc>, i64)>) {
-    let endpoint = f.endpoint_id.map(|e| {
-        Box::new(move |q: &mut QueryBuilder<'a, sqlx::Postgres>| {
-            q.push_bind(e);
-        }) as PushBind<'a, sqlx::Postgres>
-    });
-    push_filter(
-        q,
-        f,
-        cursor,
-        f.organization_id,
-        |t| {
-            Box::new(move |q: &mut QueryBuilder<'a, sqlx::Postgres>| {
-                q.push_bind(t);
-            })
-        },
-        endpoint,
-        " AND la.request_created_at = r.created_at",
-    );
+fn pg_filter(q: &mut QueryBuilder<'_, sqlx::Postgres>, f: &RecoverFilter, cursor: Option<(DateTime<Utc>, i64)>) {
+    push_filter(q, f, cursor, f.organization_id, f.endpoint_id, |t| t, " AND la.request_created_at = r.created_at");
 }
 
 #[async_trait]
@@ -428,29 +407,9 @@ fn sqlite_operation(row: &sqlx::sqlite::SqliteRow) -> Result<Operation> {
     })
 }
 
-fn sqlite_filter<'a>(
-    q: &mut QueryBuilder<'a, sqlx::Sqlite>,
-    f: &'a RecoverFilter,
-    cursor: Option<(DateTime<Utc>, i64)>,
-) {
-    let endpoint = f.endpoint_id.map(|e| {
-        Box::new(move |q: &mut QueryBuilder<'a, sqlx::Sqlite>| {
-            q.push_bind(e.to_string());
-        }) as PushBind<'a, sqlx::Sqlite>
-    });
-    push_filter(
-        q,
-        f,
-        cursor,
-        f.organization_id.to_string(),
-        |t| {
-            Box::new(move |q: &mut QueryBuilder<'a, sqlx::Sqlite>| {
-                q.push_bind(micros(t));
-            })
-        },
-        endpoint,
-        "",
-    );
+fn sqlite_filter(q: &mut QueryBuilder<'_, sqlx::Sqlite>, f: &RecoverFilter, cursor: Option<(DateTime<Utc>, i64)>) {
+    let endpoint = f.endpoint_id.map(|e| e.to_string());
+    push_filter(q, f, cursor, f.organization_id.to_string(), endpoint, micros, "");
 }
 
 #[async_trait]

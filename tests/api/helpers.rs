@@ -239,6 +239,15 @@ pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
 }
 
 /// A Dispatch with sensible defaults for `url`.
+/// An endpoint for `url` taking `event_types` (empty: every event).
+pub fn endpoint(url: &str, event_types: &[&str]) -> pb::Endpoint {
+    pb::Endpoint {
+        url: url.into(),
+        event_types: event_types.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
 pub fn dispatch_to(url: &str, organization_id: Uuid) -> pb::DispatchRequest {
     pb::DispatchRequest {
         organization_id: organization_id.to_string(),

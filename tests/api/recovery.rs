@@ -11,14 +11,6 @@ use crate::helpers::*;
 
 const SETTLE: Duration = Duration::from_secs(20);
 
-fn endpoint(url: &str, event_types: &[&str]) -> pb::Endpoint {
-    pb::Endpoint {
-        url: url.into(),
-        event_types: event_types.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
 async fn create(app: &TestApp, org: Uuid, e: pb::Endpoint) -> String {
     let req = pb::CreateEndpointRequest {
         organization_id: org.to_string(),

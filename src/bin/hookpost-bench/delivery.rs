@@ -267,6 +267,27 @@ pub async fn sustain(
 
 /// Fan-out to 10 endpoints (each its own queue) vs dispatch to one endpoint:
 /// (fan-out deliveries/s, single-endpoint deliveries/s), `n` deliveries each.
+/// Dispatches `messages` webhooks made by `make` (`per_message` deliveries
+/// each) and waits until the sink has everything sent so far (`seen`, moved
+/// on); returns the deliveries per second from the first Dispatch to the
+/// last arrival.
+async fn dispatch_and_drain(
+    app: &Hookpost,
+    sink: &Sink,
+    concurrency: usize,
+    messages: usize,
+    per_message: usize,
+    make: MakeRequest,
+    seen: &mut u64,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    dispatch_load(&app.base_url(), &app.key, concurrency, Load::Count(messages), false, make).await?;
+    let deliveries = (messages * per_message) as u64;
+    *seen += deliveries;
+    let last = sink.wait_for(*seen, Duration::from_secs(900)).await?;
+    Ok(deliveries as f64 / (last - start).as_secs_f64())
+}
+
 pub async fn fan_out(
     admin: &str,
     db_name: &str,
@@ -286,32 +307,10 @@ pub async fn fan_out(
     let mut single = Vec::new();
     let mut seen = 0u64;
     for _ in 0..2 {
-        let start = Instant::now();
-        dispatch_load(
-            &app.base_url(),
-            &app.key,
-            concurrency,
-            Load::Count(n / 10),
-            false,
-            to_endpoints(fan_org.clone(), None),
-        )
-        .await?;
-        seen += (n / 10 * 10) as u64;
-        let last = sink.wait_for(seen, Duration::from_secs(900)).await?;
-        fan.push((n / 10 * 10) as f64 / (last - start).as_secs_f64());
-        let start = Instant::now();
-        dispatch_load(
-            &app.base_url(),
-            &app.key,
-            concurrency,
-            Load::Count(n),
-            false,
-            to_endpoints(one_org.clone(), Some(one.clone())),
-        )
-        .await?;
-        seen += n as u64;
-        let last = sink.wait_for(seen, Duration::from_secs(900)).await?;
-        single.push(n as f64 / (last - start).as_secs_f64());
+        let to_fan = to_endpoints(fan_org.clone(), None);
+        fan.push(dispatch_and_drain(&app, &sink, concurrency, n / 10, 10, to_fan, &mut seen).await?);
+        let to_one = to_endpoints(one_org.clone(), Some(one.clone()));
+        single.push(dispatch_and_drain(&app, &sink, concurrency, n, 1, to_one, &mut seen).await?);
     }
     app.stop().await;
     sink.proc.stop().await;
@@ -448,19 +447,8 @@ pub async fn watch(
     let (mut bare, mut watched, mut latencies, mut events) = (Vec::new(), Vec::new(), Vec::new(), 0u64);
     let mut seen = 0u64;
     for _ in 0..2 {
-        let start = Instant::now();
-        dispatch_load(
-            &app.base_url(),
-            &app.key,
-            concurrency,
-            Load::Count(n),
-            false,
-            to_endpoints(org.clone(), Some(endpoint.clone())),
-        )
-        .await?;
-        seen += n as u64;
-        let last = sink.wait_for(seen, Duration::from_secs(900)).await?;
-        bare.push(n as f64 / (last - start).as_secs_f64());
+        let to_one = to_endpoints(org.clone(), Some(endpoint.clone()));
+        bare.push(dispatch_and_drain(&app, &sink, concurrency, n, 1, to_one, &mut seen).await?);
 
         let stop = tokio_util::sync::CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
@@ -491,19 +479,8 @@ pub async fn watch(
                 }
             });
         }
-        let start = Instant::now();
-        dispatch_load(
-            &app.base_url(),
-            &app.key,
-            concurrency,
-            Load::Count(n),
-            false,
-            to_endpoints(org.clone(), Some(endpoint.clone())),
-        )
-        .await?;
-        seen += n as u64;
-        let last = sink.wait_for(seen, Duration::from_secs(900)).await?;
-        watched.push(n as f64 / (last - start).as_secs_f64());
+        let to_one = to_endpoints(org.clone(), Some(endpoint.clone()));
+        watched.push(dispatch_and_drain(&app, &sink, concurrency, n, 1, to_one, &mut seen).await?);
         // Let the tails catch up with the last attempts before counting.
         let want = (n * watchers) as u64;
         let deadline = Instant::now() + Duration::from_secs(30);

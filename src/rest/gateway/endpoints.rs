@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use serde_json::Value;
 
-use super::{bad_request, message_from_params};
+use super::{bad_request, message_from_params, optional_body};
 use crate::grpc::endpoints as rpc;
 use crate::proto::v1 as pb;
 use crate::rest::{RestError, RestState, Style, caller};
@@ -227,11 +227,7 @@ pub async fn rotate(
     body: Bytes,
 ) -> Result<Json<Value>, RestError> {
     let who = caller(&extensions, Style::Status)?;
-    let mut request: pb::RotateEndpointSecretRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        Default::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| bad_request(format!("body is not a valid rotation request: {e}")))?
-    };
+    let mut request: pb::RotateEndpointSecretRequest = optional_body(&body, "a valid rotation request")?;
     (request.organization_id, request.workspace_id, request.endpoint_id) = (organization_id, workspace_id, endpoint_id);
     proto_json(&rpc::rotate(&state.service, &who, request).await.map_err(rest_error)?)
 }
@@ -273,11 +269,7 @@ pub async fn rotate_organization_secret(
     body: Bytes,
 ) -> Result<Json<Value>, RestError> {
     let who = caller(&extensions, Style::Status)?;
-    let mut request: pb::RotateOrganizationSecretRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        Default::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| bad_request(format!("body is not a valid rotation request: {e}")))?
-    };
+    let mut request: pb::RotateOrganizationSecretRequest = optional_body(&body, "a valid rotation request")?;
     request.organization_id = organization_id;
     proto_json(&rpc::rotate_organization_secret(&state.service, &who, request).await.map_err(rest_error)?)
 }

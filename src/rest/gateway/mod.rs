@@ -25,6 +25,15 @@ fn bad_request(message: String) -> RestError {
     RestError::status(Error::new(ErrorCode::InvalidArgument, message))
 }
 
+/// A body that may be empty (then the message's defaults) or JSON of `T`;
+/// `what` names it in the error ("body is not a valid rotation request").
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes, what: &str) -> Result<T, RestError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("body is not {what}: {e}")))
+}
+
 /// Query parameters (and path variables) as a proto3 JSON object of strings,
 /// which pbjson accepts for every scalar, enum and timestamp field.
 fn message_from_params<T: DeserializeOwned>(raw: Option<&str>, path: &[(&str, String)]) -> Result<T, RestError> {

@@ -14,7 +14,7 @@ use axum::extract::{Path, RawQuery, State};
 use serde_json::Value;
 
 use super::endpoints::{proto_json, rest_error};
-use super::{bad_request, json, message_from_params};
+use super::{json, message_from_params, optional_body};
 use crate::grpc::recovery as rpc;
 use crate::proto::v1 as pb;
 use crate::rest::{RestError, RestState, Style, caller};
@@ -29,14 +29,6 @@ fn custom_method(segment: &str) -> Result<(String, &str), RestError> {
 
 fn unknown_verb(verb: &str) -> RestError {
     RestError::status(crate::error::Error::not_found(format!("no custom method {verb:?} here")))
-}
-
-/// An optional JSON body (`{}` or nothing) of type `T`.
-fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, RestError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| bad_request(format!("the body is not valid JSON for this call: {e}")))
 }
 
 /// Send a delivery again (`RedeliverWebhook`): a settled one goes back to
@@ -67,7 +59,7 @@ pub async fn redeliver(
     if verb != "redeliver" {
         return Err(unknown_verb(verb));
     }
-    let mut request: pb::RedeliverWebhookRequest = optional_body(&body)?;
+    let mut request: pb::RedeliverWebhookRequest = optional_body(&body, "a valid redelivery request")?;
     request.request_id = request_id;
     let details = redeliver_call(&state, &who, request).await?;
     Ok(Json(json::RedeliverWebhookResponse::new(details)))
@@ -78,15 +70,7 @@ async fn redeliver_call(
     who: &crate::auth::Principal,
     r: pb::RedeliverWebhookRequest,
 ) -> Result<crate::domain::LogRecord, RestError> {
-    let mut v = Vec::new();
-    let request_id = crate::domain::parse_uuid("request_id", &r.request_id, &mut v);
-    let organization_id = match r.organization_id.as_str() {
-        "" => None,
-        raw => crate::domain::parse_uuid("organization_id", raw, &mut v),
-    };
-    let Some(request_id) = request_id.filter(|_| v.is_empty()) else {
-        return Err(RestError::status(crate::error::Error::invalid_fields(v)).json_named());
-    };
+    let (request_id, organization_id) = rpc::redeliver_target(&r).map_err(|e| RestError::status(e).json_named())?;
     let details = state
         .service
         .redeliver(who, request_id, organization_id)
@@ -170,7 +154,7 @@ pub async fn recover(
     body: Bytes,
 ) -> Result<Json<Value>, RestError> {
     let who = caller(&extensions, Style::Status)?;
-    let mut request: pb::RecoverWebhooksRequest = optional_body(&body)?;
+    let mut request: pb::RecoverWebhooksRequest = optional_body(&body, "a valid recovery request")?;
     request.organization_id = organization_id;
     proto_json(&rpc::recover(&state.service, &who, request).await.map_err(rest_error)?)
 }
