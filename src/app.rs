@@ -17,7 +17,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, SecretKeySource};
 use crate::delivery::DeliveryEngine;
 use crate::grpc::GrpcApi;
-use crate::metrics::{Metrics, PoolLabels, TableLabels};
+use crate::metrics::{Metrics, PoolLabels, ReplicaLabels, TableLabels};
 use crate::proto::v1::webhook_service_server::WebhookServiceServer;
 use crate::secrets::SecretKey;
 use crate::service::WebhookService;
@@ -50,10 +50,15 @@ impl Application {
         // the CLI: an unbounded retention would break the maintenance loop.
         let horizon = config.delivery.retry.horizon(config.limits.max_retries, config.delivery.lease());
         crate::config::check_retention(config.retention, Some(horizon))?;
-        let (store, kind) = store::open(&config.database_url, config.db_pool_size, config.db_acquire_timeout).await?;
+        let connect = store::postgres::Connect {
+            url: &config.database_url,
+            pooled_url: config.pooled_database_url.as_deref(),
+            read_urls: &config.read_database_urls,
+        };
+        let (store, kind) = store::open_with(&connect, config.db_pool_size, config.db_acquire_timeout).await?;
         let location = match kind {
             "sqlite" => config.database_url.trim_start_matches("sqlite://").to_owned(),
-            _ => redact(&config.database_url),
+            _ => store::redact_url(&config.database_url),
         };
         tracing::info!(store = kind, at = %location, "store ready");
         let secrets = Arc::new(secret_key(&config.secret_key, kind)?);
@@ -231,30 +236,6 @@ async fn maintain(
     }
 }
 
-/// Query parameters of a database URL that carry secrets.
-const SECRET_PARAMS: &[&str] = &["password", "sslpassword", "sslkey"];
-
-/// The URL without its password (in the user part or as a parameter), for logs.
-fn redact(url: &str) -> String {
-    let Ok(mut u) = url::Url::parse(url) else {
-        return "(unparsable URL)".into();
-    };
-    if u.password().is_some() {
-        let _ = u.set_password(Some("***"));
-    }
-    if u.query().is_some() {
-        let pairs: Vec<(String, String)> = u
-            .query_pairs()
-            .map(|(k, v)| {
-                let secret = SECRET_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s));
-                (k.into_owned(), if secret { "***".to_owned() } else { v.into_owned() })
-            })
-            .collect();
-        u.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    u.to_string()
-}
-
 async fn development_key(store: &dyn Store, kind: &str, listen: SocketAddr) -> anyhow::Result<Option<String>> {
     if kind != "sqlite" || !listen.ip().is_loopback() || !store.list_api_keys().await?.is_empty() {
         return Ok(None);
@@ -300,6 +281,9 @@ async fn sample_queue(store: Arc<dyn Store>, metrics: Arc<Metrics>, token: Cance
         let (in_use, idle) = store.pool_usage();
         metrics.db_pool.get_or_create(&PoolLabels { state: "in_use" }).set(i64::from(in_use));
         metrics.db_pool.get_or_create(&PoolLabels { state: "idle" }).set(i64::from(idle));
+        for r in store.read_replicas() {
+            metrics.read_replica_up.get_or_create(&ReplicaLabels { replica: r.label }).set(i64::from(r.up));
+        }
         tokio::select! {
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(QUEUE_SAMPLE_INTERVAL) => {}
@@ -307,10 +291,24 @@ async fn sample_queue(store: Arc<dyn Store>, metrics: Arc<Metrics>, token: Cance
     }
 }
 
+/// The `grpc.health.v1` service name under which the read replicas report:
+/// NOT_SERVING while any is unavailable (reads then go to the primary, so the
+/// server as a whole stays SERVING).
+pub const READ_REPLICAS_HEALTH: &str = "hookpost.read_replicas";
+
 /// Keeps `grpc.health.v1` honest: NOT_SERVING while the store does not answer.
 async fn report_health(store: Arc<dyn Store>, health: tonic_health::server::HealthReporter, token: CancellationToken) {
     let mut last = None;
+    let mut last_replicas = None;
     loop {
+        let replicas = store.read_replicas();
+        if !replicas.is_empty() {
+            let status = if replicas.iter().all(|r| r.up) { ServingStatus::Serving } else { ServingStatus::NotServing };
+            if last_replicas != Some(status) {
+                health.set_service_status(READ_REPLICAS_HEALTH, status).await;
+                last_replicas = Some(status);
+            }
+        }
         let status = match store.ping().await {
             Ok(()) => ServingStatus::Serving,
             Err(err) => {
@@ -329,18 +327,5 @@ async fn report_health(store: Arc<dyn Store>, health: tonic_health::server::Heal
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(HEALTH_PROBE_INTERVAL) => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_never_reach_the_log() {
-        let r = redact("postgres://app:s3cret@db:5432/hookpost?sslmode=require&password=s3cret&PASSWORD=x");
-        assert!(!r.contains("s3cret") && !r.contains("=x"), "{r}");
-        assert!(r.contains("sslmode=require"), "{r}");
-        assert_eq!(redact("postgres://db/hookpost"), "postgres://db/hookpost");
     }
 }

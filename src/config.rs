@@ -170,6 +170,21 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKPOST_MAX_WATCH_STREAMS_PER_KEY", default_value_t = 16)]
     pub max_watch_streams_per_key: u32,
 
+    /// A streaming read replica of the Postgres database that serves log
+    /// reads (listings, details, the live tail). Repeat the flag for several
+    /// (or separate them with commas in the variable); reads go round-robin to
+    /// those that answer, and to the primary when none does.
+    #[arg(long = "read-database-url", env = "HOOKPOST_READ_DATABASE_URLS", value_delimiter = ',')]
+    pub read_database_urls: Vec<String>,
+
+    /// The same Postgres database through a connection pooler in transaction
+    /// mode (PgBouncer `pool_mode = transaction`): the pool's statements go
+    /// there, each unnamed and inside a transaction. --database-url stays the
+    /// direct address, used for what needs a session of its own (migrations,
+    /// LISTEN, maintenance's lock): at most three connections per process.
+    #[arg(long, env = "HOOKPOST_POOLED_DATABASE_URL")]
+    pub pooled_database_url: Option<String>,
+
     /// Most database connections this process opens.
     #[arg(long, env = "HOOKPOST_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
@@ -352,6 +367,10 @@ pub struct Config {
     /// Where the key that encrypts signing secrets comes from.
     pub secret_key: SecretKeySource,
     pub database_url: String,
+    /// Read replicas of `database_url` for log reads (Postgres only).
+    pub read_database_urls: Vec<String>,
+    /// `database_url` through a transaction pooler, for the pool.
+    pub pooled_database_url: Option<String>,
     pub db_pool_size: u32,
     pub db_acquire_timeout: Duration,
     pub default_max_retries: u32,
@@ -373,6 +392,8 @@ impl Config {
         Self {
             listen,
             database_url: database_url.into(),
+            read_database_urls: Vec::new(),
+            pooled_database_url: None,
             secret_key: SecretKeySource::Ephemeral,
             db_pool_size: 16,
             db_acquire_timeout: Duration::from_secs(5),
@@ -432,10 +453,20 @@ impl TryFrom<ServeArgs> for Config {
         // A Dispatch may ask for up to limits.max_retries, so that is the bound.
         let horizon = retry.horizon(limits.max_retries, a.attempt_timeout + a.lease_margin);
         check_retention(a.retention, Some(horizon))?;
+        anyhow::ensure!(
+            a.read_database_urls.is_empty() || a.database.database_url.is_some(),
+            "--read-database-url needs a Postgres --database-url"
+        );
+        anyhow::ensure!(
+            a.pooled_database_url.is_none() || a.database.database_url.is_some(),
+            "--pooled-database-url needs a Postgres --database-url (the direct address)"
+        );
         a.database.prepare()?;
         Ok(Self {
             listen: a.listen,
             database_url: a.database.url(),
+            read_database_urls: a.read_database_urls,
+            pooled_database_url: a.pooled_database_url,
             secret_key: match a.secret_key {
                 Some(key) => SecretKeySource::Base64(key),
                 None => SecretKeySource::DataDir(a.database.data_dir.clone()),

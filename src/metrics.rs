@@ -53,6 +53,12 @@ pub struct RouteOnly {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    /// The replica's URL without its password.
+    pub replica: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
     pub state: &'static str,
 }
@@ -77,6 +83,7 @@ pub struct Metrics {
     pub http_requests: Family<RouteLabels, Counter>,
     pub http_duration: Family<RouteOnly, Histogram, fn() -> Histogram>,
     pub db_pool: Family<PoolLabels, Gauge>,
+    pub read_replica_up: Family<ReplicaLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -102,6 +109,7 @@ impl Metrics {
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency_histogram),
             db_pool: Family::default(),
+            read_replica_up: Family::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -134,6 +142,11 @@ impl Metrics {
             m.http_duration.clone(),
         );
         r.register("hookpost_db_pool_connections", "Database pool connections, by state", m.db_pool.clone());
+        r.register(
+            "hookpost_read_replica_up",
+            "1 while a read replica answers and serves log reads, 0 while reads go to the primary instead",
+            m.read_replica_up.clone(),
+        );
         Self { registry: r, ..m }
     }
 

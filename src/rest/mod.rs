@@ -123,13 +123,18 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: the store answers.
+/// Readiness: the store answers. Read replicas that do not answer are named
+/// (the primary serves their reads, so the server stays ready).
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "the store is unreachable")))]
 async fn readyz(State(state): State<RestState>) -> impl IntoResponse {
-    match state.service.ready().await {
-        Ok(()) => (StatusCode::OK, "ready"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+    if state.service.ready().await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable".to_owned());
     }
+    let mut body = "ready".to_owned();
+    for r in state.service.read_replicas().into_iter().filter(|r| !r.up) {
+        body.push_str(&format!("\nread replica {} unavailable: its reads go to the primary", r.label));
+    }
+    (StatusCode::OK, body)
 }
 
 /// The caller of a request, as the transport's authentication layer found it

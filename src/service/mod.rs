@@ -23,7 +23,7 @@ use crate::domain::{
 use crate::error::{Error, ErrorCode, FieldViolation, Result};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::pagination;
-use crate::store::{CallCursor, CallLogFilter, LogBatch, Store};
+use crate::store::{CallCursor, CallLogFilter, LogBatch, ReadFrom, Store};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 10;
 /// Shortest time between two announcements of due work to other replicas:
@@ -330,7 +330,8 @@ impl WebhookService {
     pub async fn log_details(&self, who: &Principal, q: DetailsQuery) -> Result<LogDetails> {
         let not_found = || Error::not_found(format!("no webhook log with request ID {}", q.request_id));
         let org = request_scope(who, q.organization_id).ok_or_else(not_found)?;
-        let (log, attempts) = self.store.log_details(q.request_id, org).await?.ok_or_else(not_found)?;
+        let (log, attempts) =
+            self.store.log_details(q.request_id, org, ReadFrom::Replica).await?.ok_or_else(not_found)?;
         let in_scope = q.workspace_id.is_none_or(|w| Some(w) == log.workspace_id)
             && q.subscription_id.is_none_or(|s| Some(s) == log.subscription_id);
         if !in_scope {
@@ -361,5 +362,10 @@ impl WebhookService {
     /// Readiness: the store answers.
     pub async fn ready(&self) -> Result<()> {
         self.store.ping().await
+    }
+
+    /// The read replicas and whether each serves reads now.
+    pub fn read_replicas(&self) -> Vec<crate::store::ReplicaState> {
+        self.store.read_replicas()
     }
 }

@@ -13,7 +13,7 @@ use super::{EndpointRef, LogDetails, WebhookService, may_act_for};
 use crate::auth::{KeyKind, Principal};
 use crate::domain::{DispatchInput, Endpoint, ExecutionStatus};
 use crate::error::{Error, ErrorCode, FieldViolation, Result};
-use crate::store::{Operation, RecoverFilter, Redelivered};
+use crate::store::{Operation, ReadFrom, RecoverFilter, Redelivered};
 
 /// The event hookpost dispatches through itself when it disables an endpoint.
 pub const ENDPOINT_DISABLED: &str = "hookpost.endpoint.disabled";
@@ -74,7 +74,8 @@ impl WebhookService {
         self.wake.notify_one();
         self.announce.notify_one();
         self.recorded();
-        let (log, attempts) = self.store.log_details(request_id, org).await?.ok_or_else(|| no_request(request_id))?;
+        let (log, attempts) =
+            self.store.log_details(request_id, org, ReadFrom::Primary).await?.ok_or_else(|| no_request(request_id))?;
         Ok(LogDetails { log, attempts })
     }
 

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use sqlx::PgPool;
+use super::postgres::Db;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -28,10 +28,10 @@ pub struct InsertBatcher {
 /// least one, at most `max_batch`) and hand them to `run` as one batch; the
 /// next batch forms while a statement runs. Returns the queue. Shared by
 /// the group commits of Dispatch and of attempt records.
-pub(crate) fn spawn_batch_workers<J, F, Fut>(pool: PgPool, workers: usize, max_batch: usize, run: F) -> mpsc::Sender<J>
+pub(crate) fn spawn_batch_workers<J, F, Fut>(pool: Db, workers: usize, max_batch: usize, run: F) -> mpsc::Sender<J>
 where
     J: Send + 'static,
-    F: Fn(PgPool, Vec<J>) -> Fut + Clone + Send + 'static,
+    F: Fn(Db, Vec<J>) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let (queue, rx) = mpsc::channel::<J>(max_batch * workers * 4);
@@ -60,7 +60,7 @@ where
 }
 
 impl InsertBatcher {
-    pub fn start(pool: PgPool) -> Self {
+    pub fn start(pool: Db) -> Self {
         let queue =
             spawn_batch_workers(pool, WORKERS, MAX_BATCH, |pool, jobs| async move { insert(&pool, jobs).await });
         Self { queue }
@@ -76,7 +76,7 @@ impl InsertBatcher {
     }
 }
 
-async fn insert(pool: &PgPool, jobs: Vec<Job>) {
+async fn insert(pool: &Db, jobs: Vec<Job>) {
     let n = jobs.len();
     let mut cols = Columns::with_capacity(n);
     // Each delivery moves into the columns; only its ID stays to match replies.
@@ -165,7 +165,7 @@ async fn insert(pool: &PgPool, jobs: Vec<Job>) {
 const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The rows of `ids` that were committed, on a fresh connection.
-async fn lookup(pool: &PgPool, ids: &[Uuid]) -> std::result::Result<Vec<(i64, Uuid)>, sqlx::Error> {
+async fn lookup(pool: &Db, ids: &[Uuid]) -> std::result::Result<Vec<(i64, Uuid)>, sqlx::Error> {
     let query =
         sqlx::query_as::<_, (i64, Uuid)>("SELECT id, request_id FROM webhook_requests WHERE request_id = ANY($1)")
             .bind(ids)

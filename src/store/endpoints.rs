@@ -235,16 +235,16 @@ fn pg_endpoint(row: &sqlx::postgres::PgRow) -> Result<Endpoint> {
 impl EndpointStore for PostgresStore {
     async fn insert_endpoint(&self, e: &NewEndpoint, max_per_organization: u32) -> Result<Endpoint> {
         let (event_types, headers, policy) = json_columns(&e.spec)?;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.db().begin().await?;
         // Creates of one organization take turns, so the count cannot be
         // passed by two at once.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 1001))")
             .bind(e.organization_id)
-            .execute(&mut *tx)
+            .execute(tx.ex())
             .await?;
         let count: i64 = sqlx::query_scalar("SELECT count(*) FROM endpoints WHERE organization_id = $1")
             .bind(e.organization_id)
-            .fetch_one(&mut *tx)
+            .fetch_one(tx.ex())
             .await?;
         if count >= i64::from(max_per_organization) {
             return Err(too_many(max_per_organization));
@@ -265,7 +265,7 @@ impl EndpointStore for PostgresStore {
         .bind(policy)
         .bind(&e.secret)
         .bind(&e.public_key)
-        .fetch_one(&mut *tx)
+        .fetch_one(tx.ex())
         .await?;
         tx.commit().await?;
         pg_endpoint(&row)
@@ -276,7 +276,7 @@ impl EndpointStore for PostgresStore {
             sqlx::query(&format!("SELECT {PG_COLUMNS} FROM endpoints WHERE endpoint_id = $1 AND organization_id = $2"))
                 .bind(endpoint_id)
                 .bind(organization_id)
-                .fetch_optional(self.pool())
+                .fetch_optional(self.db())
                 .await?;
         row.as_ref().map(pg_endpoint).transpose()
     }
@@ -296,7 +296,7 @@ impl EndpointStore for PostgresStore {
             q.push(" AND (created_at, id) > (").push_bind(c.created_at).push(", ").push_bind(c.log_id).push(")");
         }
         q.push(format_args!(" ORDER BY created_at, id LIMIT {}", u64::from(limit) + 1));
-        let rows = q.build().fetch_all(self.pool()).await?;
+        let rows = q.build().fetch_all(self.db()).await?;
         let mut out = rows.iter().map(pg_endpoint).collect::<Result<Vec<_>>>()?;
         let more = out.len() > limit as usize;
         out.truncate(limit as usize);
@@ -327,7 +327,7 @@ impl EndpointStore for PostgresStore {
         .bind(spec.disabled)
         .bind(headers)
         .bind(policy)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.db())
         .await?;
         row.as_ref().map(pg_endpoint).transpose()
     }
@@ -336,7 +336,7 @@ impl EndpointStore for PostgresStore {
         let done = sqlx::query("DELETE FROM endpoints WHERE endpoint_id = $1 AND organization_id = $2")
             .bind(endpoint_id)
             .bind(organization_id)
-            .execute(self.pool())
+            .execute(self.db())
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -348,7 +348,7 @@ impl EndpointStore for PostgresStore {
         )
         .bind(endpoint_id)
         .bind(organization_id)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.db())
         .await?;
         row.as_ref().map(pg_secrets).transpose()
     }
@@ -370,7 +370,7 @@ impl EndpointStore for PostgresStore {
         .bind(new)
         .bind(previous_until)
         .bind(public_key)
-        .execute(self.pool())
+        .execute(self.db())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -381,7 +381,7 @@ impl EndpointStore for PostgresStore {
         )
         .bind(organization_id)
         .bind(secret)
-        .execute(self.pool())
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -392,7 +392,7 @@ impl EndpointStore for PostgresStore {
              WHERE organization_id = $1",
         )
         .bind(organization_id)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.db())
         .await?;
         row.as_ref().map(pg_secrets).transpose()
     }
@@ -410,7 +410,7 @@ impl EndpointStore for PostgresStore {
         .bind(organization_id)
         .bind(new)
         .bind(previous_until)
-        .execute(self.pool())
+        .execute(self.db())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -423,7 +423,7 @@ impl EndpointStore for PostgresStore {
         .bind(endpoint_id)
         .bind(organization_id)
         .bind(paused)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.db())
         .await?;
         row.as_ref().map(pg_endpoint).transpose()
     }
@@ -434,13 +434,13 @@ impl EndpointStore for PostgresStore {
         outcome: EndpointOutcome,
         rule: &DisableRule,
     ) -> Result<Option<Endpoint>> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.db().begin().await?;
         let Some(row) = sqlx::query(
             "SELECT disabled, consecutive_failures, failing_since, now() AS now FROM endpoints \
              WHERE endpoint_id = $1 FOR UPDATE",
         )
         .bind(endpoint_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(tx.ex())
         .await?
         else {
             return Ok(None);
@@ -466,7 +466,7 @@ impl EndpointStore for PostgresStore {
         .bind(since)
         .bind(disable.is_some())
         .bind(disable)
-        .fetch_one(&mut *tx)
+        .fetch_one(tx.ex())
         .await?;
         tx.commit().await?;
         if disable.is_some() { pg_endpoint(&updated).map(Some) } else { Ok(None) }

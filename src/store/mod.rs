@@ -25,11 +25,26 @@ pub async fn open(
     pool_size: u32,
     acquire_timeout: std::time::Duration,
 ) -> anyhow::Result<(std::sync::Arc<dyn Store>, &'static str)> {
+    open_with(&postgres::Connect { url, ..Default::default() }, pool_size, acquire_timeout).await
+}
+
+/// As [`open`], for a Postgres store also through a pooler and with read
+/// replicas, as `to` says.
+pub async fn open_with(
+    to: &postgres::Connect<'_>,
+    pool_size: u32,
+    acquire_timeout: std::time::Duration,
+) -> anyhow::Result<(std::sync::Arc<dyn Store>, &'static str)> {
+    let url = to.url;
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PostgresStore::connect(url, pool_size, acquire_timeout).await?;
+        let store = PostgresStore::connect_with(to, pool_size, acquire_timeout).await?;
         store.migrate().await?;
         Ok((std::sync::Arc::new(store), "postgres"))
     } else if url.starts_with("sqlite:") {
+        anyhow::ensure!(
+            to.read_urls.is_empty() && to.pooled_url.is_none(),
+            "read replicas and a pooler need a Postgres store"
+        );
         let store = SqliteStore::connect(url, pool_size, acquire_timeout).await?;
         store.migrate().await?;
         Ok((std::sync::Arc::new(store), "sqlite"))
@@ -123,6 +138,27 @@ where
     Ok(batch)
 }
 
+/// Where a read may be answered. Listings and the live tail always may come
+/// from a read replica (they show what has replicated); a single request's
+/// details may too, but then one the replica does not know yet is looked up
+/// on the primary, so a caller reading right after its own Dispatch finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The primary: a decision follows from what is read (redelivery).
+    Primary,
+    /// A replica if one answers, the primary for what it does not have.
+    Replica,
+}
+
+/// A read replica as the store last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaState {
+    /// Its URL without the password.
+    pub label: String,
+    /// Whether it answers (and is still a standby).
+    pub up: bool,
+}
+
 /// The delivery queue at a glance, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -165,10 +201,12 @@ pub trait Store: EndpointStore + RecoveryStore + TailStore + Send + Sync + 'stat
 
     /// A request and all its attempts, newest first; `None` also when
     /// `organization_id` is given and the request belongs to another one.
+    /// `from` says whether a read replica may answer (see [`ReadFrom`]).
     async fn log_details(
         &self,
         request_id: Uuid,
         organization_id: Option<Uuid>,
+        from: ReadFrom,
     ) -> Result<Option<(LogRecord, Vec<AttemptRecord>)>>;
 
     /// Up to `max_queues` queues with pending deliveries whose keys follow
@@ -196,6 +234,12 @@ pub trait Store: EndpointStore + RecoveryStore + TailStore + Send + Sync + 'stat
 
     /// Cheap round trip, for health checks.
     async fn ping(&self) -> Result<()>;
+
+    /// The read replicas and whether each answers (none for a store without
+    /// them).
+    fn read_replicas(&self) -> Vec<ReplicaState> {
+        Vec::new()
+    }
 
     /// Tells every process sharing the store that work was just committed
     /// (Postgres: one `NOTIFY`, sent after the commit, outside it). Callers
@@ -238,4 +282,41 @@ pub trait Store: EndpointStore + RecoveryStore + TailStore + Send + Sync + 'stat
 
     /// Revokes a key; false when no unrevoked key has that prefix.
     async fn revoke_api_key(&self, prefix: &str) -> Result<bool>;
+}
+
+/// Query parameters of a database URL that carry secrets.
+const SECRET_PARAMS: &[&str] = &["password", "sslpassword", "sslkey"];
+
+/// The URL without its password (in the user part or as a parameter), for logs.
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut u) = url::Url::parse(url) else {
+        return "(unparsable URL)".into();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = SECRET_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s));
+                (k.into_owned(), if secret { "***".to_owned() } else { v.into_owned() })
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url as redact;
+
+    #[test]
+    fn passwords_never_reach_the_log() {
+        let r = redact("postgres://app:s3cret@db:5432/hookpost?sslmode=require&password=s3cret&PASSWORD=x");
+        assert!(!r.contains("s3cret") && !r.contains("=x"), "{r}");
+        assert!(r.contains("sslmode=require"), "{r}");
+        assert_eq!(redact("postgres://db/hookpost"), "postgres://db/hookpost");
+    }
 }

@@ -198,7 +198,7 @@ impl RecoveryStore for PostgresStore {
         ))
         .bind(request_id)
         .bind(organization_id)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.db())
         .await?;
         let Some(row) = row else { return Ok(Redelivered::Missing) };
         if row.try_get("done")? {
@@ -238,7 +238,7 @@ impl RecoveryStore for PostgresStore {
         .bind(&ids)
         .bind(&leases)
         .bind(&created)
-        .execute(self.pool())
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -252,7 +252,7 @@ impl RecoveryStore for PostgresStore {
              SELECT id, created_at, 'pending', 'released' FROM upd",
         )
         .bind(endpoint_id)
-        .execute(self.pool())
+        .execute(self.db())
         .await?;
         Ok(done.rows_affected())
     }
@@ -269,7 +269,7 @@ impl RecoveryStore for PostgresStore {
              INSERT INTO delivery_events (log_id, request_created_at, status, reason) \
              SELECT id, created_at, 'pending', 'released' FROM upd"
         ))
-        .execute(self.pool())
+        .execute(self.db())
         .await?;
         Ok(done.rows_affected())
     }
@@ -277,7 +277,7 @@ impl RecoveryStore for PostgresStore {
     async fn count_recoverable(&self, f: &RecoverFilter) -> Result<u64> {
         let mut q = QueryBuilder::new("SELECT count(*) FROM webhook_requests r");
         pg_filter(&mut q, f, None);
-        let n: i64 = q.build_query_scalar().fetch_one(self.pool()).await?;
+        let n: i64 = q.build_query_scalar().fetch_one(self.db()).await?;
         Ok(n as u64)
     }
 
@@ -291,7 +291,7 @@ impl RecoveryStore for PostgresStore {
         .bind(f.organization_id)
         .bind(RECOVER)
         .bind(params)
-        .fetch_one(self.pool())
+        .fetch_one(self.db())
         .await?;
         pg_operation(&row)
     }
@@ -302,7 +302,7 @@ impl RecoveryStore for PostgresStore {
         ))
         .bind(operation_id)
         .bind(organization_id)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.db())
         .await?;
         row.as_ref().map(pg_operation).transpose()
     }
@@ -315,17 +315,17 @@ impl RecoveryStore for PostgresStore {
              RETURNING {PG_OPERATION}"
         ))
         .bind(millis(lease))
-        .fetch_optional(self.pool())
+        .fetch_optional(self.db())
         .await?;
         row.as_ref().map(pg_operation).transpose()
     }
 
     async fn recover_batch(&self, op: &Operation, batch: u32, lease: Duration) -> Result<Operation> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.db().begin().await?;
         let mut q = QueryBuilder::new("SELECT r.id, r.created_at FROM webhook_requests r");
         pg_filter(&mut q, &op.filter, op.cursor);
         q.push(format_args!(" ORDER BY r.created_at, r.id LIMIT {batch} FOR UPDATE OF r"));
-        let rows: Vec<(i64, DateTime<Utc>)> = q.build_query_as().fetch_all(&mut *tx).await?;
+        let rows: Vec<(i64, DateTime<Utc>)> = q.build_query_as().fetch_all(tx.ex()).await?;
         let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
         let created: Vec<DateTime<Utc>> = rows.iter().map(|r| r.1).collect();
         // Only a delivery still failed goes back: one queued by an earlier
@@ -340,7 +340,7 @@ impl RecoveryStore for PostgresStore {
         ))
         .bind(&ids)
         .bind(&created)
-        .execute(&mut *tx)
+        .execute(tx.ex())
         .await?
         .rows_affected();
         let last = rows.last().map(|r| (r.1, r.0)).or(op.cursor);
@@ -357,7 +357,7 @@ impl RecoveryStore for PostgresStore {
         .bind(recovered as i64)
         .bind(rows.len() < batch as usize)
         .bind(millis(lease))
-        .fetch_optional(&mut *tx)
+        .fetch_optional(tx.ex())
         .await?;
         let op = pg_operation(&not_found_or(row)?)?;
         tx.commit().await?;

@@ -449,6 +449,8 @@ impl Store for SqliteStore {
         &self,
         request_id: Uuid,
         organization_id: Option<Uuid>,
+        // One file: every read sees every committed write.
+        _from: super::ReadFrom,
     ) -> Result<Option<(LogRecord, Vec<AttemptRecord>)>> {
         let sql = format!("{LOG_SELECT} WHERE r.request_id = ? AND (? IS NULL OR r.organization_id = ?)");
         let org = organization_id.map(|o| o.to_string());

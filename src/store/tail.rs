@@ -128,76 +128,105 @@ fn status_change(status: &str, reason: String) -> Result<TailChange> {
 
 #[async_trait]
 impl TailStore for PostgresStore {
+    // Read on a replica when there is one: a standby's snapshot horizon is
+    // the primary's as of what it has replayed, so the same rule holds there
+    // (every transaction below it has ended on the primary, and its rows have
+    // been replayed). A position read on one server is valid on any other:
+    // one that lags returns nothing after it until it has caught up.
     async fn tail_now(&self) -> Result<TailPosition> {
-        let h: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-            .fetch_one(self.pool())
-            .await?;
-        // Everything below the horizon is in the past.
-        Ok(TailPosition { attempt: (h - 1, i64::MAX), event: (h - 1, i64::MAX) })
+        self.read_logs(|pool| async move {
+            let h: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                .fetch_one(&pool)
+                .await?;
+            // Everything below the horizon is in the past.
+            Ok(TailPosition { attempt: (h - 1, i64::MAX), event: (h - 1, i64::MAX) })
+        })
+        .await
     }
 
     async fn tail(&self, after: TailPosition, limit: u32) -> Result<Vec<TailEvent>> {
-        let h: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-            .fetch_one(self.pool())
-            .await?;
-        let rows = sqlx::query(&format!(
-            "SELECT xid, id, request_pk, request_created_at, {} FROM webhook_attempts \
-             WHERE xid < $3 AND (xid, id) > ($1, $2) ORDER BY xid, id LIMIT {limit}",
-            super::postgres::ATTEMPT_COLUMNS
-        ))
-        .bind(after.attempt.0)
-        .bind(after.attempt.1)
-        .bind(h)
-        .fetch_all(self.pool())
-        .await?;
-        let mut attempts = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let a = super::postgres::attempt_from_row(row)?;
-            let at = a.attempted_at;
-            attempts.push(SourceRow {
-                xid: row.try_get("xid")?,
-                id: row.try_get("id")?,
-                log_id: row.try_get("request_pk")?,
-                created_at: row.try_get("request_created_at")?,
-                change: TailChange::Attempt(a),
-                at,
-            });
-        }
-        let rows = sqlx::query(&format!(
-            "SELECT xid, id, log_id, request_created_at, status, reason, at FROM delivery_events \
-             WHERE xid < $3 AND (xid, id) > ($1, $2) ORDER BY xid, id LIMIT {limit}"
-        ))
-        .bind(after.event.0)
-        .bind(after.event.1)
-        .bind(h)
-        .fetch_all(self.pool())
-        .await?;
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            events.push(SourceRow {
-                xid: row.try_get("xid")?,
-                id: row.try_get("id")?,
-                log_id: row.try_get("log_id")?,
-                created_at: row.try_get("request_created_at")?,
-                change: status_change(row.try_get("status")?, row.try_get("reason")?)?,
-                at: row.try_get("at")?,
-            });
-        }
-        Ok(merge(after, attempts, events))
+        self.read_logs(|pool| tail_on(pool, after, limit)).await
     }
 
     async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)]) -> Result<Vec<LogRecord>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let (logs, created): (Vec<i64>, Vec<DateTime<Utc>>) = ids.iter().copied().unzip();
-        let sql = format!(
-            "{} WHERE (r.id, r.created_at) IN (SELECT * FROM unnest($1::bigint[], $2::timestamptz[]))",
-            super::postgres::sql::LOG_SELECT
-        );
-        let rows = sqlx::query(&sql).bind(&logs).bind(&created).fetch_all(self.pool()).await?;
-        rows.iter().map(super::postgres::log_from_row).collect()
+        let mut logs = self.read_logs(|pool| logs_by_id_on(pool, ids.to_vec())).await?;
+        if logs.len() < ids.len() {
+            // A replica can answer the tail from one server and the logs from
+            // another that lags: what it lacks, the primary has.
+            let missing: Vec<_> = ids
+                .iter()
+                .copied()
+                .filter(|(id, at)| !logs.iter().any(|l| l.log_id == *id && l.created_at == *at))
+                .collect();
+            logs.extend(logs_by_id_on(self.db().clone(), missing).await?);
+        }
+        Ok(logs)
     }
+}
+
+async fn tail_on(pool: super::postgres::Db, after: TailPosition, limit: u32) -> Result<Vec<TailEvent>> {
+    let h: i64 =
+        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetch_one(&pool).await?;
+    let rows = sqlx::query(&format!(
+        "SELECT xid, id, request_pk, request_created_at, {} FROM webhook_attempts \
+         WHERE xid < $3 AND (xid, id) > ($1, $2) ORDER BY xid, id LIMIT {limit}",
+        super::postgres::ATTEMPT_COLUMNS
+    ))
+    .bind(after.attempt.0)
+    .bind(after.attempt.1)
+    .bind(h)
+    .fetch_all(&pool)
+    .await?;
+    let mut attempts = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let a = super::postgres::attempt_from_row(row)?;
+        let at = a.attempted_at;
+        attempts.push(SourceRow {
+            xid: row.try_get("xid")?,
+            id: row.try_get("id")?,
+            log_id: row.try_get("request_pk")?,
+            created_at: row.try_get("request_created_at")?,
+            change: TailChange::Attempt(a),
+            at,
+        });
+    }
+    let rows = sqlx::query(&format!(
+        "SELECT xid, id, log_id, request_created_at, status, reason, at FROM delivery_events \
+         WHERE xid < $3 AND (xid, id) > ($1, $2) ORDER BY xid, id LIMIT {limit}"
+    ))
+    .bind(after.event.0)
+    .bind(after.event.1)
+    .bind(h)
+    .fetch_all(&pool)
+    .await?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        events.push(SourceRow {
+            xid: row.try_get("xid")?,
+            id: row.try_get("id")?,
+            log_id: row.try_get("log_id")?,
+            created_at: row.try_get("request_created_at")?,
+            change: status_change(row.try_get("status")?, row.try_get("reason")?)?,
+            at: row.try_get("at")?,
+        });
+    }
+    Ok(merge(after, attempts, events))
+}
+
+async fn logs_by_id_on(pool: super::postgres::Db, ids: Vec<(i64, DateTime<Utc>)>) -> Result<Vec<LogRecord>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (logs, created): (Vec<i64>, Vec<DateTime<Utc>>) = ids.into_iter().unzip();
+    let sql = format!(
+        "{} WHERE (r.id, r.created_at) IN (SELECT * FROM unnest($1::bigint[], $2::timestamptz[]))",
+        super::postgres::sql::LOG_SELECT
+    );
+    let rows = sqlx::query(&sql).bind(&logs).bind(&created).fetch_all(&pool).await?;
+    rows.iter().map(super::postgres::log_from_row).collect()
 }
 
 #[async_trait]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use hookpost::domain::{Cursor, DispatchInput, ExecutionStatus, Limits, LogFilter, NewDelivery, NextStep};
-use hookpost::store::{NewAttempt, Store};
+use hookpost::store::{NewAttempt, ReadFrom, Store};
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -152,7 +152,7 @@ async fn a_lease_expires_and_the_delivery_is_claimed_again(backend: Backend) {
     // The first worker's late attempt is recorded but does not settle the request.
     assert!(!store.record_attempt(&first[0], &settled(NextStep::Succeeded)).await.unwrap());
     assert!(store.record_attempt(&again, &settled(NextStep::Failed)).await.unwrap());
-    let (log, attempts) = store.log_details(d.request_id, None).await.unwrap().unwrap();
+    let (log, attempts) = store.log_details(d.request_id, None, ReadFrom::Primary).await.unwrap().unwrap();
     assert_eq!(log.status, ExecutionStatus::Failed);
     assert_eq!(attempts.iter().map(|a| a.attempt_number).collect::<Vec<_>>(), [2, 1]);
     assert_eq!(log.attempt_count, 2);
@@ -164,7 +164,7 @@ async fn an_attempt_and_the_new_state_are_recorded_together(backend: Backend) {
     let claim = store.claim_due(1, Duration::from_secs(30)).await.unwrap().pop().unwrap();
     let retry_in = Duration::from_secs(3600);
     assert!(store.record_attempt(&claim, &settled(NextStep::RetryAfter(retry_in))).await.unwrap());
-    let (log, attempts) = store.log_details(d.request_id, None).await.unwrap().unwrap();
+    let (log, attempts) = store.log_details(d.request_id, None, ReadFrom::Primary).await.unwrap().unwrap();
     assert_eq!((log.status, log.attempt_count, attempts.len()), (ExecutionStatus::Pending, 1, 1));
     assert_eq!(log.last_attempt.as_ref().unwrap().status_code, Some(500));
     assert!(log.next_attempt_at.unwrap() > Utc::now() + chrono::TimeDelta::minutes(59));
@@ -177,7 +177,7 @@ async fn an_attempt_and_the_new_state_are_recorded_together(backend: Backend) {
     assert_eq!(c3.iter().map(|c| c.request_id).collect::<Vec<_>>(), [d2.request_id]);
     // Every request's attempt_count equals its attempt rows.
     for id in [d.request_id, d2.request_id] {
-        let (log, attempts) = store.log_details(id, None).await.unwrap().unwrap();
+        let (log, attempts) = store.log_details(id, None, ReadFrom::Primary).await.unwrap().unwrap();
         assert_eq!(log.attempt_count as usize, attempts.len());
     }
 }
@@ -223,7 +223,7 @@ async fn purge_removes_settled_logs_and_never_pending_ones(backend: Backend) {
     let report = store.purge(cutoff, false).await.unwrap();
     assert_eq!(report.requests, 0);
     assert!(!report.kept_pending.is_empty());
-    assert!(store.log_details(pending.request_id, None).await.unwrap().is_some());
+    assert!(store.log_details(pending.request_id, None, ReadFrom::Primary).await.unwrap().is_some());
 }
 
 async fn a_claim_records_at_most_one_attempt(backend: Backend) {
@@ -245,7 +245,7 @@ async fn a_claim_records_at_most_one_attempt(backend: Backend) {
     );
     assert!(!store.record_attempt(&a, &settled(NextStep::Succeeded)).await.unwrap(), "A's lease is lost");
     store.record_attempt(&a, &settled(NextStep::Succeeded)).await.unwrap();
-    let (log, attempts) = store.log_details(d.request_id, None).await.unwrap().unwrap();
+    let (log, attempts) = store.log_details(d.request_id, None, ReadFrom::Primary).await.unwrap().unwrap();
     assert_eq!(attempts.len(), 2, "one attempt per claim, whatever the retries");
     assert_eq!(log.attempt_count, 2);
     assert_eq!(log.status, ExecutionStatus::Pending, "the late attempt does not settle what B scheduled");
@@ -266,7 +266,7 @@ async fn a_late_attempt_neither_becomes_the_latest_nor_changes_the_status(backen
     let mut late = settled(NextStep::Failed);
     late.error_message = Some("A's late failure".into());
     assert!(!store.record_attempt(&a, &late).await.unwrap());
-    let (log, attempts) = store.log_details(d.request_id, None).await.unwrap().unwrap();
+    let (log, attempts) = store.log_details(d.request_id, None, ReadFrom::Primary).await.unwrap().unwrap();
     assert_eq!(attempts.len(), 2, "the late attempt happened and is kept");
     assert_eq!(log.status, ExecutionStatus::Succeeded);
     let latest = log.last_attempt.unwrap();
@@ -278,7 +278,7 @@ async fn a_late_attempt_neither_becomes_the_latest_nor_changes_the_status(backen
 }
 
 async fn d_org(store: &Arc<dyn Store>, request_id: Uuid) -> Uuid {
-    store.log_details(request_id, None).await.unwrap().unwrap().0.organization_id
+    store.log_details(request_id, None, ReadFrom::Primary).await.unwrap().unwrap().0.organization_id
 }
 
 /// Retry or fail is decided on the locked row: with max_retries 1, a late
@@ -296,7 +296,7 @@ async fn no_more_than_max_retries_plus_one_attempts_even_with_a_lost_lease(backe
     assert!(!store.record_attempt(&a, &settled(NextStep::Failed)).await.unwrap());
     // B read attempt_count 0 when it claimed, so the engine asks for a retry.
     assert!(store.record_attempt(&b, &settled(NextStep::RetryAfter(Duration::ZERO))).await.unwrap());
-    let (log, attempts) = store.log_details(d.request_id, None).await.unwrap().unwrap();
+    let (log, attempts) = store.log_details(d.request_id, None, ReadFrom::Primary).await.unwrap().unwrap();
     assert_eq!((log.status, attempts.len()), (ExecutionStatus::Failed, 2));
     assert!(store.claim_due(10, Duration::from_secs(30)).await.unwrap().is_empty(), "nothing left to attempt");
 }
@@ -317,7 +317,7 @@ async fn a_late_and_a_current_attempt_recorded_together_both_land(backend: Backe
         let (failed, succeeded) = (settled(NextStep::Failed), settled(NextStep::Succeeded));
         let (late, current) = tokio::join!(store.record_attempt(&a, &failed), store.record_attempt(&b, &succeeded));
         assert!(!late.unwrap() && current.unwrap());
-        let (log, attempts) = store.log_details(d.request_id, None).await.unwrap().unwrap();
+        let (log, attempts) = store.log_details(d.request_id, None, ReadFrom::Primary).await.unwrap().unwrap();
         assert_eq!((log.status, attempts.len()), (ExecutionStatus::Succeeded, 2), "{attempts:?}");
         assert!(log.last_attempt.unwrap().success);
     }

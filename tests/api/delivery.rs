@@ -267,7 +267,11 @@ async fn shutdown_lets_the_in_flight_attempt_finish_and_records_it(backend: Back
     receiver.wait_for(1, SETTLE).await;
     app.stop().await;
     let store = open_store(&app.database_url).await;
-    let (log, attempts) = store.log_details(res.request_id.parse().unwrap(), None).await.unwrap().unwrap();
+    let (log, attempts) = store
+        .log_details(res.request_id.parse().unwrap(), None, hookpost::store::ReadFrom::Primary)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((log.status, attempts.len()), (hookpost::domain::ExecutionStatus::Succeeded, 1));
 }
 

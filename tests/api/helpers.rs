@@ -485,6 +485,39 @@ impl ThrowawayPostgres {
         assert!(out.status.success(), "{tool} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// A streaming replica of this cluster (`pg_basebackup -R`: a standby
+    /// that follows it over replication), started on a port of its own.
+    pub fn replica(&self) -> Self {
+        let dir = std::env::temp_dir().join(format!("hookpost-test-pg-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if self.as_postgres {
+            let ok = std::process::Command::new("chown").args(["postgres"]).arg(&dir).status().unwrap();
+            assert!(ok.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let replica = Self { bin: self.bin.clone(), dir, port, as_postgres: self.as_postgres };
+        let data = replica.dir.join("data");
+        let primary_port = self.port.to_string();
+        replica.run(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port,
+                "-U",
+                "postgres",
+                "-D",
+                data.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+            ],
+        );
+        replica.start_server();
+        replica
+    }
+
     pub fn start_server(&self) {
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=30",
@@ -514,6 +547,89 @@ impl Drop for ThrowawayPostgres {
             .arg(self.bin.join("pg_ctl"))
             .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
             .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------- PgBouncer
+
+/// A PgBouncer (Debian's package; scripts/test installs it) in transaction
+/// pooling mode in front of the test Postgres, with fewer server connections
+/// than hookpost's pool has clients, so that clients really do share them.
+pub struct PgBouncer {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl PgBouncer {
+    pub fn start(server_connections: u32) -> Self {
+        let exe = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.exists())
+            .expect("no pgbouncer found: install Debian's pgbouncer (scripts/test does)");
+        let admin = url::Url::parse(&admin_url()).unwrap();
+        let (host, upstream) = (admin.host_str().unwrap().to_owned(), admin.port().unwrap_or(5432));
+        let dir = std::env::temp_dir().join(format!("hookpost-test-pgbouncer-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let user = admin.username().to_owned();
+        std::fs::write(dir.join("userlist.txt"), format!("\"{user}\" \"\"\n")).unwrap();
+        std::fs::write(
+            dir.join("pgbouncer.ini"),
+            format!(
+                "[databases]\n* = host={host} port={upstream}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+                 listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {users}\n\
+                 admin_users = {user}\npool_mode = transaction\ndefault_pool_size = {server_connections}\n\
+                 max_client_conn = 200\nserver_reset_query =\nlogfile = {log}\n",
+                users = dir.join("userlist.txt").display(),
+                log = dir.join("pgbouncer.log").display(),
+            ),
+        )
+        .unwrap();
+        // PgBouncer refuses to run as root; `-u` has it switch user itself
+        // (so that the child is PgBouncer, and killing it stops it).
+        let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+        let mut cmd = std::process::Command::new(&exe);
+        if String::from_utf8_lossy(&uid.stdout).trim() == "0" {
+            let ok = std::process::Command::new("chown").args(["-R", "postgres"]).arg(&dir).status().unwrap();
+            assert!(ok.success());
+            cmd.args(["-u", "postgres"]);
+        }
+        let child = cmd
+            .arg(dir.join("pgbouncer.ini"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start pgbouncer");
+        let bouncer = Self { child, dir, port };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "pgbouncer did not listen: {}", bouncer.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bouncer
+    }
+
+    /// `database_url` with the bouncer's address in place of the server's.
+    pub fn url(&self, database_url: &str) -> String {
+        let mut u = url::Url::parse(database_url).unwrap();
+        u.set_host(Some("127.0.0.1")).unwrap();
+        u.set_port(Some(self.port)).unwrap();
+        u.to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

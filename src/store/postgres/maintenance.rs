@@ -121,7 +121,7 @@ impl PostgresStore {
     /// this; only a missing today or tomorrow makes this one wait its turn.
     pub(super) async fn prepare_days(&self) -> Result<()> {
         let today: NaiveDate =
-            sqlx::query_scalar("SELECT (now() AT TIME ZONE 'UTC')::date").fetch_one(&self.pool).await?;
+            sqlx::query_scalar("SELECT (now() AT TIME ZONE 'UTC')::date").fetch_one(&self.db).await?;
         let (first, last) = (today - chrono::Days::new(1), today + chrono::Days::new(PARTITION_DAYS_AHEAD));
         let turn = match self.turn(None).await? {
             Some(turn) => turn,
@@ -157,7 +157,7 @@ impl PostgresStore {
              AND inhrelid IN (SELECT to_regclass(n) FROM unnest($1::text[]) AS n)",
         )
         .bind(&names)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.db)
         .await?;
         Ok(n == TABLES.len() as i64)
     }

@@ -192,23 +192,77 @@ pub mod sql {
                    WHERE request_pk = $1 AND lease_id = $2 AND request_created_at = $13)) AS held";
 }
 
+/// A request and its attempts, read on `pool` (the primary or a replica).
+async fn log_details_on(
+    pool: Db,
+    request_id: Uuid,
+    organization_id: Option<Uuid>,
+) -> Result<Option<(LogRecord, Vec<AttemptRecord>)>> {
+    // Two statements rather than `$2 IS NULL OR ...`, which a generic plan
+    // cannot simplify away.
+    let row = match organization_id {
+        Some(org) => {
+            let sql = format!("{} WHERE r.request_id = $1 AND r.organization_id = $2", sql::LOG_SELECT);
+            sqlx::query(&sql).bind(request_id).bind(org).fetch_optional(&pool).await?
+        }
+        None => {
+            let sql = format!("{} WHERE r.request_id = $1", sql::LOG_SELECT);
+            sqlx::query(&sql).bind(request_id).fetch_optional(&pool).await?
+        }
+    };
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let log = log_from_row(&row)?;
+    let sql = format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM webhook_attempts WHERE request_pk = $1 AND request_created_at = $2 \
+         ORDER BY attempt_number DESC"
+    );
+    let rows = sqlx::query(&sql).bind(log.log_id).bind(log.created_at).fetch_all(&pool).await?;
+    let attempts = rows.iter().map(attempt_from_row).collect::<Result<_>>()?;
+    Ok(Some((log, attempts)))
+}
+
+/// Where a Postgres store connects.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Connect<'a> {
+    /// The primary, directly.
+    pub url: &'a str,
+    /// The same database through a connection pooler in transaction mode
+    /// (PgBouncer): the pool's statements go there, see `pooler`.
+    pub pooled_url: Option<&'a str>,
+    /// Streaming replicas for log reads, see `replicas`.
+    pub read_urls: &'a [String],
+}
+
 /// The channel on which replicas announce newly committed work.
 const DUE_CHANNEL: &str = "hookpost_due";
 
 mod maintenance;
+mod pooler;
 mod record;
+mod replicas;
+
+pub use pooler::Db;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 #[derive(Clone)]
 pub struct PostgresStore {
-    pool: PgPool,
+    /// Where statements go (through a transaction pooler, if one is named).
+    db: Db,
+    /// Straight to Postgres, never through a pooler: for what needs a
+    /// session (migrations' advisory lock, LISTEN). Opens connections only
+    /// when asked for one.
+    direct: PgPool,
     /// For maintenance's own session, outside the pool (see `maintenance`).
     options: PgConnectOptions,
     /// Group commit for dispatches without an idempotency key.
     batcher: Arc<InsertBatcher>,
     /// Group commit for attempt records.
     recorder: Arc<record::RecordBatcher>,
+    /// Where log reads go (none: the primary answers them).
+    reads: Arc<replicas::ReadReplicas>,
 }
 
 pub(crate) const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
@@ -219,27 +273,80 @@ impl PostgresStore {
     /// `acquire_timeout` bounds how long a caller waits for a connection, so a
     /// dead database surfaces as UNAVAILABLE quickly rather than a hang.
     pub async fn connect(url: &str, max_connections: u32, acquire_timeout: Duration) -> anyhow::Result<Self> {
-        let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
+        Self::connect_with_replicas(url, &[], max_connections, acquire_timeout).await
+    }
+
+    /// As [`PostgresStore::connect`], with read replicas (see `replicas`)
+    /// that serve log reads, each with a pool of its own of the same size.
+    pub async fn connect_with_replicas(
+        url: &str,
+        read_urls: &[String],
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        Self::connect_with(&Connect { url, pooled_url: None, read_urls }, max_connections, acquire_timeout).await
+    }
+
+    /// Connects as `to` says, without migrating.
+    pub async fn connect_with(
+        to: &Connect<'_>,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let options: PgConnectOptions = to.url.parse().context("parsing the database URL")?;
+        let pool_options = match to.pooled_url {
+            // The pooler keeps no statement between transactions (see
+            // `pooler`), so there is nothing to cache.
+            // `extra_float_digits` is a startup parameter PgBouncer refuses
+            // unless told to ignore it; hookpost reads floats in binary.
+            Some(url) => url
+                .parse::<PgConnectOptions>()
+                .context("parsing the pooled database URL")?
+                .statement_cache_capacity(0)
+                .extra_float_digits(None),
+            None => options.clone(),
+        };
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
             // No ping before each use: a round trip on every query. A broken
             // connection fails its query as UNAVAILABLE and leaves the pool.
             .test_before_acquire(false)
-            .connect_with(options.clone())
+            .connect_with(pool_options)
             .await
             .context("connecting to Postgres")?;
-        let batcher = Arc::new(InsertBatcher::start(pool.clone()));
-        let recorder = Arc::new(record::RecordBatcher::start(pool.clone()));
-        Ok(Self { pool, options, batcher, recorder })
+        let db = Db::new(pool, to.pooled_url.is_some());
+        let direct = match to.pooled_url {
+            Some(_) => PgPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(acquire_timeout)
+                .connect_lazy_with(options.clone()),
+            None => db.pool().clone(),
+        };
+        let batcher = Arc::new(InsertBatcher::start(db.clone()));
+        let recorder = Arc::new(record::RecordBatcher::start(db.clone()));
+        let reads = replicas::ReadReplicas::new(to.read_urls, max_connections, acquire_timeout)?;
+        reads.spawn_probe();
+        Ok(Self { db, direct, options, batcher, recorder, reads })
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        MIGRATOR.run(&self.pool).await.context("applying the Postgres migrations")
+        // Directly: the migrator holds a session-level advisory lock.
+        MIGRATOR.run(&self.direct).await.context("applying the Postgres migrations")
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The pool (behind the pooler, if any) as an executor.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Runs a log read on a read replica when one answers, else here.
+    pub(crate) async fn read_logs<T, F, Fut>(&self, read: F) -> Result<T>
+    where
+        F: Fn(Db) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        self.reads.read(&self.db, read).await
     }
 
     /// The Dispatch an idempotency key was first used for: its message and
@@ -251,7 +358,7 @@ impl PostgresStore {
         )
         .bind(organization_id)
         .bind(key)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.db)
         .await?;
         let request_id: Uuid = row.try_get("request_id")?;
         let message_id: Uuid = row.try_get::<Option<Uuid>, _>("message_id")?.unwrap_or(request_id);
@@ -260,7 +367,7 @@ impl PostgresStore {
         )
         .bind(message_id)
         .bind(organization_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?;
         Ok(Dispatched { message_id, request_id, log_id: row.try_get("log_id")?, request_ids, duplicate: true })
     }
@@ -380,7 +487,7 @@ impl Store for PostgresStore {
             .bind(d.queue_key())
             .bind(d.held)
             .bind(d.expires_at)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db)
             .await?;
         if let Some(row) = row {
             return Ok(Dispatched::one(d, row.try_get("id")?));
@@ -398,7 +505,7 @@ impl Store for PostgresStore {
         // One transaction: every delivery of the message, or none. With a
         // key, its row goes first: a concurrent duplicate waits on it, then
         // finds it and rolls back.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let mut first_id = None;
         if let Some(key) = &first.idempotency_key {
             let reserved: Option<i64> = sqlx::query_scalar(
@@ -410,7 +517,7 @@ impl Store for PostgresStore {
             .bind(key)
             .bind(first.request_id)
             .bind(first.message_id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(tx.ex())
             .await?;
             match reserved {
                 Some(id) => first_id = Some(id),
@@ -436,7 +543,7 @@ impl Store for PostgresStore {
         .bind(first.assistant_id)
         .bind(&first.metadata)
         .bind(first.idempotency_key.as_deref())
-        .execute(&mut *tx)
+        .execute(tx.ex())
         .await?;
         let mut log_ids = Vec::with_capacity(ds.len());
         for (i, d) in ds.iter().enumerate() {
@@ -462,7 +569,7 @@ impl Store for PostgresStore {
             .bind(d.queue_key())
             .bind(d.held)
             .bind(d.expires_at)
-            .fetch_one(&mut *tx)
+            .fetch_one(tx.ex())
             .await?;
             log_ids.push(id);
         }
@@ -477,8 +584,11 @@ impl Store for PostgresStore {
     }
 
     async fn list_logs(&self, f: &LogFilter, after: Option<Cursor>, limit: u32, max_bytes: usize) -> Result<LogBatch> {
-        let mut q = list_logs_query("", f, after, limit);
-        take_within_budget(q.build().fetch(&self.pool), limit, max_bytes, log_from_row).await
+        self.read_logs(|pool| async move {
+            let mut q = list_logs_query("", f, after, limit);
+            take_within_budget(q.build().fetch(&pool), limit, max_bytes, log_from_row).await
+        })
+        .await
     }
 
     async fn call_logs(
@@ -493,57 +603,47 @@ impl Store for PostgresStore {
         // by the call_id index first, and each chunk is one query.
         let select =
             sql::LOG_SELECT.replacen("SELECT ", "SELECT COALESCE(a.attempted_at, r.created_at) AS sort_at, ", 1);
-        let mut q = QueryBuilder::new("SELECT * FROM (");
-        q.push(select).push(" WHERE r.call_id = ").push_bind(f.call_id);
-        if let Some(v) = f.organization_id {
-            q.push(" AND r.organization_id = ").push_bind(v);
-        }
-        if let Some(v) = &f.webhook_type {
-            q.push(" AND r.webhook_type = ").push_bind(v.clone());
-        }
-        q.push(") l");
-        if let Some(c) = after {
-            q.push(" WHERE (l.sort_at, l.id) > (").push_bind(c.at).push(", ").push_bind(c.log_id).push(")");
-        }
-        q.push(format_args!(" ORDER BY l.sort_at, l.id LIMIT {}", u64::from(limit) + 1));
-        take_within_budget(q.build().fetch(&self.pool), limit, max_bytes, log_from_row).await
+        let select = &select;
+        self.read_logs(|pool| async move {
+            let mut q = QueryBuilder::new("SELECT * FROM (");
+            q.push(select).push(" WHERE r.call_id = ").push_bind(f.call_id);
+            if let Some(v) = f.organization_id {
+                q.push(" AND r.organization_id = ").push_bind(v);
+            }
+            if let Some(v) = &f.webhook_type {
+                q.push(" AND r.webhook_type = ").push_bind(v.clone());
+            }
+            q.push(") l");
+            if let Some(c) = after {
+                q.push(" WHERE (l.sort_at, l.id) > (").push_bind(c.at).push(", ").push_bind(c.log_id).push(")");
+            }
+            q.push(format_args!(" ORDER BY l.sort_at, l.id LIMIT {}", u64::from(limit) + 1));
+            take_within_budget(q.build().fetch(&pool), limit, max_bytes, log_from_row).await
+        })
+        .await
     }
 
     async fn log_details(
         &self,
         request_id: Uuid,
         organization_id: Option<Uuid>,
+        from: super::ReadFrom,
     ) -> Result<Option<(LogRecord, Vec<AttemptRecord>)>> {
-        // Two statements rather than `$2 IS NULL OR ...`, which a generic plan
-        // cannot simplify away.
-        let row = match organization_id {
-            Some(org) => {
-                let sql = format!("{} WHERE r.request_id = $1 AND r.organization_id = $2", sql::LOG_SELECT);
-                sqlx::query(&sql).bind(request_id).bind(org).fetch_optional(&self.pool).await?
+        if from == super::ReadFrom::Replica {
+            let found = self.read_logs(|pool| log_details_on(pool, request_id, organization_id)).await?;
+            if found.is_some() {
+                return Ok(found);
             }
-            None => {
-                let sql = format!("{} WHERE r.request_id = $1", sql::LOG_SELECT);
-                sqlx::query(&sql).bind(request_id).fetch_optional(&self.pool).await?
-            }
-        };
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let log = log_from_row(&row)?;
-        let sql = format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM webhook_attempts WHERE request_pk = $1 AND request_created_at = $2 \
-             ORDER BY attempt_number DESC"
-        );
-        let rows = sqlx::query(&sql).bind(log.log_id).bind(log.created_at).fetch_all(&self.pool).await?;
-        let attempts = rows.iter().map(attempt_from_row).collect::<Result<_>>()?;
-        Ok(Some((log, attempts)))
+        }
+        // Not replicated yet (or the primary was asked): the primary knows.
+        log_details_on(self.db.clone(), request_id, organization_id).await
     }
 
     async fn due_queues(&self, after: &str, max_queues: u32) -> Result<Vec<DueQueue>> {
         let rows = sqlx::query(sql::DUE_QUEUES)
             .bind(after)
             .bind(i32::try_from(max_queues).unwrap_or(i32::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db)
             .await?;
         rows.iter()
             .map(|row| {
@@ -566,12 +666,12 @@ impl Store for PostgresStore {
         let keys: Vec<&str> = quotas.iter().map(|(k, _)| k.as_str()).collect();
         let counts: Vec<i32> = quotas.iter().map(|(_, q)| i32::try_from(*q).unwrap_or(i32::MAX)).collect();
         let rows =
-            sqlx::query(sql::CLAIM_FROM).bind(&keys).bind(&counts).bind(millis(lease)).fetch_all(&self.pool).await?;
+            sqlx::query(sql::CLAIM_FROM).bind(&keys).bind(&counts).bind(millis(lease)).fetch_all(&self.db).await?;
         rows.iter().map(claim_from_row).collect()
     }
 
     async fn claim_due(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedDelivery>> {
-        let rows = sqlx::query(sql::CLAIM_DUE).bind(i64::from(limit)).bind(millis(lease)).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(sql::CLAIM_DUE).bind(i64::from(limit)).bind(millis(lease)).fetch_all(&self.db).await?;
         rows.iter().map(claim_from_row).collect()
     }
 
@@ -602,18 +702,22 @@ impl Store for PostgresStore {
         .bind(&leases)
         .bind(millis(after))
         .bind(&created)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await?;
         Ok(())
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.db).await?;
         Ok(())
     }
 
+    fn read_replicas(&self) -> Vec<super::ReplicaState> {
+        self.reads.states()
+    }
+
     async fn announce_due(&self) -> Result<()> {
-        sqlx::query("SELECT pg_notify($1, '')").bind(DUE_CHANNEL).execute(&self.pool).await?;
+        sqlx::query("SELECT pg_notify($1, '')").bind(DUE_CHANNEL).execute(&self.db).await?;
         Ok(())
     }
 
@@ -621,7 +725,7 @@ impl Store for PostgresStore {
         use futures_util::StreamExt;
         // Its own connection (outside the pool's count). A notification
         // sent while it reconnects is lost: the poll still finds the work.
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.direct).await?;
         listener.listen(DUE_CHANNEL).await?;
         Ok(Some(listener.into_stream().map(|_| ()).boxed()))
     }
@@ -635,15 +739,16 @@ impl Store for PostgresStore {
     }
 
     fn pool_usage(&self) -> (u32, u32) {
-        let idle = self.pool.num_idle() as u32;
-        (self.pool.size().saturating_sub(idle), idle)
+        let pool = self.db.pool();
+        let idle = pool.num_idle() as u32;
+        (pool.size().saturating_sub(idle), idle)
     }
 
     async fn queue_stats(&self) -> Result<QueueStats> {
         let row = sqlx::query(
             "SELECT count(*) AS n, min(created_at) AS oldest FROM webhook_requests WHERE status = 'pending'",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.db)
         .await?;
         Ok(QueueStats {
             pending: row.try_get::<i64, _>("n")? as u64,
@@ -658,7 +763,7 @@ impl Store for PostgresStore {
             .bind(&key.key_hash)
             .bind(kind)
             .bind(org)
-            .execute(&self.pool)
+            .execute(&self.db)
             .await?;
         Ok(())
     }
@@ -668,7 +773,7 @@ impl Store for PostgresStore {
             "SELECT prefix, key_hash, kind, organization_id, created_at, revoked_at FROM api_keys WHERE prefix = $1",
         )
         .bind(prefix)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await?;
         row.as_ref().map(key_from_row).transpose()
     }
@@ -678,7 +783,7 @@ impl Store for PostgresStore {
             "SELECT prefix, key_hash, kind, organization_id, created_at, revoked_at FROM api_keys \
              ORDER BY created_at DESC, id DESC",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?;
         rows.iter().map(key_from_row).collect()
     }
@@ -686,7 +791,7 @@ impl Store for PostgresStore {
     async fn revoke_api_key(&self, prefix: &str) -> Result<bool> {
         let done = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE prefix = $1 AND revoked_at IS NULL")
             .bind(prefix)
-            .execute(&self.pool)
+            .execute(&self.db)
             .await?;
         Ok(done.rows_affected() == 1)
     }

@@ -12,8 +12,8 @@
 //! batch as single-row statements in one transaction, run one after the
 //! other; it halved throughput and was reverted (05d863d).
 
+use super::Db;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -87,7 +87,7 @@ fn millis(d: std::time::Duration) -> i64 {
 }
 
 impl RecordBatcher {
-    pub fn start(pool: PgPool) -> Self {
+    pub fn start(pool: Db) -> Self {
         let queue = crate::store::batch::spawn_batch_workers(pool, WORKERS, MAX_BATCH, |pool, jobs| async move {
             record(&pool, jobs).await
         });
@@ -121,7 +121,7 @@ impl RecordBatcher {
 /// Records `jobs`, at most one per delivery per statement: two attempts of
 /// one delivery in one statement (a late one and the current holder's)
 /// would update its row once, with either's values, and lose the other's.
-async fn record(pool: &PgPool, jobs: Vec<Job>) {
+async fn record(pool: &Db, jobs: Vec<Job>) {
     let mut pending = jobs;
     while !pending.is_empty() {
         let mut seen = std::collections::HashSet::new();
@@ -131,7 +131,7 @@ async fn record(pool: &PgPool, jobs: Vec<Job>) {
     }
 }
 
-async fn record_unique(pool: &PgPool, jobs: Vec<Job>) {
+async fn record_unique(pool: &Db, jobs: Vec<Job>) {
     let n = jobs.len();
     let mut ids = Vec::with_capacity(n);
     let mut leases = Vec::with_capacity(n);
