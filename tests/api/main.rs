@@ -35,5 +35,6 @@ mod recovery;
 mod rest;
 mod retention;
 mod signature_schemes;
+mod stats;
 mod tenancy;
 mod watch;
