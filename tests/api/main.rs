@@ -20,6 +20,7 @@ macro_rules! on_both_stores {
 }
 
 mod conformance;
+mod console;
 mod delivery;
 mod dispatch;
 mod endpoints;
