@@ -149,7 +149,14 @@ impl Application {
             metrics: self.metrics.clone(),
         })
         .layer(axum::extract::DefaultBodyLimit::max(self.max_message_bytes))
-        .layer(tower_http::compression::CompressionLayer::new())
+        // Not the watch's NDJSON: the encoder holds back a stream's small
+        // chunks until its buffer fills, so a browser (which always asks for
+        // gzip) would see a live tail's events late or never. SSE and gRPC
+        // are left out by the default predicate already.
+        .layer(tower_http::compression::CompressionLayer::new().compress_when(tower_http::compression::Predicate::and(
+            tower_http::compression::DefaultPredicate::new(),
+            tower_http::compression::predicate::NotForContentType::const_new("application/x-ndjson"),
+        )))
         .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(tower_http::request_id::MakeRequestUuid));

@@ -5,7 +5,8 @@
 //! - [`proto`]: the generated `hookpost.v1` contract (from `proto/`).
 //! - [`grpc`]: the tonic transport; converts messages and calls the service.
 //! - [`transport`]: the bounded listener, the per-request deadline and the
-//!   one authentication layer (headers only) in front of gRPC and REST.
+//!   one authentication layer (headers only) in front of gRPC and REST; and
+//!   the browser console's embedded files (`/console`), which call REST.
 //! - [`rest`]: the JSON routes of the documented APIs and the grpc-gateway
 //!   routes, on the same listener as gRPC, over the same service.
 //! - [`service`]: the use cases (dispatch, list logs, log details), free of

@@ -112,6 +112,8 @@ pub struct Cursor {
 pub struct LogRecord {
     pub log_id: i64,
     pub request_id: Uuid,
+    /// The message it delivers: its `webhook-id` header.
+    pub message_id: Uuid,
     pub organization_id: Uuid,
     pub workspace_id: Option<Uuid>,
     pub subscription_id: Option<Uuid>,

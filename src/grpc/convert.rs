@@ -233,6 +233,8 @@ impl From<LogRecord> for pb::WebhookLog {
             created_at: Some(l.created_at.into()),
             updated_at: Some(l.updated_at.into()),
             expire_time: l.expires_at.map(Into::into),
+            message_id: l.message_id.to_string(),
+            endpoint_id: l.endpoint_id.map(|e| e.to_string()).unwrap_or_default(),
         }
     }
 }

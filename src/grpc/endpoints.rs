@@ -214,6 +214,35 @@ pub async fn rotate(
     })
 }
 
+/// `GetEndpointStats`: counts as int64, every hour of the window present.
+pub async fn stats(
+    s: &WebhookService,
+    who: &Principal,
+    r: pb::GetEndpointStatsRequest,
+) -> Result<pb::GetEndpointStatsResponse> {
+    let r = endpoint_ref(&r.organization_id, &r.workspace_id, &r.endpoint_id)?;
+    let stats = s.endpoint_stats(who, r).await?;
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    Ok(pb::GetEndpointStatsResponse {
+        start_time: Some(stats.start.into()),
+        end_time: Some(stats.end.into()),
+        buckets: stats
+            .buckets
+            .into_iter()
+            .map(|b| pb::EndpointStatsBucket {
+                start_time: Some(b.start.into()),
+                attempts: count(b.attempts),
+                successes: count(b.successes),
+                p50_response_time_ms: b.p50_ms,
+                p99_response_time_ms: b.p99_ms,
+            })
+            .collect(),
+        pending_count: count(stats.queue.pending),
+        held_count: count(stats.queue.held),
+        oldest_pending_create_time: stats.queue.oldest_pending_created_at.map(Into::into),
+    })
+}
+
 pub async fn organization_secret(
     s: &WebhookService,
     who: &Principal,

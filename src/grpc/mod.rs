@@ -311,4 +311,16 @@ impl WebhookServiceRpc for GrpcApi {
         })
         .await
     }
+
+    #[tracing::instrument(skip_all, name = "GetEndpointStats")]
+    async fn get_endpoint_stats(
+        &self,
+        request: Request<pb::GetEndpointStatsRequest>,
+    ) -> Result<Response<pb::GetEndpointStatsResponse>, Status> {
+        self.observed("GetEndpointStats", async {
+            let who = self.caller(&request).await?;
+            Ok(Response::new(endpoints::stats(&self.service, &who, request.into_inner()).await?))
+        })
+        .await
+    }
 }

@@ -58,6 +58,7 @@ pub fn router(state: RestState) -> axum::Router {
         .routes(routes!(gateway::endpoints::get, gateway::endpoints::update, gateway::endpoints::delete))
         .routes(routes!(gateway::endpoints::secret))
         .routes(routes!(gateway::endpoints::rotate))
+        .routes(routes!(gateway::endpoints::stats))
         .routes(routes!(gateway::endpoints::organization_secret))
         .routes(routes!(gateway::endpoints::rotate_organization_secret))
         .routes(routes!(gateway::recovery::redeliver_in_subscription))

@@ -2,11 +2,13 @@
 
 mod endpoints;
 mod recovery;
+mod stats;
 mod tail;
 
 use endpoints::may_act_for;
 pub use endpoints::{DEFAULT_GRACE, EndpointPage, EndpointRef, MAX_GRACE, ShownSecret};
 pub use recovery::{ENDPOINT_DISABLED, RecoverInput, Recovery};
+pub use stats::{EndpointStats, STATS_HOURS, StatsBucket, window_at};
 pub use tail::{WatchEvent, WatchQuery, matches};
 
 use std::sync::Arc;

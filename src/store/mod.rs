@@ -9,12 +9,14 @@ mod filter_sql;
 pub mod postgres;
 pub mod recovery;
 mod sqlite;
+pub mod stats;
 pub mod tail;
 
 pub use endpoints::{DisableRule, EndpointOutcome, EndpointStore, NewEndpoint, StoredSecrets};
 pub use postgres::PostgresStore;
 pub use recovery::{Operation, RecoverFilter, RecoveryStore, Redelivered};
 pub use sqlite::SqliteStore;
+pub use stats::{BucketRow, EndpointQueue, StatsStore, StatsWindow};
 pub use tail::{TailChange, TailEvent, TailPosition, TailStore};
 
 /// Opens and migrates the store a URL names: `postgres://` (or `postgresql://`)
@@ -167,7 +169,7 @@ pub struct QueueStats {
 }
 
 #[async_trait]
-pub trait Store: EndpointStore + RecoveryStore + TailStore + Send + Sync + 'static {
+pub trait Store: EndpointStore + RecoveryStore + TailStore + StatsStore + Send + Sync + 'static {
     /// Stores a webhook durably (committed before returning). A repeated
     /// idempotency key in the same organization returns the earlier request.
     async fn insert_delivery(&self, delivery: &NewDelivery) -> Result<Dispatched>;

@@ -47,7 +47,7 @@ pub struct SqliteStore {
 }
 
 pub(crate) const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
-     r.endpoint_id, \
+     r.endpoint_id, COALESCE(r.message_id, r.request_id) AS message_id, \
      r.call_id, m.assistant_id, r.webhook_url, r.webhook_type, m.body, m.metadata, r.status, r.attempt_count, \
      r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, r.expires_at, \
      a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, a.response_truncated, \
@@ -109,6 +109,7 @@ pub(crate) fn log_from_row(row: &SqliteRow) -> Result<LogRecord> {
     Ok(LogRecord {
         log_id: row.try_get("id")?,
         request_id: uuid(row.try_get("request_id")?)?,
+        message_id: uuid(row.try_get("message_id")?)?,
         organization_id: uuid(row.try_get("organization_id")?)?,
         workspace_id: opt_uuid(row.try_get("workspace_id")?)?,
         subscription_id: opt_uuid(row.try_get("subscription_id")?)?,

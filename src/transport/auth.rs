@@ -4,8 +4,9 @@
 //! handlers as a request extension (tonic copies extensions into
 //! `tonic::Request`).
 //!
-//! Open without a key: health, readiness, metrics, the OpenAPI document, and
-//! gRPC health and reflection. They carry no tenant data.
+//! Open without a key: health, readiness, metrics, the OpenAPI document, the
+//! console's static files (its data calls carry the key), and gRPC health and
+//! reflection. They carry no tenant data.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +25,11 @@ const OPEN_GRPC_SERVICES: &[&str] =
     &["/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"];
 
 fn is_open(grpc: bool, path: &str) -> bool {
-    if grpc { OPEN_GRPC_SERVICES.iter().any(|s| path.starts_with(s)) } else { OPEN_REST_PATHS.contains(&path) }
+    if grpc {
+        OPEN_GRPC_SERVICES.iter().any(|s| path.starts_with(s))
+    } else {
+        OPEN_REST_PATHS.contains(&path) || super::console::is_console(path)
+    }
 }
 
 pub(super) async fn authenticate(State(auth): State<Arc<Authenticator>>, mut request: Request, next: Next) -> Response {

@@ -5,8 +5,10 @@
 //!
 //! - [`listener`]: the accept loop and its per-connection bounds.
 //! - [`auth`]: the API key check shared by gRPC and REST.
+//! - [`console`]: the browser console's static files at `/console`.
 
 pub mod auth;
+pub mod console;
 pub mod listener;
 
 use std::sync::Arc;
@@ -137,11 +139,18 @@ async fn deadline(State(timeout): State<Duration>, request: Request, next: Next)
     }
 }
 
-/// One listener for both protocols.
+/// One listener for both protocols, and the console's files beside REST.
 fn by_content_type(grpc: axum::Router, rest: axum::Router) -> axum::Router {
     use tower::ServiceExt;
+    let console = console::router();
     axum::Router::new().fallback_service(tower::service_fn(move |request: Request| {
-        let target = if is_grpc(&request) { grpc.clone() } else { rest.clone() };
+        let target = if is_grpc(&request) {
+            grpc.clone()
+        } else if console::is_console(request.uri().path()) {
+            console.clone()
+        } else {
+            rest.clone()
+        };
         target.oneshot(request)
     }))
 }

@@ -20,6 +20,7 @@ macro_rules! on_both_stores {
 }
 
 mod conformance;
+mod console;
 mod delivery;
 mod dispatch;
 mod endpoints;
@@ -37,5 +38,6 @@ mod replicas;
 mod rest;
 mod retention;
 mod signature_schemes;
+mod stats;
 mod tenancy;
 mod watch;

@@ -384,6 +384,7 @@ async fn openapi_lists_exactly_the_served_routes() {
         sub.to_string(),
         format!("{sub}/secret"),
         format!("{sub}/secret:rotate"),
+        format!("{sub}/stats"),
         format!("{sub}/logs/redeliver"),
         format!("{sub}:pause"),
         format!("{sub}:resume"),

@@ -169,6 +169,7 @@ fn log() -> LogRecord {
     LogRecord {
         log_id: 1,
         request_id: Uuid::nil(),
+        message_id: Uuid::nil(),
         organization_id: Uuid::nil(),
         workspace_id: None,
         subscription_id: None,

@@ -232,6 +232,30 @@ pub async fn rotate(
     proto_json(&rpc::rotate(&state.service, &who, request).await.map_err(rest_error)?)
 }
 
+/// The webhook subscription's last 24 hours, hour by hour (attempts,
+/// successes, p50 and p99 response time), and its queue now
+/// (`GetEndpointStats`).
+#[utoipa::path(
+    get,
+    path = "/organizations/{organizationId}/workspaces/{workspaceId}/webhook-subscriptions/{webhookSubscriptionId}/stats",
+    tag = "webhook-subscriptions",
+    params(("organizationId" = uuid::Uuid, Path), ("workspaceId" = uuid::Uuid, Path), ("webhookSubscriptionId" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, description = "hookpost.v1.GetEndpointStatsResponse: startTime, endTime, 24 hourly buckets (attempts, successes, p50ResponseTimeMs, p99ResponseTimeMs), pendingCount, heldCount, oldestPendingCreateTime", body = Object),
+        (status = 404, description = "No such webhook subscription (or another organization's)", body = Object),
+    ),
+    security(("bearer" = []), ("accessKey" = []))
+)]
+pub async fn stats(
+    State(state): State<RestState>,
+    Path((organization_id, workspace_id, endpoint_id)): Path<Item>,
+    extensions: axum::http::Extensions,
+) -> Result<Json<Value>, RestError> {
+    let who = caller(&extensions, Style::Status)?;
+    let request = pb::GetEndpointStatsRequest { organization_id, workspace_id, endpoint_id };
+    proto_json(&rpc::stats(&state.service, &who, request).await.map_err(rest_error)?)
+}
+
 /// The organization's signing secret (`GetOrganizationSecret`), which signs
 /// deliveries to a bare `webhookUrl`.
 #[utoipa::path(

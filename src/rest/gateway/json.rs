@@ -242,6 +242,10 @@ impl Serialize for WebhookLog<'_> {
         }
         m.serialize_entry("createdAt", &timestamp(l.created_at))?;
         m.serialize_entry("updatedAt", &timestamp(l.updated_at))?;
+        m.serialize_entry("messageId", &l.message_id.to_string())?;
+        if let Some(e) = l.endpoint_id {
+            m.serialize_entry("endpointId", &e.to_string())?;
+        }
         m.end()
     }
 }

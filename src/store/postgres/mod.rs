@@ -49,7 +49,7 @@ pub mod sql {
     /// The columns of a log listing: the delivery (`r`), its message (`m`)
     /// and its latest attempt (`a`).
     pub const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
-         r.endpoint_id, \
+         r.endpoint_id, r.message_id, \
          r.call_id, m.assistant_id, r.webhook_url, r.webhook_type, m.body, m.metadata, r.status, \
          r.attempt_count, r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, r.expires_at, \
          a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, \
@@ -404,6 +404,7 @@ pub(crate) fn log_from_row(row: &PgRow) -> Result<LogRecord> {
     Ok(LogRecord {
         log_id: row.try_get("id")?,
         request_id: row.try_get("request_id")?,
+        message_id: row.try_get("message_id")?,
         organization_id: row.try_get("organization_id")?,
         workspace_id: row.try_get("workspace_id")?,
         subscription_id: row.try_get("subscription_id")?,
