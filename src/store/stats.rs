@@ -96,9 +96,12 @@ impl StatsStore for PostgresStore {
         window: &StatsWindow,
     ) -> Result<Vec<BucketRow>> {
         // The attempts' partition key (request_created_at) is bounded too, so
-        // only the partitions of the span are visited.
-        let rows = sqlx::query(
-            "SELECT floor(extract(epoch FROM a.attempted_at - $3)::float8 / $4)::bigint AS bucket, \
+        // only the partitions of the span are visited. A dashboard read: a
+        // read replica answers it when there is one.
+        let rows = self
+            .read_logs(|db| async move {
+                Ok(sqlx::query(
+                    "SELECT floor(extract(epoch FROM a.attempted_at - $3)::float8 / $4)::bigint AS bucket, \
                count(*) AS attempts, count(*) FILTER (WHERE a.success) AS successes, \
                percentile_disc(0.5) WITHIN GROUP (ORDER BY a.response_time_ms) AS p50, \
                percentile_disc(0.99) WITHIN GROUP (ORDER BY a.response_time_ms) AS p99 \
@@ -107,15 +110,17 @@ impl StatsStore for PostgresStore {
              WHERE r.organization_id = $1 AND r.endpoint_id = $2 AND r.created_at >= $5 \
                AND a.request_created_at >= $5 AND a.attempted_at >= $3 AND a.attempted_at < $6 \
              GROUP BY 1 ORDER BY 1",
-        )
-        .bind(organization_id)
-        .bind(endpoint_id)
-        .bind(window.start)
-        .bind(window.bucket.as_seconds_f64())
-        .bind(window.created_after)
-        .bind(window.end())
-        .fetch_all(self.pool())
-        .await?;
+                )
+                .bind(organization_id)
+                .bind(endpoint_id)
+                .bind(window.start)
+                .bind(window.bucket.as_seconds_f64())
+                .bind(window.created_after)
+                .bind(window.end())
+                .fetch_all(&db)
+                .await?)
+            })
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let Some(index) = index(row.try_get("bucket")?, window) else { continue };
@@ -142,7 +147,7 @@ impl StatsStore for PostgresStore {
         )
         .bind(organization_id)
         .bind(endpoint_id)
-        .fetch_one(self.pool())
+        .fetch_one(self.db())
         .await?;
         Ok(EndpointQueue {
             pending: count(row.try_get("pending")?),
