@@ -54,6 +54,7 @@ impl Application {
             url: &config.database_url,
             pooled_url: config.pooled_database_url.as_deref(),
             read_urls: &config.read_database_urls,
+            read_max_lag: config.read_replica_max_lag,
         };
         let (store, kind) = store::open_with(&connect, config.db_pool_size, config.db_acquire_timeout).await?;
         let location = match kind {

@@ -177,6 +177,12 @@ pub struct ServeArgs {
     #[arg(long = "read-database-url", env = "HOOKPOST_READ_DATABASE_URLS", value_delimiter = ',')]
     pub read_database_urls: Vec<String>,
 
+    /// How far a read replica may fall behind and still serve reads: one
+    /// that has not replayed what the primary had written this long ago
+    /// (replay stopped, paused or slow) gets no reads until it catches up.
+    #[arg(long, env = "HOOKPOST_READ_REPLICA_MAX_LAG", value_parser = duration, default_value = "10s")]
+    pub read_replica_max_lag: Duration,
+
     /// The same Postgres database through a connection pooler in transaction
     /// mode (PgBouncer `pool_mode = transaction`): the pool's statements go
     /// there, each unnamed and inside a transaction. --database-url stays the
@@ -371,6 +377,8 @@ pub struct Config {
     pub read_database_urls: Vec<String>,
     /// `database_url` through a transaction pooler, for the pool.
     pub pooled_database_url: Option<String>,
+    /// How far a read replica may lag and still serve reads.
+    pub read_replica_max_lag: Duration,
     pub db_pool_size: u32,
     pub db_acquire_timeout: Duration,
     pub default_max_retries: u32,
@@ -394,6 +402,7 @@ impl Config {
             database_url: database_url.into(),
             read_database_urls: Vec::new(),
             pooled_database_url: None,
+            read_replica_max_lag: crate::store::postgres::DEFAULT_READ_MAX_LAG,
             secret_key: SecretKeySource::Ephemeral,
             db_pool_size: 16,
             db_acquire_timeout: Duration::from_secs(5),
@@ -467,6 +476,7 @@ impl TryFrom<ServeArgs> for Config {
             database_url: a.database.url(),
             read_database_urls: a.read_database_urls,
             pooled_database_url: a.pooled_database_url,
+            read_replica_max_lag: a.read_replica_max_lag,
             secret_key: match a.secret_key {
                 Some(key) => SecretKeySource::Base64(key),
                 None => SecretKeySource::DataDir(a.database.data_dir.clone()),

@@ -27,7 +27,7 @@ pub async fn open(
     pool_size: u32,
     acquire_timeout: std::time::Duration,
 ) -> anyhow::Result<(std::sync::Arc<dyn Store>, &'static str)> {
-    open_with(&postgres::Connect { url, ..Default::default() }, pool_size, acquire_timeout).await
+    open_with(&postgres::Connect::direct(url), pool_size, acquire_timeout).await
 }
 
 /// As [`open`], for a Postgres store also through a pooler and with read

@@ -128,13 +128,14 @@ fn status_change(status: &str, reason: String) -> Result<TailChange> {
 
 #[async_trait]
 impl TailStore for PostgresStore {
-    // Read on a replica when there is one: a standby's snapshot horizon is
-    // the primary's as of what it has replayed, so the same rule holds there
-    // (every transaction below it has ended on the primary, and its rows have
-    // been replayed). A position read on one server is valid on any other:
-    // one that lags returns nothing after it until it has caught up.
+    // Read on a replica when there is one (the same one while it is up): a
+    // standby's snapshot horizon is the primary's as of what it has replayed,
+    // so the same rule holds there (every transaction below it has ended on
+    // the primary, and its rows have been replayed). A position read on one
+    // server is valid on any other: one that lags returns nothing after it
+    // until it has caught up.
     async fn tail_now(&self) -> Result<TailPosition> {
-        self.read_logs(|pool| async move {
+        self.read_tail(|pool| async move {
             let h: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
                 .fetch_one(&pool)
                 .await?;
@@ -145,25 +146,15 @@ impl TailStore for PostgresStore {
     }
 
     async fn tail(&self, after: TailPosition, limit: u32) -> Result<Vec<TailEvent>> {
-        self.read_logs(|pool| tail_on(pool, after, limit)).await
+        self.read_tail(|pool| tail_on(pool, after, limit)).await
     }
 
     async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)]) -> Result<Vec<LogRecord>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut logs = self.read_logs(|pool| logs_by_id_on(pool, ids.to_vec())).await?;
-        if logs.len() < ids.len() {
-            // A replica can answer the tail from one server and the logs from
-            // another that lags: what it lacks, the primary has.
-            let missing: Vec<_> = ids
-                .iter()
-                .copied()
-                .filter(|(id, at)| !logs.iter().any(|l| l.log_id == *id && l.created_at == *at))
-                .collect();
-            logs.extend(logs_by_id_on(self.db().clone(), missing).await?);
-        }
-        Ok(logs)
+        // On the primary, even with replicas: a log read on a server that
+        // lags more than the one the events came from could be older than
+        // its event (a watcher filtering by status would miss the change).
+        // The primary is never behind any replica.
+        logs_by_id_on(self.db().clone(), ids.to_vec()).await
     }
 }
 

@@ -542,11 +542,15 @@ impl ThrowawayPostgres {
 impl Drop for ThrowawayPostgres {
     fn drop(&mut self) {
         let data = self.dir.join("data");
-        let _ = std::process::Command::new(if self.as_postgres { "runuser" } else { "true" })
-            .args(if self.as_postgres { vec!["-u", "postgres", "--"] } else { vec![] })
-            .arg(self.bin.join("pg_ctl"))
-            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
-            .output();
+        let pg_ctl = self.bin.join("pg_ctl");
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+            c
+        } else {
+            std::process::Command::new(&pg_ctl)
+        };
+        let _ = cmd.args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -623,6 +627,38 @@ impl PgBouncer {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default()
+    }
+
+    /// `SHOW <what>` on the admin console, each row as column → text.
+    pub async fn show(&self, what: &str) -> Vec<std::collections::HashMap<String, String>> {
+        use sqlx::{Column, Row};
+        let user = url::Url::parse(&admin_url()).unwrap().username().to_owned();
+        let options = sqlx::postgres::PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .username(&user)
+            .database("pgbouncer")
+            .extra_float_digits(None)
+            .statement_cache_capacity(0);
+        let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+        // The console speaks the simple protocol only, and answers in text.
+        let rows = sqlx::raw_sql(&format!("SHOW {what}")).fetch_all(&mut conn).await.unwrap();
+        rows.iter()
+            .map(|row| {
+                row.columns()
+                    .iter()
+                    .map(|c| {
+                        let raw = row.try_get_raw(c.ordinal()).unwrap();
+                        let text = if sqlx::ValueRef::is_null(&raw) {
+                            String::new()
+                        } else {
+                            String::from_utf8_lossy(raw.as_bytes().unwrap()).into_owned()
+                        };
+                        (c.name().to_owned(), text)
+                    })
+                    .collect()
+            })
+            .collect()
     }
 }
 

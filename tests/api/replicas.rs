@@ -27,12 +27,42 @@ async fn replica_sql(replica: &ThrowawayPostgres, sql: &str) {
     sqlx::query(sql).execute(&mut conn).await.unwrap();
 }
 
+/// Waits until the replica has replayed everything the primary has written.
+async fn caught_up(primary: &ThrowawayPostgres, replica: &ThrowawayPostgres) {
+    let mut p = sqlx::PgConnection::connect(&primary.url()).await.unwrap();
+    let written: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&mut p).await.unwrap();
+    eventually(SETTLE, "the replica to catch up", || async {
+        let mut r = sqlx::PgConnection::connect(&replica.url()).await.ok()?;
+        let behind: f64 = sqlx::query_scalar("SELECT pg_wal_lsn_diff($1::pg_lsn, pg_last_wal_replay_lsn())::float8")
+            .bind(&written)
+            .fetch_one(&mut r)
+            .await
+            .ok()?;
+        (behind <= 0.0).then_some(())
+    })
+    .await;
+}
+
+/// Pauses the replica's replay and waits until it has paused.
+async fn pause_replay(replica: &ThrowawayPostgres) {
+    replica_sql(replica, "SELECT pg_wal_replay_pause()").await;
+    eventually(SETTLE, "replay to pause", || async {
+        let mut r = sqlx::PgConnection::connect(&replica.url()).await.ok()?;
+        let state: String =
+            sqlx::query_scalar("SELECT pg_get_wal_replay_pause_state()").fetch_one(&mut r).await.ok()?;
+        (state == "paused").then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_streaming_replica_serves_log_reads_and_the_primary_takes_over_when_it_stops() {
     let primary = ThrowawayPostgres::start();
     let replica = primary.replica();
     let mut config = test_config(&primary.url());
     config.read_database_urls = vec![replica.url()];
+    // Paused on purpose below: not "too far behind" for this test.
+    config.read_replica_max_lag = Duration::from_secs(3600);
     config.db_acquire_timeout = Duration::from_millis(500);
     let app = spawn_app_on(config, &primary.url()).await;
     let receiver = Receiver::start().await;
@@ -50,7 +80,8 @@ async fn a_streaming_replica_serves_log_reads_and_the_primary_takes_over_when_it
     // With replay paused, the replica no longer sees new writes: a listing
     // (from the replica) does not show the next webhook, but its details
     // right after Dispatch do (the primary answers what the replica lacks).
-    replica_sql(&replica, "SELECT pg_wal_replay_pause()").await;
+    caught_up(&primary, &replica).await;
+    pause_replay(&replica).await;
     let second = app.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap();
     let details = app.details(&second.request_id).await.expect("details of one's own write");
     assert_eq!(details.log.unwrap().request_id, second.request_id);
@@ -107,11 +138,52 @@ async fn a_streaming_replica_serves_log_reads_and_the_primary_takes_over_when_it
     })
     .await;
 
-    // Back: reads return to it.
+    // Back: once it has caught up, reads return to it (paused again, it
+    // does not show a fourth webhook that the primary has).
     replica.start_server();
     eventually(SETTLE, "replicas SERVING again", || {
         status(hookpost::app::READ_REPLICAS_HEALTH, ServingStatus::Serving)
     })
     .await;
-    assert_eq!(listed(&app, org).await.len(), 3);
+    caught_up(&primary, &replica).await;
+    pause_replay(&replica).await;
+    let fourth = app.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap();
+    app.settled(&fourth.request_id, SETTLE).await;
+    assert_eq!(listed(&app, org).await.len(), 3, "the listing comes from the replica again");
+}
+
+#[tokio::test]
+async fn a_replica_that_falls_behind_gets_no_reads_until_it_catches_up() {
+    let primary = ThrowawayPostgres::start();
+    let replica = primary.replica();
+    let mut config = test_config(&primary.url());
+    config.read_database_urls = vec![replica.url()];
+    config.read_replica_max_lag = Duration::from_secs(1);
+    let app = spawn_app_on(config, &primary.url()).await;
+    let receiver = Receiver::start().await;
+    let org = Uuid::new_v4();
+    let channel = tonic::transport::Channel::from_shared(app.base_url.clone()).unwrap().connect().await.unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let replicas = |want: ServingStatus| {
+        let mut h = health.clone();
+        async move {
+            let req = tonic_health::pb::HealthCheckRequest { service: hookpost::app::READ_REPLICAS_HEALTH.into() };
+            (h.check(req).await.ok()?.into_inner().status == want as i32).then_some(())
+        }
+    };
+    eventually(SETTLE, "replicas SERVING", || replicas(ServingStatus::Serving)).await;
+
+    // Replay stops while the primary goes on writing: past the allowed lag
+    // the replica is out, and the primary answers (the new webhook listed).
+    caught_up(&primary, &replica).await;
+    pause_replay(&replica).await;
+    let sent = app.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap();
+    app.settled(&sent.request_id, SETTLE).await;
+    eventually(SETTLE, "replicas NOT_SERVING", || replicas(ServingStatus::NotServing)).await;
+    assert_eq!(listed(&app, org).await, std::slice::from_ref(&sent.request_id));
+
+    // Replaying again, it catches up and is back.
+    replica_sql(&replica, "SELECT pg_wal_replay_resume()").await;
+    eventually(SETTLE, "replicas SERVING again", || replicas(ServingStatus::Serving)).await;
+    assert_eq!(listed(&app, org).await, std::slice::from_ref(&sent.request_id));
 }

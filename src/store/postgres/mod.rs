@@ -192,6 +192,34 @@ pub mod sql {
                    WHERE request_pk = $1 AND lease_id = $2 AND request_created_at = $13)) AS held";
 }
 
+/// A chunk of a call's logs, read on `db` (the primary or a replica).
+async fn call_logs_on(
+    db: Db,
+    f: &CallLogFilter,
+    after: Option<CallCursor>,
+    limit: u32,
+    max_bytes: usize,
+) -> Result<LogBatch> {
+    // The order key comes from the latest attempt (a lateral row), so the
+    // keyset condition applies to the joined rows; a call's logs are found by
+    // the call_id index first, and each chunk is one query.
+    let select = sql::LOG_SELECT.replacen("SELECT ", "SELECT COALESCE(a.attempted_at, r.created_at) AS sort_at, ", 1);
+    let mut q = QueryBuilder::new("SELECT * FROM (");
+    q.push(select).push(" WHERE r.call_id = ").push_bind(f.call_id);
+    if let Some(v) = f.organization_id {
+        q.push(" AND r.organization_id = ").push_bind(v);
+    }
+    if let Some(v) = &f.webhook_type {
+        q.push(" AND r.webhook_type = ").push_bind(v.clone());
+    }
+    q.push(") l");
+    if let Some(c) = after {
+        q.push(" WHERE (l.sort_at, l.id) > (").push_bind(c.at).push(", ").push_bind(c.log_id).push(")");
+    }
+    q.push(format_args!(" ORDER BY l.sort_at, l.id LIMIT {}", u64::from(limit) + 1));
+    take_within_budget(q.build().fetch(&db), limit, max_bytes, log_from_row).await
+}
+
 /// A request and its attempts, read on `pool` (the primary or a replica).
 async fn log_details_on(
     pool: Db,
@@ -223,8 +251,11 @@ async fn log_details_on(
     Ok(Some((log, attempts)))
 }
 
+/// How far a read replica may lag and still serve reads, unless told.
+pub const DEFAULT_READ_MAX_LAG: Duration = Duration::from_secs(10);
+
 /// Where a Postgres store connects.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Connect<'a> {
     /// The primary, directly.
     pub url: &'a str,
@@ -233,6 +264,16 @@ pub struct Connect<'a> {
     pub pooled_url: Option<&'a str>,
     /// Streaming replicas for log reads, see `replicas`.
     pub read_urls: &'a [String],
+    /// How far a replica may lag (replay behind what the primary had
+    /// written that long ago) and still serve reads.
+    pub read_max_lag: Duration,
+}
+
+impl<'a> Connect<'a> {
+    /// The primary alone.
+    pub fn direct(url: &'a str) -> Self {
+        Self { url, pooled_url: None, read_urls: &[], read_max_lag: DEFAULT_READ_MAX_LAG }
+    }
 }
 
 /// The channel on which replicas announce newly committed work.
@@ -284,7 +325,7 @@ impl PostgresStore {
         max_connections: u32,
         acquire_timeout: Duration,
     ) -> anyhow::Result<Self> {
-        Self::connect_with(&Connect { url, pooled_url: None, read_urls }, max_connections, acquire_timeout).await
+        Self::connect_with(&Connect { read_urls, ..Connect::direct(url) }, max_connections, acquire_timeout).await
     }
 
     /// Connects as `to` says, without migrating.
@@ -325,8 +366,8 @@ impl PostgresStore {
         };
         let batcher = Arc::new(InsertBatcher::start(db.clone()));
         let recorder = Arc::new(record::RecordBatcher::start(db.clone()));
-        let reads = replicas::ReadReplicas::new(to.read_urls, max_connections, acquire_timeout)?;
-        reads.spawn_probe();
+        let reads = replicas::ReadReplicas::new(to.read_urls, max_connections, acquire_timeout, to.read_max_lag)?;
+        reads.spawn_probe(db.clone());
         Ok(Self { db, direct, options, batcher, recorder, reads })
     }
 
@@ -347,6 +388,16 @@ impl PostgresStore {
         Fut: std::future::Future<Output = Result<T>>,
     {
         self.reads.read(&self.db, read).await
+    }
+
+    /// As [`PostgresStore::read_logs`], always on the same replica while it
+    /// is up (the live tail: see `replicas`).
+    pub(crate) async fn read_tail<T, F, Fut>(&self, read: F) -> Result<T>
+    where
+        F: Fn(Db) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        self.reads.read_sticky(&self.db, read).await
     }
 
     /// The Dispatch an idempotency key was first used for: its message and
@@ -599,29 +650,14 @@ impl Store for PostgresStore {
         limit: u32,
         max_bytes: usize,
     ) -> Result<LogBatch> {
-        // The order key comes from the latest attempt (a lateral row), so the
-        // keyset condition applies to the joined rows; a call's logs are found
-        // by the call_id index first, and each chunk is one query.
-        let select =
-            sql::LOG_SELECT.replacen("SELECT ", "SELECT COALESCE(a.attempted_at, r.created_at) AS sort_at, ", 1);
-        let select = &select;
-        self.read_logs(|pool| async move {
-            let mut q = QueryBuilder::new("SELECT * FROM (");
-            q.push(select).push(" WHERE r.call_id = ").push_bind(f.call_id);
-            if let Some(v) = f.organization_id {
-                q.push(" AND r.organization_id = ").push_bind(v);
-            }
-            if let Some(v) = &f.webhook_type {
-                q.push(" AND r.webhook_type = ").push_bind(v.clone());
-            }
-            q.push(") l");
-            if let Some(c) = after {
-                q.push(" WHERE (l.sort_at, l.id) > (").push_bind(c.at).push(", ").push_bind(c.log_id).push(")");
-            }
-            q.push(format_args!(" ORDER BY l.sort_at, l.id LIMIT {}", u64::from(limit) + 1));
-            take_within_budget(q.build().fetch(&pool), limit, max_bytes, log_from_row).await
-        })
-        .await
+        let first = self.read_logs(|db| call_logs_on(db, f, after, limit, max_bytes)).await?;
+        // A call the replica knows nothing of yet (dispatched a moment ago)
+        // is looked up on the primary, as details are: "no such call" is an
+        // answer the caller acts on.
+        if first.logs.is_empty() && after.is_none() {
+            return call_logs_on(self.db.clone(), f, after, limit, max_bytes).await;
+        }
+        Ok(first)
     }
 
     async fn log_details(

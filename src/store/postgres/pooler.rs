@@ -20,6 +20,11 @@
 //!
 //! Direct (the default), [`Db`] and [`Tx`] are the pool and its transaction,
 //! with sqlx's statement cache.
+//!
+//! Not covered: `prepare`/`describe` (named by sqlx, never used by the store)
+//! and sqlx's own lookups of custom type OIDs (named too). The schema uses
+//! built-in types only; a custom type (an enum, a domain) would need them
+//! made safe first.
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
