@@ -21,8 +21,8 @@ function parseHash() {
 
 function signIn() {
   const key = h("input", { type: "password", name: "key", autocomplete: "off", required: true, spellcheck: "false" });
-  const org = h("input", { type: "text", name: "organization", required: true, spellcheck: "false",
-    pattern: "[0-9a-fA-F-]{36}", placeholder: "00000000-0000-0000-0000-000000000000" });
+  const org = h("input", { type: "text", name: "organization", spellcheck: "false",
+    pattern: "[0-9a-fA-F-]{36}", placeholder: "a service key's choice; an organization key's own if empty" });
   const ws = h("input", { type: "text", name: "workspace", spellcheck: "false",
     pattern: "[0-9a-fA-F-]{36}", placeholder: "optional; needed for endpoints" });
   const status = h("div", { "aria-live": "polite" });
@@ -32,7 +32,7 @@ function signIn() {
       "The key is kept in this tab only (session storage) and sent as a bearer token to this server. ",
       "An organization key sees its own organization; a service key may open any: name the one to look at."),
     field("API key", key),
-    field("Organization ID", org, "The organization's UUID (an organization key's own)."),
+    field("Organization ID", org, "Needed with a service key; an organization key brings its own."),
     field("Workspace ID", ws, "Endpoints belong to a workspace; you can set it later on the Endpoints page."),
     h("button", { type: "submit", class: "primary" }, "Sign in"),
     status);
@@ -40,10 +40,19 @@ function signIn() {
     e.preventDefault();
     mount(status, notice("info", "Checking the key…"));
     try {
+      // Who the key is: an organization key names its organization.
+      const who = await get("/v1/caller", {}, { key: key.value.trim() });
+      const own = who.kind === "CALLER_KIND_ORGANIZATION" ? who.organizationId : "";
+      const chosen = org.value.trim() || own;
+      if (!chosen) {
+        mount(status, notice("error", "A service key acts for any organization: name the one to look at."));
+        org.focus();
+        return;
+      }
       // A page of one log tells whether the key works for this organization.
-      await get("/v1/webhook-logs", { organizationId: org.value.trim(), pageSize: 1, view: "LOG_VIEW_BASIC" },
+      await get("/v1/webhook-logs", { organizationId: chosen, pageSize: 1, view: "LOG_VIEW_BASIC" },
         { key: key.value.trim() });
-      session.save({ key: key.value.trim(), org: org.value.trim(), workspace: ws.value.trim() });
+      session.save({ key: key.value.trim(), org: chosen, workspace: ws.value.trim() });
       location.hash = "#/logs";
       route();
     } catch (err) {

@@ -312,6 +312,18 @@ impl WebhookServiceRpc for GrpcApi {
         .await
     }
 
+    #[tracing::instrument(skip_all, name = "GetCaller")]
+    async fn get_caller(
+        &self,
+        request: Request<pb::GetCallerRequest>,
+    ) -> Result<Response<pb::GetCallerResponse>, Status> {
+        self.observed("GetCaller", async {
+            let who = self.caller(&request).await?;
+            Ok(Response::new(caller_to_proto(&who)))
+        })
+        .await
+    }
+
     #[tracing::instrument(skip_all, name = "GetEndpointStats")]
     async fn get_endpoint_stats(
         &self,
@@ -323,4 +335,13 @@ impl WebhookServiceRpc for GrpcApi {
         })
         .await
     }
+}
+
+/// The caller as `GetCaller` describes it.
+pub fn caller_to_proto(who: &Principal) -> pb::GetCallerResponse {
+    let (kind, organization_id) = match who.organization() {
+        Some(org) => (pb::CallerKind::Organization, org.to_string()),
+        None => (pb::CallerKind::Service, String::new()),
+    };
+    pb::GetCallerResponse { kind: kind.into(), organization_id, key_prefix: who.key_prefix.clone() }
 }

@@ -64,6 +64,7 @@ pub fn router(state: RestState) -> axum::Router {
         .routes(routes!(gateway::recovery::redeliver_in_subscription))
         .routes(routes!(gateway::recovery::recover))
         .routes(routes!(gateway::recovery::get_operation))
+        .routes(routes!(gateway::get_caller))
         .routes(routes!(gateway::watch::watch))
         .routes(routes!(healthz))
         .routes(routes!(readyz))

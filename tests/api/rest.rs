@@ -392,6 +392,7 @@ async fn openapi_lists_exactly_the_served_routes() {
         "/organizations/{organizationId}/operations/{operationId}".into(),
         "/v1/webhook-logs/{request_id}:redeliver".into(),
         "/v1/webhook-logs:watch".into(),
+        "/v1/caller".into(),
         "/metrics".into(),
         "/organizations/{organizationId}/webhook-secret".into(),
         "/organizations/{organizationId}/webhook-secret:rotate".into(),

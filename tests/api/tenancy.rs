@@ -357,3 +357,25 @@ async fn a_rate_limited_key_gets_resource_exhausted_with_retry_after() {
     let (status, _) = app.get_json_as("/v1/webhook-logs", Some(&other)).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn get_caller_names_an_organization_keys_organization_and_nothing_for_a_service_key() {
+    let app = spawn_app().await;
+    let org = Uuid::new_v4();
+    let org_key = app.create_key(KeyKind::Organization(org)).await;
+    let me = app.client.clone().get_caller(with_key(pb::GetCallerRequest {}, &org_key)).await.unwrap().into_inner();
+    assert_eq!((me.kind(), me.organization_id.as_str()), (pb::CallerKind::Organization, org.to_string().as_str()));
+    assert!(org_key.starts_with(&me.key_prefix) && me.key_prefix.len() < org_key.len(), "the prefix, never the key");
+    let me = app.client.clone().get_caller(app.authed(pb::GetCallerRequest {})).await.unwrap().into_inner();
+    assert_eq!((me.kind(), me.organization_id.as_str()), (pb::CallerKind::Service, ""));
+    let err = app.client.clone().get_caller(pb::GetCallerRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    // The same over REST, in proto3 JSON.
+    let (status, body) = app.get_json_as("/v1/caller", Some(&org_key)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["kind"], "CALLER_KIND_ORGANIZATION");
+    assert_eq!(body["organizationId"], org.to_string());
+    let (status, _) = app.get_json_as("/v1/caller", None).await;
+    assert_eq!(status, 401);
+}

@@ -9,6 +9,8 @@ package. Every wait polls against a deadline (WebDriverWait); nothing sleeps.
 
 Checked, in order:
 
+- sign in with an organization key: no organization typed (the console asks
+  GetCaller); a service key without one is asked to name it;
 - sign in: the key lands in sessionStorage only (not in the URL, no cookie);
 - filter: ``/`` focuses the filter; status and event-type filters narrow the list;
 - live mode: a webhook dispatched meanwhile appears without a reload;
@@ -54,7 +56,10 @@ BASE = f"http://{ADDR}"
 assert ADDR.startswith(("127.0.0.1:", "localhost:")), "the console test talks to loopback only"
 SHOTS = os.environ.get("HOOKPOST_CONSOLE_SCREENSHOTS", "")
 DEADLINE_S = 20.0
-ORG = str(uuid.uuid4())
+# The organization whose key the script made (HOOKPOST_ORG_KEY): the
+# service key acts for it too.
+ORG = os.environ["HOOKPOST_ORG"]
+ORG_KEY = os.environ["HOOKPOST_ORG_KEY"]
 WORKSPACE = str(uuid.uuid4())
 
 XSS_PAYLOAD = {
@@ -246,6 +251,28 @@ def seed(ctx: Context) -> None:
     ctx.ids["xss"] = dispatch(r.url("/html"), "xss.probe", XSS_PAYLOAD)
     for key in ("ok", "fail", "xss"):
         settled(ctx.ids[key])
+
+
+def sign_in_with_an_organization_key(ctx: Context) -> None:
+    d = ctx.driver
+    d.get(f"{BASE}/console")
+    form = wait(d, "the sign-in form", lambda d: d.find_element(By.CSS_SELECTOR, "form.signin"))
+    # A service key without an organization is told to name one.
+    form.find_element(By.NAME, "key").send_keys(KEY)
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(d, "the request to name an organization", lambda d: "name the one to look at" in form.text
+         and d.execute_script("return sessionStorage.length") == 0)
+    # An organization key brings its own: no organization typed.
+    key = form.find_element(By.NAME, "key")
+    key.clear()
+    key.send_keys(ORG_KEY)
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(d, "the organization key's own logs", lambda d: set(ctx.ids.values()) <= set(row_ids(d)))
+    assert d.execute_script("return sessionStorage.getItem('hookpost.organization')") == ORG
+    assert ORG in d.find_element(By.ID, "who").text
+    d.find_element(By.ID, "signout").click()
+    wait(d, "the sign-in form again", lambda d: d.find_elements(By.CSS_SELECTOR, "form.signin"))
+    assert d.execute_script("return sessionStorage.length") == 0
 
 
 def sign_in(ctx: Context) -> None:
@@ -449,7 +476,7 @@ def logs_screenshot(ctx: Context) -> None:
     screenshot(d, "console-logs.png")
 
 
-STEPS = [sign_in, filter_logs, live_mode, keyboard, resend, escaping, endpoints, logs_screenshot]
+STEPS = [sign_in_with_an_organization_key, sign_in, filter_logs, live_mode, keyboard, resend, escaping, endpoints, logs_screenshot]
 
 
 def main() -> int:

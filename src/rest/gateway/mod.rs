@@ -193,3 +193,17 @@ pub async fn get_log_details(
     }
     Ok(Json(json::GetLogDetailsResponse::new(details)))
 }
+
+/// Who the caller is (`GetCaller`): its key's kind and, for an organization
+/// key, its organization.
+#[utoipa::path(
+    get,
+    path = "/v1/caller",
+    tag = "gateway",
+    responses((status = 200, description = "hookpost.v1.GetCallerResponse", body = Object)),
+    security(("bearer" = []), ("accessKey" = []))
+)]
+pub async fn get_caller(extensions: axum::http::Extensions) -> Result<Json<Value>, RestError> {
+    let who = caller(&extensions, Style::Status)?;
+    endpoints::proto_json(&crate::grpc::caller_to_proto(&who))
+}
