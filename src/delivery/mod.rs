@@ -129,7 +129,7 @@ pub struct DeliveryEngine {
     config: DeliveryConfig,
     wake: Arc<Notify>,
     slots: Arc<Semaphore>,
-    /// Deliveries in flight per queue in this process.
+    /// Requests open per queue in this process (see [`QueueSeat`]).
     in_flight: Mutex<HashMap<String, u32>>,
     /// Per-queue rate limiters, for endpoints that set a rate.
     limiters: Mutex<HashMap<String, (NonZeroU32, Arc<DefaultDirectRateLimiter>)>>,
@@ -331,24 +331,13 @@ impl DeliveryEngine {
                 tracing::warn!(request_id = %claim.request_id, "no free slot; the lease will bring it back");
                 continue;
             };
-            *self.in_flight.lock().expect("queue state poisoned").entry(claim.queue_key.clone()).or_insert(0) += 1;
+            let seat = QueueSeat::take(self, &claim.queue_key);
             let engine = self.clone();
             self.tracker.spawn(async move {
-                let key = claim.queue_key.clone();
-                engine.deliver(claim).await;
-                {
-                    let mut in_flight = engine.in_flight.lock().expect("queue state poisoned");
-                    if let Some(n) = in_flight.get_mut(&key) {
-                        *n -= 1;
-                        if *n == 0 {
-                            in_flight.remove(&key);
-                        }
-                    }
-                }
+                engine.deliver(claim, seat).await;
+                // No wake needed here: a claimer short of slots waits on the
+                // semaphore itself.
                 drop(slot);
-                // Its queue may have been at its cap with work waiting: look
-                // again now rather than at the next poll.
-                engine.wake.notify_one();
             });
         }
     }
@@ -393,7 +382,7 @@ impl DeliveryEngine {
         Ok(Signing { secrets, timeout })
     }
 
-    async fn deliver(&self, claim: ClaimedDelivery) {
+    async fn deliver(&self, claim: ClaimedDelivery, seat: QueueSeat) {
         self.metrics.in_flight.inc();
         let started = std::time::Instant::now();
         let expired = claim.expires_at.filter(|at| *at <= chrono::Utc::now());
@@ -403,6 +392,7 @@ impl DeliveryEngine {
             Ok(signing) => self.http.attempt(&claim, &signing).await,
             Err(Unsendable::Never(reason)) => AttemptResult::refused(reason),
             Err(Unsendable::NotHere) => {
+                drop(seat);
                 self.metrics.in_flight.dec();
                 // No attempt was made, so none is recorded; it is due again
                 // after the pause, for whichever replica can open it.
@@ -412,6 +402,9 @@ impl DeliveryEngine {
                 return;
             }
         };
+        // The receiver is done with it: its queue may take the next one
+        // while this attempt is recorded.
+        drop(seat);
         self.metrics.in_flight.dec();
         self.metrics.attempt_duration.observe(started.elapsed().as_secs_f64());
         let labels = AttemptLabels {
@@ -514,6 +507,40 @@ impl DeliveryEngine {
             error_message: r.error_message.map(without_nul),
             next,
         }
+    }
+}
+
+/// One delivery's place under its queue's in-flight cap in this process.
+/// Given back, and the claimer woken (the queue may have been at its cap with
+/// work waiting), as soon as the request to the receiver ends rather than
+/// once its attempt is recorded: the cap bounds what a receiver is sent at
+/// once, and a seat held through the record's commit kept a capped queue
+/// below its cap for that long on every delivery (the claim of the next one
+/// waited for it).
+struct QueueSeat {
+    engine: Arc<DeliveryEngine>,
+    key: String,
+}
+
+impl QueueSeat {
+    fn take(engine: &Arc<DeliveryEngine>, key: &str) -> Self {
+        *engine.in_flight.lock().expect("queue state poisoned").entry(key.to_owned()).or_insert(0) += 1;
+        Self { engine: engine.clone(), key: key.to_owned() }
+    }
+}
+
+impl Drop for QueueSeat {
+    fn drop(&mut self) {
+        {
+            let mut in_flight = self.engine.in_flight.lock().expect("queue state poisoned");
+            if let Some(n) = in_flight.get_mut(&self.key) {
+                *n -= 1;
+                if *n == 0 {
+                    in_flight.remove(&self.key);
+                }
+            }
+        }
+        self.engine.wake.notify_one();
     }
 }
 

@@ -77,9 +77,9 @@ pub fn raise_open_file_limit() -> std::io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled; then stops
-/// accepting, asks every connection to finish its requests in flight, and
-/// waits for them.
+/// Serves `router` on `listener` until `shutdown` is cancelled; then closes
+/// the listening socket (new connections are refused), asks every connection
+/// to finish its requests in flight (HTTP/2: GOAWAY), and waits for them.
 pub async fn serve(listener: TcpListener, router: axum::Router, limits: ConnectionLimits, shutdown: CancellationToken) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Room for a request head past the REST routes' own 16 KiB limit on the
@@ -125,6 +125,11 @@ pub async fn serve(listener: TcpListener, router: axum::Router, limits: Connecti
             drop(permit);
         });
     }
+    // Close the socket before draining: a client that connects now is
+    // refused and goes to another replica. Left open, the kernel would go on
+    // completing handshakes into a backlog nobody accepts from, and those
+    // connections would hang until the process exits.
+    drop(listener);
     connections.close();
     connections.wait().await;
 }
@@ -216,5 +221,54 @@ impl Activity {
             // Busy or not yet due: look again when it could first be due.
             tokio::time::sleep_until(deadline.max(Instant::now() + timeout / 4)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::Notify;
+
+    /// During a rolling restart the stopping replica must refuse new
+    /// connections at once (so clients go elsewhere) while the requests it
+    /// already has run to completion.
+    #[tokio::test]
+    async fn once_shutdown_begins_new_connections_are_refused_while_requests_in_flight_finish() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (e, r) = (entered.clone(), release.clone());
+        let router = axum::Router::new().route(
+            "/slow",
+            axum::routing::get(move || async move {
+                e.notify_one();
+                r.notified().await;
+                "done"
+            }),
+        );
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, router, ConnectionLimits::default(), shutdown.clone()));
+        let request = tokio::spawn(async move { reqwest::get(format!("http://{addr}/slow")).await?.text().await });
+        entered.notified().await;
+
+        shutdown.cancel();
+        // The accept loop sees the cancellation asynchronously: poll.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let connect = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await;
+            match connect {
+                Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                other => {
+                    let taken = other.map(|c| c.map(|_| "connected"));
+                    assert!(Instant::now() < deadline, "5 s after shutdown began, a new connection: {taken:?}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        assert!(!server.is_finished(), "the server stopped before its request in flight finished");
+
+        release.notify_one();
+        assert_eq!(request.await.unwrap().unwrap(), "done");
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("the server drains").unwrap();
     }
 }

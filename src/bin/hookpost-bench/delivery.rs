@@ -514,3 +514,108 @@ pub async fn watch(
     drop_database(admin, db_name).await;
     Ok(Watch { bare: median(&bare), watched: median(&watched), latencies, events })
 }
+
+pub struct Scale {
+    pub replicas: usize,
+    /// Deliveries per second, first arrival at the sink to the last.
+    pub per_s: f64,
+    /// Most requests open at the sink at once (cap × replicas at most).
+    pub max_open: u64,
+    /// Attempts each replica made (its /metrics).
+    pub per_replica: Vec<u64>,
+    /// Requests at the sink, and distinct webhook-ids among them.
+    pub hits: u64,
+    pub distinct: usize,
+    /// Attempt rows; (request, attempt number) pairs recorded more than once;
+    /// deliveries not succeeded at exactly one attempt.
+    pub attempts: i64,
+    pub duplicate_attempts: i64,
+    pub not_once: i64,
+}
+
+/// Issue 17, item 5: `replicas` delivering `hookpost serve` processes on one
+/// database and an API-only one that takes the Dispatch calls; `n` webhooks
+/// to one endpoint whose `max_in_flight` is `cap` (a per-process cap, so each
+/// replica has its own), at a sink that answers after `delay_ms`. The
+/// delivering replicas run before the first Dispatch (they are woken by the
+/// API replica's announcements), so none starts late; deliveries/s from the
+/// first arrival to the last. Then every arrival and every attempt row is
+/// counted.
+pub async fn scale(
+    admin: &str,
+    db_name: &str,
+    n: usize,
+    replicas: usize,
+    cap: u32,
+    delay_ms: u64,
+    dir: &Path,
+) -> anyhow::Result<Scale> {
+    let db = create_database(admin, db_name).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&db).await?;
+    let sink =
+        Sink::start(dir, &format!("sink-scale-{replicas}"), &["--delay-ms", &delay_ms.to_string(), "--record"]).await?;
+    let small_pool = ["--db-pool-size", "4"];
+    let api =
+        Hookpost::start(&db, dir, &format!("api-scale-{replicas}"), &[&small_pool[..], &["--no-delivery"]].concat())
+            .await?;
+    let org = Uuid::new_v4().to_string();
+    let policy = pb::DeliveryPolicy { max_in_flight: Some(cap), ..Default::default() };
+    let endpoint = create_endpoint(&api, &org, sink.url("scale"), Some(policy)).await?;
+    // After the API replica, which created the shared data directory's key.
+    let names: Vec<String> = (0..replicas).map(|i| format!("scale-{replicas}-{i}")).collect();
+    let workers =
+        futures_util::future::try_join_all(names.iter().map(|name| Hookpost::start(&db, dir, name, &small_pool)))
+            .await?;
+    let base = api.base_url();
+    let load = dispatch_load(&base, &api.key, 32, Load::Count(n), false, to_endpoints(org, Some(endpoint)));
+    let first = sink.wait_for(1, Duration::from_secs(60));
+    let (dispatched, first) = tokio::try_join!(load, first)?;
+    let last = sink.wait_for(n as u64, Duration::from_secs(600)).await?;
+    wait_settled(&pool, Duration::from_secs(120)).await?;
+    anyhow::ensure!(dispatched.0 == n as u64, "{} of {n} dispatched", dispatched.0);
+    let per_s = (n as f64 - 1.0) / (last - first).as_secs_f64();
+
+    let mut per_replica = Vec::new();
+    for w in &workers {
+        per_replica.push(attempts_made(&w.base_url()).await?);
+    }
+    let stats = sink.stats().await?;
+    let distinct = sink.arrivals().await?.len();
+    let (attempts, duplicate_attempts, not_once): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM webhook_attempts), \
+           (SELECT count(*) FROM (SELECT 1 FROM webhook_attempts GROUP BY request_pk, attempt_number \
+              HAVING count(*) > 1) d), \
+           (SELECT count(*) FROM webhook_requests r WHERE status <> 'succeeded' OR attempt_count <> 1 \
+              OR (SELECT count(*) FROM webhook_attempts a WHERE a.request_pk = r.id) <> 1)",
+    )
+    .fetch_one(&pool)
+    .await?;
+    for w in workers {
+        w.stop().await;
+    }
+    api.stop().await;
+    sink.proc.stop().await;
+    pool.close().await;
+    drop_database(admin, db_name).await;
+    Ok(Scale {
+        replicas,
+        per_s,
+        max_open: stats.max_open,
+        per_replica,
+        hits: stats.requests,
+        distinct,
+        attempts,
+        duplicate_attempts,
+        not_once,
+    })
+}
+
+/// Attempts a `hookpost serve` made since it started (its /metrics).
+async fn attempts_made(base: &str) -> anyhow::Result<u64> {
+    let text = reqwest::get(format!("{base}/metrics")).await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("hookpost_attempts_total{"))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum::<f64>() as u64)
+}

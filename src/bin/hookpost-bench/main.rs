@@ -30,7 +30,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "deliver,list,details,rest,purge,backlog,e2e,sustain,fanout,fairness,watch"
+        default_value = "deliver,list,details,rest,purge,backlog,e2e,sustain,fanout,fairness,watch,scale"
     )]
     only: Vec<String>,
     /// Webhooks pending in the large backlog (default 100k, quick 20k); the
@@ -43,6 +43,12 @@ struct Args {
     /// Seconds of dispatch in the sustain scenario (default 15, quick 5).
     #[arg(long)]
     sustain_secs: Option<u64>,
+    /// Webhooks of each scale run (default 2000, quick 1000).
+    #[arg(long)]
+    scale_webhooks: Option<usize>,
+    /// The scale scenario's per-replica cap: its endpoint's max_in_flight.
+    #[arg(long, default_value_t = 8)]
+    scale_cap: u32,
     /// Webhooks per dispatch/deliver round (default 5000, quick 2000).
     #[arg(long)]
     webhooks: Option<usize>,
@@ -94,6 +100,9 @@ fn ms(v: f64) -> f64 {
 /// 10,000 dispatched at concurrency 32, and CPU per webhook (ms).
 const SVIX_E2E_PER_S: f64 = 660.0;
 const SVIX_CPU_MS: f64 = 2.1;
+
+/// The scale scenario's receiver answers after this long (issue 17).
+const SCALE_DELAY_MS: u64 = 50;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -525,6 +534,50 @@ async fn main() -> anyhow::Result<()> {
                 "as above, p99 (issue 13: under 1000 ms); A at most {} open at its receiver (cap 4), {:.2} row \
                  updates per attempt",
                 f.a_max_open, f.updates_per_attempt
+            ),
+        ));
+    }
+
+    if run("scale") {
+        let scale_n = a.scale_webhooks.unwrap_or(if a.quick { 1000 } else { 2000 });
+        let (mut one, mut three) = (Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            for replicas in [1, 3] {
+                let name = format!("{tag}_scale_{replicas}_{round}");
+                let s = delivery::scale(&a.database_url, &name, scale_n, replicas, a.scale_cap, SCALE_DELAY_MS, &tmp)
+                    .await?;
+                eprintln!(
+                    "scale round {round}, {replicas} replica(s): {:.0} deliveries/s; at most {} open at the sink; \
+                     attempts per replica {:?}; sink {} hits, {} distinct; {} attempt rows, {} (request, attempt) \
+                     recorded twice, {} deliveries not succeeded at exactly one attempt",
+                    s.per_s,
+                    s.max_open,
+                    s.per_replica,
+                    s.hits,
+                    s.distinct,
+                    s.attempts,
+                    s.duplicate_attempts,
+                    s.not_once
+                );
+                let n = scale_n as u64;
+                anyhow::ensure!(
+                    s.hits == n && s.distinct as u64 == n && s.attempts as u64 == n,
+                    "scale: not every webhook delivered exactly once"
+                );
+                anyhow::ensure!(s.duplicate_attempts == 0 && s.not_once == 0, "scale: an attempt was recorded twice");
+                if s.replicas == 1 { one.push(s.per_s) } else { three.push(s.per_s) }
+            }
+            eprintln!("scale round {round}: 3 replicas / 1 = {:.2}", three[round - 1] / one[round - 1]);
+        }
+        rows.push(Row::new(
+            "scale_3_replicas_vs_1",
+            median(&three),
+            median(&one),
+            "deliveries/s",
+            format!(
+                "{scale_n} webhooks to one endpoint, max_in_flight {} per replica, receiver answering after {} ms: \
+                 3 delivering replicas vs 1 (target >= 2.5); each webhook once at the sink, one attempt row each",
+                a.scale_cap, SCALE_DELAY_MS
             ),
         ));
     }

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use sqlx::PgPool;
 
-/// `hookpost-bench sink --listen ADDR [--hang] [--record]`.
+/// `hookpost-bench sink --listen ADDR [--hang] [--delay-ms MS] [--record]`.
 #[derive(clap::Parser)]
 pub struct SinkArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -22,6 +22,9 @@ pub struct SinkArgs {
     /// Never answer (a receiver that hangs until the sender gives up).
     #[arg(long)]
     pub hang: bool,
+    /// Answer each request after this many milliseconds (a slow receiver).
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
     /// Keep each request's `webhook-id` and arrival time (Unix µs).
     #[arg(long)]
     pub record: bool,
@@ -30,6 +33,7 @@ pub struct SinkArgs {
 #[derive(Default)]
 struct SinkState {
     hang: bool,
+    delay: Duration,
     record: bool,
     requests: AtomicU64,
     open: AtomicU64,
@@ -49,10 +53,15 @@ pub fn unix_micros() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
-/// Answers 200 at once (HTTP/1.1 keep-alive, as axum serves it), or never
-/// with `--hang`. `GET /__stats` and `GET /__arrivals` report to the bench.
+/// Answers 200 at once (HTTP/1.1 keep-alive, as axum serves it), after
+/// `--delay-ms`, or never with `--hang`. `GET /__stats` and `GET /__arrivals` report to the bench.
 pub async fn run_sink(args: SinkArgs) -> anyhow::Result<()> {
-    let state = Arc::new(SinkState { hang: args.hang, record: args.record, ..Default::default() });
+    let state = Arc::new(SinkState {
+        hang: args.hang,
+        delay: Duration::from_millis(args.delay_ms),
+        record: args.record,
+        ..Default::default()
+    });
     async fn hook(State(s): State<Arc<SinkState>>, headers: HeaderMap) -> &'static str {
         let at = unix_micros();
         s.requests.fetch_add(1, Ordering::Relaxed);
@@ -66,6 +75,9 @@ pub async fn run_sink(args: SinkArgs) -> anyhow::Result<()> {
         }
         if s.hang {
             std::future::pending::<()>().await;
+        }
+        if !s.delay.is_zero() {
+            tokio::time::sleep(s.delay).await;
         }
         r#"{"received": true}"#
     }
