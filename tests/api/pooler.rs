@@ -20,6 +20,10 @@ async fn everything_works_through_pgbouncer_in_transaction_mode() {
     let mut config = test_config(&direct);
     config.db_pool_size = 8;
     config.pooled_database_url = Some(bouncer.url(&direct));
+    // The 200 concurrent calls below authenticate from the key cache (the
+    // test default, no cache, would look the key up 200 times at once and
+    // meet the cap on concurrent lookups).
+    config.key_cache_ttl = Duration::from_secs(60);
     let app = spawn_app_on(config, &direct).await;
     let receiver = Receiver::start().await;
     let org = Uuid::new_v4();
