@@ -135,14 +135,9 @@ impl TailStore for PostgresStore {
     // server is valid on any other: one that lags returns nothing after it
     // until it has caught up.
     async fn tail_now(&self) -> Result<TailPosition> {
-        self.read_tail(|pool| async move {
-            let h: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-                .fetch_one(&pool)
-                .await?;
-            // Everything below the horizon is in the past.
-            Ok(TailPosition { attempt: (h - 1, i64::MAX), event: (h - 1, i64::MAX) })
-        })
-        .await
+        let h = self.read_tail(horizon).await?;
+        // Everything below the horizon is in the past.
+        Ok(TailPosition { attempt: (h - 1, i64::MAX), event: (h - 1, i64::MAX) })
     }
 
     async fn tail(&self, after: TailPosition, limit: u32) -> Result<Vec<TailEvent>> {
@@ -154,13 +149,27 @@ impl TailStore for PostgresStore {
         // lags more than the one the events came from could be older than
         // its event (a watcher filtering by status would miss the change).
         // The primary is never behind any replica.
-        logs_by_id_on(self.db().clone(), ids.to_vec()).await
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (logs, created): (Vec<i64>, Vec<DateTime<Utc>>) = ids.iter().copied().unzip();
+        let sql = format!(
+            "{} WHERE (r.id, r.created_at) IN (SELECT * FROM unnest($1::bigint[], $2::timestamptz[]))",
+            super::postgres::sql::LOG_SELECT
+        );
+        let rows = sqlx::query(&sql).bind(&logs).bind(&created).fetch_all(self.db()).await?;
+        rows.iter().map(super::postgres::log_from_row).collect()
     }
 }
 
+/// The oldest transaction still running on `pool`'s server: every
+/// transaction below it has ended, so no row below it can appear later.
+async fn horizon(pool: super::postgres::Db) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetch_one(&pool).await?)
+}
+
 async fn tail_on(pool: super::postgres::Db, after: TailPosition, limit: u32) -> Result<Vec<TailEvent>> {
-    let h: i64 =
-        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetch_one(&pool).await?;
+    let h = horizon(pool.clone()).await?;
     let rows = sqlx::query(&format!(
         "SELECT xid, id, request_pk, request_created_at, {} FROM webhook_attempts \
          WHERE xid < $3 AND (xid, id) > ($1, $2) ORDER BY xid, id LIMIT {limit}",
@@ -205,19 +214,6 @@ async fn tail_on(pool: super::postgres::Db, after: TailPosition, limit: u32) -> 
         });
     }
     Ok(merge(after, attempts, events))
-}
-
-async fn logs_by_id_on(pool: super::postgres::Db, ids: Vec<(i64, DateTime<Utc>)>) -> Result<Vec<LogRecord>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let (logs, created): (Vec<i64>, Vec<DateTime<Utc>>) = ids.into_iter().unzip();
-    let sql = format!(
-        "{} WHERE (r.id, r.created_at) IN (SELECT * FROM unnest($1::bigint[], $2::timestamptz[]))",
-        super::postgres::sql::LOG_SELECT
-    );
-    let rows = sqlx::query(&sql).bind(&logs).bind(&created).fetch_all(&pool).await?;
-    rows.iter().map(super::postgres::log_from_row).collect()
 }
 
 #[async_trait]

@@ -314,21 +314,11 @@ impl PostgresStore {
     /// `acquire_timeout` bounds how long a caller waits for a connection, so a
     /// dead database surfaces as UNAVAILABLE quickly rather than a hang.
     pub async fn connect(url: &str, max_connections: u32, acquire_timeout: Duration) -> anyhow::Result<Self> {
-        Self::connect_with_replicas(url, &[], max_connections, acquire_timeout).await
+        Self::connect_with(&Connect::direct(url), max_connections, acquire_timeout).await
     }
 
-    /// As [`PostgresStore::connect`], with read replicas (see `replicas`)
-    /// that serve log reads, each with a pool of its own of the same size.
-    pub async fn connect_with_replicas(
-        url: &str,
-        read_urls: &[String],
-        max_connections: u32,
-        acquire_timeout: Duration,
-    ) -> anyhow::Result<Self> {
-        Self::connect_with(&Connect { read_urls, ..Connect::direct(url) }, max_connections, acquire_timeout).await
-    }
-
-    /// Connects as `to` says, without migrating.
+    /// Connects as `to` says (a pooler, read replicas: each replica with a
+    /// pool of its own of the same size), without migrating.
     pub async fn connect_with(
         to: &Connect<'_>,
         max_connections: u32,
