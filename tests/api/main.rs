@@ -31,6 +31,7 @@ mod helpers;
 mod list;
 mod migration;
 mod ops;
+mod plans;
 mod pooler;
 mod processes;
 mod recovery;

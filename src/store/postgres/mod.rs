@@ -23,9 +23,25 @@ use crate::error::{Error, Result};
 /// The statements behind the store's hot paths, public so that the
 /// benchmark's pgbench baselines run exactly the same SQL.
 pub mod sql {
+    pub use super::record::RECORD_ATTEMPTS;
+
     /// The end of both claim statements (after `UPDATE … FROM <picked rows>`):
     /// what a claim returns, with its endpoint's settings and the secrets
     /// that sign it.
+    ///
+    /// Every lookup in the hot statements is a `LATERAL … LIMIT 1` probe on
+    /// a key: a plain join's shape depends on the table sizes the planner
+    /// sees, and the generic plan a prepared statement settles on after five
+    /// runs is kept for the life of the connection. Planned while the day's
+    /// partitions were nearly empty, a join became a hash over a sequential
+    /// scan of the whole table, run on every batch for the rest of the day
+    /// (the 100k backlog drain slowed from 2,500/s to 900/s that way, with
+    /// `autovacuum` off and so no `ANALYZE` to replan it). The claims update
+    /// the rows they locked by `ctid = ANY(<the locked rows' ctids>)` (a
+    /// row's ctid is stable while the lock is held; the ID check excludes a
+    /// row of another partition at the same ctid): a restriction, not a join,
+    /// so it cannot become a hash over the table. `tests/api/plans.rs` checks
+    /// the shapes on empty tables.
     macro_rules! claimed_with {
         () => {
             "RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, \
@@ -40,9 +56,11 @@ pub mod sql {
                CASE WHEN c.endpoint_id IS NULL THEN o.previous_secret_expires_at \
                  ELSE e.previous_secret_expires_at END AS previous_secret_expires_at \
              FROM claimed c \
-             JOIN webhook_messages m ON m.message_id = c.message_id AND m.created_at = c.created_at \
-             LEFT JOIN endpoints e ON e.endpoint_id = c.endpoint_id \
-             LEFT JOIN organization_secrets o ON c.endpoint_id IS NULL AND o.organization_id = c.organization_id"
+             CROSS JOIN LATERAL (SELECT m.body FROM webhook_messages m \
+               WHERE m.message_id = c.message_id AND m.created_at = c.created_at LIMIT 1) m \
+             LEFT JOIN LATERAL (SELECT * FROM endpoints e WHERE e.endpoint_id = c.endpoint_id LIMIT 1) e ON true \
+             LEFT JOIN LATERAL (SELECT * FROM organization_secrets o \
+               WHERE c.endpoint_id IS NULL AND o.organization_id = c.organization_id LIMIT 1) o ON true"
         };
     }
 
@@ -106,14 +124,14 @@ pub mod sql {
     /// Claims up to $1 due deliveries for a lease of $2 milliseconds.
     pub const CLAIM_DUE: &str = concat!(
         "WITH due AS ( \
-                   SELECT id, created_at FROM webhook_requests \
+                   SELECT id, created_at, ctid AS tid FROM webhook_requests \
                    WHERE status = 'pending' AND next_attempt_at <= now() \
                    ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
                  claimed AS ( \
                    UPDATE webhook_requests r \
                    SET next_attempt_at = now() + make_interval(secs => $2::float8 / 1000), \
                        lease_id = gen_random_uuid() \
-                   FROM due WHERE r.id = due.id AND r.created_at = due.created_at \
+                   WHERE r.ctid = ANY(ARRAY(SELECT tid FROM due)) AND r.id = ANY(ARRAY(SELECT id FROM due)) \
                    ",
         claimed_with!()
     );
@@ -133,8 +151,9 @@ pub mod sql {
                  SELECT keys.k, keys.due_at <= now() AS due, \
                    (e.policy->>'max_in_flight')::int4 AS max_in_flight, \
                    (e.policy->>'rate_limit_per_second')::int4 AS rate_limit_per_second \
-                 FROM keys LEFT JOIN endpoints e \
-                   ON e.endpoint_id = CASE WHEN left(keys.k, 2) = 'e:' THEN substr(keys.k, 3)::uuid END \
+                 FROM keys LEFT JOIN LATERAL (SELECT e.policy FROM endpoints e \
+                   WHERE e.endpoint_id = CASE WHEN left(keys.k, 2) = 'e:' THEN substr(keys.k, 3)::uuid END \
+                   LIMIT 1) e ON true \
                  ORDER BY keys.n";
 
     /// Claims, from each queue in $1, up to its quota in $2 of due deliveries,
@@ -142,15 +161,15 @@ pub mod sql {
     /// settings and the secrets that sign it.
     pub const CLAIM_FROM: &str = concat!(
         "WITH picked AS ( \
-                   SELECT r.id, r.created_at FROM unnest($1::text[], $2::int4[]) AS q(k, quota) \
-                   CROSS JOIN LATERAL (SELECT id, created_at FROM webhook_requests \
+                   SELECT r.id, r.created_at, r.tid FROM unnest($1::text[], $2::int4[]) AS q(k, quota) \
+                   CROSS JOIN LATERAL (SELECT id, created_at, ctid AS tid FROM webhook_requests \
                      WHERE status = 'pending' AND queue_key = q.k AND next_attempt_at <= now() \
                      ORDER BY next_attempt_at LIMIT q.quota FOR UPDATE SKIP LOCKED) r), \
                  claimed AS ( \
                    UPDATE webhook_requests r \
                    SET next_attempt_at = now() + make_interval(secs => $3::float8 / 1000), \
                        lease_id = gen_random_uuid() \
-                   FROM picked WHERE r.id = picked.id AND r.created_at = picked.created_at \
+                   WHERE r.ctid = ANY(ARRAY(SELECT tid FROM picked)) AND r.id = ANY(ARRAY(SELECT id FROM picked)) \
                    ",
         claimed_with!()
     );
@@ -164,10 +183,11 @@ pub mod sql {
     pub const RECORD_ATTEMPT: &str = "WITH old AS ( \
                    SELECT id, attempt_count, max_retries, manual_from, \
                      COALESCE(lease_id = $2 AND status = 'pending', false) AS held \
-                   FROM webhook_requests WHERE id = $1 AND created_at = $13 \
-                     AND NOT EXISTS (SELECT 1 FROM webhook_attempts \
-                       WHERE request_pk = $1 AND lease_id = $2 AND request_created_at = $13) \
-                   FOR UPDATE), \
+                   FROM webhook_requests r \
+                   LEFT JOIN LATERAL (SELECT true AS found FROM webhook_attempts \
+                       WHERE request_pk = $1 AND lease_id = $2 AND request_created_at = $13 LIMIT 1) seen ON true \
+                   WHERE r.id = $1 AND r.created_at = $13 AND seen.found IS NULL \
+                   FOR UPDATE OF r), \
                  dec AS ( \
                    SELECT old.*, CASE WHEN NOT old.held THEN NULL \
                      WHEN $3 = 'pending' AND old.attempt_count + 1 - COALESCE(old.manual_from, 0) > old.max_retries \

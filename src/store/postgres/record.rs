@@ -8,7 +8,11 @@
 //!
 //! The statement is [`super::sql::RECORD_ATTEMPT`] over arrays: the same
 //! rules (one attempt per claim, retry-or-fail decided on the locked row, a
-//! late attempt kept but not held), row for row. An earlier try recorded a
+//! late attempt kept but not held), row for row. Rows are locked in ID order
+//! (the sorted input drives a nested loop, whose inner side locks one row per
+//! outer row, in the outer's order), so two batches never deadlock; each
+//! lookup is a keyed probe whatever the planner thinks of the tables' sizes
+//! (see `claimed_with!` in the parent module). An earlier try recorded a
 //! batch as single-row statements in one transaction, run one after the
 //! other; it halved throughput and was reverted (05d863d).
 
@@ -28,7 +32,7 @@ const WORKERS: usize = 2;
 
 /// The row-for-row array form of `RECORD_ATTEMPT` ($1..$13 become arrays,
 /// `n` keeps each input's place so that answers go back to their callers).
-const RECORD_ATTEMPTS: &str = "WITH input AS ( \
+pub const RECORD_ATTEMPTS: &str = "WITH input AS ( \
        SELECT * FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::int8[], $5::timestamptz[], $6::bool[], \
          $7::int4[], $8::text[], $9::bool[], $10::int8[], $11::text[], $12::text[], $13::timestamptz[]) \
          WITH ORDINALITY AS t(rid, lease, want, retry_ms, attempted_at, success, status_code, response_body, \
@@ -36,11 +40,13 @@ const RECORD_ATTEMPTS: &str = "WITH input AS ( \
      old AS ( \
        SELECT i.n, r.id, r.created_at, r.attempt_count, r.max_retries, r.manual_from, i.want, i.retry_ms, \
          COALESCE(r.lease_id = i.lease AND r.status = 'pending', false) AS held \
-       FROM input i JOIN webhook_requests r ON r.id = i.rid AND r.created_at = i.rcreated \
-       WHERE NOT EXISTS (SELECT 1 FROM webhook_attempts a \
-         WHERE a.request_pk = i.rid AND a.lease_id = i.lease AND a.request_created_at = i.rcreated) \
-       ORDER BY r.id \
-       FOR UPDATE OF r), \
+       FROM (SELECT * FROM input ORDER BY rid) i \
+       CROSS JOIN LATERAL (SELECT r.id, r.created_at, r.attempt_count, r.max_retries, r.manual_from, r.lease_id, \
+           r.status FROM webhook_requests r WHERE r.id = i.rid AND r.created_at = i.rcreated FOR UPDATE) r \
+       LEFT JOIN LATERAL (SELECT true AS found FROM webhook_attempts a \
+         WHERE a.request_pk = i.rid AND a.lease_id = i.lease AND a.request_created_at = i.rcreated LIMIT 1) seen \
+         ON true \
+       WHERE seen.found IS NULL), \
      dec AS ( \
        SELECT old.*, CASE WHEN NOT old.held THEN NULL \
          WHEN old.want = 'pending' AND old.attempt_count + 1 - COALESCE(old.manual_from, 0) > old.max_retries \
