@@ -235,16 +235,21 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKPOST_NO_DELIVERY")]
     pub no_delivery: bool,
 
-    /// Deliveries in flight at once in this process.
-    #[arg(long, env = "HOOKPOST_CONCURRENCY", default_value_t = 64)]
+    /// Deliveries in flight at once in this process. A slot is held from the
+    /// claim until the attempt's record commits, so under Dispatch load (slower
+    /// commits) a process needs more slots to keep up with what it accepts:
+    /// measured (docs/PERFORMANCE.md), 64 slots delivered 2,150/s while
+    /// accepting 3,500/s, 128 delivered all 3,250/s it accepted.
+    #[arg(long, env = "HOOKPOST_CONCURRENCY", default_value_t = 128)]
     pub concurrency: usize,
 
     /// Deliveries in flight at once in one queue (an endpoint without its own
     /// max_in_flight, or one host of bare-URL webhooks). Half of the default
     /// --concurrency: one hanging receiver can hold at most half this
-    /// process's slots, and one healthy receiver still gets near the full rate
-    /// (measured to one receiver, docs/PERFORMANCE.md: 16 → 910/s, 32 → 1,197/s).
-    #[arg(long, env = "HOOKPOST_PER_HOST_CONCURRENCY", default_value_t = 32)]
+    /// process's slots, and one healthy receiver still gets the full rate
+    /// (measured to one receiver, docs/PERFORMANCE.md: 32 fell behind under
+    /// Dispatch load, 64 kept up).
+    #[arg(long, env = "HOOKPOST_PER_HOST_CONCURRENCY", default_value_t = 64)]
     pub per_host_concurrency: usize,
 
     /// An endpoint all of whose deliveries have failed for this long (and at

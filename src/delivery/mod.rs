@@ -66,8 +66,8 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            concurrency: 64,
-            per_host_concurrency: 32,
+            concurrency: 128,
+            per_host_concurrency: 64,
             attempt_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
             lease_margin: Duration::from_secs(10),
