@@ -582,6 +582,26 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
+    if let Some(((idle_at, idle), (peak_at, peak))) = procs::memory_figures() {
+        rows.push(Row::new(
+            "memory_idle_rss",
+            idle,
+            50.0,
+            "MiB",
+            format!(
+                "largest RSS of a `hookpost serve` just started, before any request ({idle_at}) vs the 50 MiB limit"
+            ),
+        ));
+        rows.push(Row::new(
+            "memory_peak_rss",
+            peak,
+            300.0,
+            "MiB",
+            format!(
+                "largest peak RSS (VmHWM) of a `hookpost serve` over its scenario ({peak_at}) vs the 300 MiB limit"
+            ),
+        ));
+    }
     println!("| scenario | hookpost | baseline | unit | ratio | baseline is |");
     println!("|---|---|---|---|---|---|");
     for r in &rows {

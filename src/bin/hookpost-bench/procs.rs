@@ -240,6 +240,9 @@ impl Hookpost {
         args.extend(extra.iter().map(|s| s.to_string()));
         let key = crate::support::service_key(db_url).await?;
         let proc = Child::spawn(&exe, &args, dir, name, "hookpost listening on ").await?;
+        // Idle: listening, nothing asked of it yet.
+        let idle = memory_mib(proc.pid, "VmRSS:");
+        MEMORY.lock().expect("memory figures poisoned").push((name.to_owned(), proc.pid, idle, 0.0));
         Ok(Self { proc, key })
     }
 
@@ -247,9 +250,40 @@ impl Hookpost {
         format!("http://{}", self.proc.addr)
     }
 
+    /// Stops it, keeping its peak RSS for [`memory_figures`].
     pub async fn stop(self) {
+        let peak = memory_mib(self.proc.pid, "VmHWM:");
+        if let Some(m) = MEMORY.lock().expect("memory figures poisoned").iter_mut().find(|m| m.1 == self.proc.pid) {
+            m.3 = peak;
+        }
         self.proc.stop().await
     }
+}
+
+/// (process name, pid, idle RSS, peak RSS) in MiB of every `hookpost serve`
+/// the run started (issue 14, item 7). Pids are not reused within a run.
+type MemoryFigure = (String, u32, f64, f64);
+static MEMORY: std::sync::Mutex<Vec<MemoryFigure>> = std::sync::Mutex::new(Vec::new());
+
+/// The largest idle RSS and the largest peak RSS (MiB) of the `hookpost
+/// serve` processes stopped so far, with the names of those processes.
+pub fn memory_figures() -> Option<((String, f64), (String, f64))> {
+    let m = MEMORY.lock().expect("memory figures poisoned");
+    let idle = m.iter().max_by(|a, b| a.2.total_cmp(&b.2))?;
+    let peak = m.iter().max_by(|a, b| a.3.total_cmp(&b.3))?;
+    Some(((idle.0.clone(), idle.2), (peak.0.clone(), peak.3)))
+}
+
+/// A `/proc/<pid>/status` size field (`VmRSS:` now, `VmHWM:` the peak), MiB.
+fn memory_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
 }
 
 fn hookpost_binary() -> anyhow::Result<PathBuf> {
