@@ -37,11 +37,14 @@ pub mod sql {
     /// scan of the whole table, run on every batch for the rest of the day
     /// (the 100k backlog drain slowed from 2,500/s to 900/s that way, with
     /// `autovacuum` off and so no `ANALYZE` to replan it). The claims update
-    /// the rows they locked by `ctid = ANY(<the locked rows' ctids>)` (a
-    /// row's ctid is stable while the lock is held; the ID check excludes a
-    /// row of another partition at the same ctid): a restriction, not a join,
-    /// so it cannot become a hash over the table. `tests/api/plans.rs` checks
-    /// the shapes on empty tables.
+    /// the rows they locked by `id = ANY(<their IDs>)` (IDs are unique across
+    /// partitions): a restriction, not a join, so it cannot become a hash
+    /// over the table. Not by ctid: a row updated after the statement's
+    /// snapshot is locked in its newest version, whose ctid the snapshot's
+    /// version does not have. `tests/api/plans.rs` checks the shapes on
+    /// never-analyzed empty tables. A table analyzed while empty is planned
+    /// from its real size, so a generic plan made then can still scan it
+    /// whole until the next ANALYZE replans it (autovacuum's, in production).
     macro_rules! claimed_with {
         () => {
             "RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, \
@@ -124,14 +127,14 @@ pub mod sql {
     /// Claims up to $1 due deliveries for a lease of $2 milliseconds.
     pub const CLAIM_DUE: &str = concat!(
         "WITH due AS ( \
-                   SELECT id, created_at, ctid AS tid FROM webhook_requests \
+                   SELECT id, created_at FROM webhook_requests \
                    WHERE status = 'pending' AND next_attempt_at <= now() \
                    ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
                  claimed AS ( \
                    UPDATE webhook_requests r \
                    SET next_attempt_at = now() + make_interval(secs => $2::float8 / 1000), \
                        lease_id = gen_random_uuid() \
-                   WHERE r.ctid = ANY(ARRAY(SELECT tid FROM due)) AND r.id = ANY(ARRAY(SELECT id FROM due)) \
+                   WHERE r.id = ANY(ARRAY(SELECT id FROM due)) AND r.created_at = ANY(ARRAY(SELECT created_at FROM due)) \
                    ",
         claimed_with!()
     );
@@ -161,15 +164,15 @@ pub mod sql {
     /// settings and the secrets that sign it.
     pub const CLAIM_FROM: &str = concat!(
         "WITH picked AS ( \
-                   SELECT r.id, r.created_at, r.tid FROM unnest($1::text[], $2::int4[]) AS q(k, quota) \
-                   CROSS JOIN LATERAL (SELECT id, created_at, ctid AS tid FROM webhook_requests \
+                   SELECT r.id, r.created_at FROM unnest($1::text[], $2::int4[]) AS q(k, quota) \
+                   CROSS JOIN LATERAL (SELECT id, created_at FROM webhook_requests \
                      WHERE status = 'pending' AND queue_key = q.k AND next_attempt_at <= now() \
                      ORDER BY next_attempt_at LIMIT q.quota FOR UPDATE SKIP LOCKED) r), \
                  claimed AS ( \
                    UPDATE webhook_requests r \
                    SET next_attempt_at = now() + make_interval(secs => $3::float8 / 1000), \
                        lease_id = gen_random_uuid() \
-                   WHERE r.ctid = ANY(ARRAY(SELECT tid FROM picked)) AND r.id = ANY(ARRAY(SELECT id FROM picked)) \
+                   WHERE r.id = ANY(ARRAY(SELECT id FROM picked)) AND r.created_at = ANY(ARRAY(SELECT created_at FROM picked)) \
                    ",
         claimed_with!()
     );
