@@ -73,3 +73,54 @@ async fn the_delivery_statements_probe_by_key_even_when_planned_on_empty_tables(
         assert!(plan.contains("Index"), "{name}: no index probe at all in\n{plan}");
     }
 }
+
+/// A claim changes no indexed column (the lease has columns of its own and
+/// the due time stays), and the day's partition keeps room on each page for
+/// the new version: every claim is a heap-only (HOT) update, which writes no
+/// index entry and leaves nothing for a vacuum to clean from the indexes.
+#[tokio::test]
+async fn claims_are_heap_only_updates() {
+    use std::time::Duration;
+
+    use hookpost::domain::{DispatchInput, Limits, NewDelivery};
+
+    use crate::helpers::{eventually, fresh_database, open_store};
+
+    let url = fresh_database().await;
+    let store = open_store(&url).await;
+    let n: usize = 200;
+    let limits = Limits { allow_private_targets: true, ..Limits::default() };
+    for _ in 0..n {
+        let input = DispatchInput {
+            organization_id: uuid::Uuid::new_v4().to_string(),
+            webhook_url: "http://127.0.0.1:9/hook".into(),
+            webhook_type: "call_started".into(),
+            ..Default::default()
+        };
+        store.insert_delivery(&NewDelivery::parse(input, &limits, 3).unwrap()).await.unwrap();
+    }
+    let mut claimed = 0;
+    while claimed < n {
+        let got = store.claim_due(64, Duration::from_secs(30)).await.unwrap().len();
+        assert!(got > 0, "only {claimed} of {n} claimed");
+        claimed += got;
+    }
+    // The statistics reach the view when the claiming connection goes idle:
+    // poll them (within a deadline) rather than guess when.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let (updates, hot): (i64, i64) = eventually(Duration::from_secs(30), "the claims' statistics", || {
+        let pool = pool.clone();
+        async move {
+            let row: (i64, i64) = sqlx::query_as(
+                "SELECT COALESCE(sum(n_tup_upd), 0)::int8, COALESCE(sum(n_tup_hot_upd), 0)::int8 \
+                 FROM pg_stat_user_tables WHERE relname LIKE 'webhook_requests_p%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (row.0 >= n as i64).then_some(row)
+        }
+    })
+    .await;
+    assert_eq!((updates, hot), (n as i64, n as i64), "every claim should be a HOT update");
+}

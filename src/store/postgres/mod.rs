@@ -129,10 +129,11 @@ pub mod sql {
         "WITH due AS ( \
                    SELECT id, created_at FROM webhook_requests \
                    WHERE status = 'pending' AND next_attempt_at <= now() \
+                     AND (lease_id IS NULL OR leased_until <= now()) \
                    ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
                  claimed AS ( \
                    UPDATE webhook_requests r \
-                   SET next_attempt_at = now() + make_interval(secs => $2::float8 / 1000), \
+                   SET leased_until = now() + make_interval(secs => $2::float8 / 1000), \
                        lease_id = gen_random_uuid() \
                    WHERE r.id = ANY(ARRAY(SELECT id FROM due)) AND r.created_at = ANY(ARRAY(SELECT created_at FROM due)) \
                    ",
@@ -167,10 +168,11 @@ pub mod sql {
                    SELECT r.id, r.created_at FROM unnest($1::text[], $2::int4[]) AS q(k, quota) \
                    CROSS JOIN LATERAL (SELECT id, created_at FROM webhook_requests \
                      WHERE status = 'pending' AND queue_key = q.k AND next_attempt_at <= now() \
+                       AND (lease_id IS NULL OR leased_until <= now()) \
                      ORDER BY next_attempt_at LIMIT q.quota FOR UPDATE SKIP LOCKED) r), \
                  claimed AS ( \
                    UPDATE webhook_requests r \
-                   SET next_attempt_at = now() + make_interval(secs => $3::float8 / 1000), \
+                   SET leased_until = now() + make_interval(secs => $3::float8 / 1000), \
                        lease_id = gen_random_uuid() \
                    WHERE r.id = ANY(ARRAY(SELECT id FROM picked)) AND r.created_at = ANY(ARRAY(SELECT created_at FROM picked)) \
                    ",
@@ -203,6 +205,7 @@ pub mod sql {
                      next_attempt_at = CASE WHEN NOT dec.held THEN r.next_attempt_at \
                        WHEN dec.new_status = 'pending' THEN now() + make_interval(secs => $4::float8 / 1000) END, \
                      lease_id = CASE WHEN dec.held THEN NULL ELSE r.lease_id END, \
+                     leased_until = CASE WHEN dec.held THEN NULL ELSE r.leased_until END, \
                      updated_at = now() \
                    FROM dec WHERE r.id = dec.id AND r.created_at = $13 \
                    RETURNING r.id, r.created_at, r.attempt_count, dec.held, dec.manual_from IS NOT NULL AS manual), \

@@ -59,6 +59,7 @@ pub const RECORD_ATTEMPTS: &str = "WITH input AS ( \
          next_attempt_at = CASE WHEN NOT dec.held THEN r.next_attempt_at \
            WHEN dec.new_status = 'pending' THEN now() + make_interval(secs => dec.retry_ms::float8 / 1000) END, \
          lease_id = CASE WHEN dec.held THEN NULL ELSE r.lease_id END, \
+         leased_until = CASE WHEN dec.held THEN NULL ELSE r.leased_until END, \
          updated_at = now() \
        FROM dec WHERE r.id = dec.id AND r.created_at = dec.created_at \
        RETURNING dec.n, r.id, r.created_at, r.attempt_count, dec.held, dec.manual_from IS NOT NULL AS manual), \
