@@ -258,7 +258,7 @@ pub struct ClaimedDelivery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueQueue {
     pub key: String,
-    /// Its oldest pending delivery is due now.
+    /// It has a delivery to claim now (due, and not in flight).
     pub due: bool,
     /// The endpoint's caps, when the queue is an endpoint's and sets them.
     pub max_in_flight: Option<u32>,

@@ -82,23 +82,12 @@ async fn the_delivery_statements_probe_by_key_even_when_planned_on_empty_tables(
 async fn claims_are_heap_only_updates() {
     use std::time::Duration;
 
-    use hookpost::domain::{DispatchInput, Limits, NewDelivery};
-
     use crate::helpers::{eventually, fresh_database, open_store};
 
     let url = fresh_database().await;
     let store = open_store(&url).await;
     let n: usize = 200;
-    let limits = Limits { allow_private_targets: true, ..Limits::default() };
-    for _ in 0..n {
-        let input = DispatchInput {
-            organization_id: uuid::Uuid::new_v4().to_string(),
-            webhook_url: "http://127.0.0.1:9/hook".into(),
-            webhook_type: "call_started".into(),
-            ..Default::default()
-        };
-        store.insert_delivery(&NewDelivery::parse(input, &limits, 3).unwrap()).await.unwrap();
-    }
+    insert_deliveries(store.as_ref(), n).await;
     let mut claimed = 0;
     while claimed < n {
         let got = store.claim_due(64, Duration::from_secs(30)).await.unwrap().len();
@@ -123,4 +112,59 @@ async fn claims_are_heap_only_updates() {
     })
     .await;
     assert_eq!((updates, hot), (n as i64, n as i64), "every claim should be a HOT update");
+}
+
+/// `n` deliveries to one bare URL (one queue), due now.
+async fn insert_deliveries(store: &dyn hookpost::store::Store, n: usize) {
+    use hookpost::domain::{DispatchInput, Limits, NewDelivery};
+    let limits = Limits { allow_private_targets: true, ..Limits::default() };
+    for _ in 0..n {
+        let input = DispatchInput {
+            organization_id: uuid::Uuid::new_v4().to_string(),
+            webhook_url: "http://127.0.0.1:9/hook".into(),
+            webhook_type: "call_started".into(),
+            ..Default::default()
+        };
+        store.insert_delivery(&NewDelivery::parse(input, &limits, 3).unwrap()).await.unwrap();
+    }
+}
+
+/// Claimed deliveries keep their due time, so the queue probe must not take
+/// a queue whose work is all in flight for one with work to claim (the
+/// engine would give it a round's slots and claim nothing, round after
+/// round); and a lease taken before leases had their own column (lease_id
+/// set, no leased_until) ends, as it did then, at next_attempt_at.
+#[tokio::test]
+async fn a_queue_whose_work_is_all_in_flight_is_not_due_and_old_leases_end() {
+    use std::time::Duration;
+
+    use crate::helpers::{fresh_database, open_store};
+
+    let url = fresh_database().await;
+    let store = open_store(&url).await;
+    insert_deliveries(store.as_ref(), 3).await;
+    let queues = store.due_queues("", 64).await.unwrap();
+    assert_eq!(queues.iter().map(|q| q.due).collect::<Vec<_>>(), [true]);
+    assert_eq!(store.claim_due(10, Duration::from_secs(30)).await.unwrap().len(), 3);
+    let queues = store.due_queues("", 64).await.unwrap();
+    assert_eq!(queues.iter().map(|q| q.due).collect::<Vec<_>>(), [false], "all three are in flight");
+
+    // One more, due: the queue is due again, and only the new one is claimed.
+    insert_deliveries(store.as_ref(), 1).await;
+    assert!(store.due_queues("", 64).await.unwrap()[0].due);
+    assert_eq!(store.claim_due(10, Duration::from_secs(30)).await.unwrap().len(), 1);
+
+    // A lease as an earlier version wrote it, already over: claimable.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let old = sqlx::query(
+        "UPDATE webhook_requests SET lease_id = gen_random_uuid(), leased_until = NULL, \
+           next_attempt_at = now() - interval '1 second' \
+         WHERE id = (SELECT min(id) FROM webhook_requests)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(old.rows_affected(), 1);
+    assert!(store.due_queues("", 64).await.unwrap()[0].due);
+    assert_eq!(store.claim_due(10, Duration::from_secs(30)).await.unwrap().len(), 1);
 }
