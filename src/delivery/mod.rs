@@ -203,6 +203,10 @@ impl DeliveryEngine {
         };
         let mut failures = 0u32;
         let mut cursor = String::new();
+        // Whether every round since one that started at the ring's start has
+        // claimed nothing: once such a pass reaches the ring's end, nothing
+        // is claimable anywhere, and the claimer waits.
+        let mut idle_pass = false;
         while !shutdown.is_cancelled() {
             // Claim in batches: while most slots are busy, wait for a quarter
             // of them to free up rather than claiming one row at a time.
@@ -228,11 +232,23 @@ impl DeliveryEngine {
                     let claimed = !claims.is_empty();
                     self.start(claims);
                     cursor = next.unwrap_or_default();
-                    // More may be due now: in the queues after the cursor, or
-                    // before it when this round started mid-ring.
-                    if claimed || !cursor.is_empty() || !from_start {
+                    if claimed {
+                        idle_pass = false;
                         continue;
                     }
+                    // Nothing claimed: more may be due in the queues after
+                    // the cursor, or before it when this round started
+                    // mid-ring; but at most one pass over the ring. A claimed
+                    // delivery keeps its due time, so a queue whose work is
+                    // all in flight (here or on another replica) looks due,
+                    // takes its share of a round's slots and claims nothing:
+                    // without the bound, such rounds would follow each other
+                    // without a pause.
+                    idle_pass |= from_start;
+                    if !(cursor.is_empty() && idle_pass) {
+                        continue;
+                    }
+                    idle_pass = false;
                 }
                 Err(err) => {
                     failures += 1;

@@ -258,7 +258,7 @@ pub struct ClaimedDelivery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueQueue {
     pub key: String,
-    /// It has a delivery to claim now (due, and not in flight).
+    /// Its oldest pending delivery is due now (it may be in flight).
     pub due: bool,
     /// The endpoint's caps, when the queue is an endpoint's and sets them.
     pub max_in_flight: Option<u32>,

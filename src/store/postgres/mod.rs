@@ -141,14 +141,14 @@ pub mod sql {
     );
 
     /// The queues with pending deliveries after $1 in key order, at most $2,
-    /// each with whether it has a delivery to claim now and its endpoint's
-    /// caps. One index probe per queue (a loose index scan), so the cost
-    /// follows the number of queues, never their backlogs; and for a queue
-    /// whose oldest delivery is due, one more that walks past its deliveries
-    /// in flight (claimed ones keep their due time), at most its in-flight
-    /// cap. Without it a queue whose work is all in flight, here or on
-    /// another replica, looked due, took a round's share of slots and
-    /// claimed nothing, round after round.
+    /// each with whether its oldest delivery is due and its endpoint's caps.
+    /// One index probe per queue (a loose index scan), so the cost follows
+    /// the number of queues, never their backlogs. A claimed delivery keeps
+    /// its due time, so a queue whose work is all in flight looks due here
+    /// (the engine copes: see `Engine::run`). Asking whether a due row is
+    /// free of a lease cost a second walk over the queue's head on every
+    /// round, and delivery under Dispatch load fell from 1.00 to 0.7 of
+    /// acceptance.
     pub const DUE_QUEUES: &str = "WITH RECURSIVE keys(k, due_at, n) AS ( \
                    (SELECT queue_key, next_attempt_at, 1 FROM webhook_requests \
                     WHERE status = 'pending' AND queue_key > $1 ORDER BY queue_key, next_attempt_at LIMIT 1) \
@@ -157,9 +157,7 @@ pub mod sql {
                     CROSS JOIN LATERAL (SELECT queue_key, next_attempt_at FROM webhook_requests \
                       WHERE status = 'pending' AND queue_key > keys.k ORDER BY queue_key, next_attempt_at LIMIT 1) nxt \
                     WHERE keys.n < $2)) \
-                 SELECT keys.k, keys.due_at <= now() AND EXISTS (SELECT 1 FROM webhook_requests d \
-                     WHERE d.status = 'pending' AND d.queue_key = keys.k AND d.next_attempt_at <= now() \
-                       AND (d.lease_id IS NULL OR COALESCE(d.leased_until, '-infinity') <= now())) AS due, \
+                 SELECT keys.k, keys.due_at <= now() AS due, \
                    (e.policy->>'max_in_flight')::int4 AS max_in_flight, \
                    (e.policy->>'rate_limit_per_second')::int4 AS rate_limit_per_second \
                  FROM keys LEFT JOIN LATERAL (SELECT e.policy FROM endpoints e \
