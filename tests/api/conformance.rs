@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use hookpost::domain::{Cursor, DispatchInput, ExecutionStatus, Limits, LogFilter, NewDelivery, NextStep};
+use hookpost::domain::{Cursor, ExecutionStatus, LogFilter, NextStep};
 use hookpost::store::{NewAttempt, ReadFrom, Store};
 use uuid::Uuid;
 
@@ -14,18 +14,6 @@ use crate::helpers::*;
 
 async fn store(backend: Backend) -> Arc<dyn Store> {
     open_store(&fresh_store(backend).await).await
-}
-
-fn delivery(org: Uuid, f: impl FnOnce(&mut DispatchInput)) -> NewDelivery {
-    let mut input = DispatchInput {
-        organization_id: org.to_string(),
-        webhook_url: "http://127.0.0.1:9/hook".into(),
-        webhook_type: "call_started".into(),
-        ..Default::default()
-    };
-    f(&mut input);
-    let limits = Limits { allow_private_targets: true, ..Limits::default() };
-    NewDelivery::parse(input, &limits, 3).unwrap()
 }
 
 fn settled(next: NextStep) -> NewAttempt {

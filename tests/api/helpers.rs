@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use hookpost::Config;
 use hookpost::auth::KeyKind;
+use hookpost::domain::{DispatchInput, Limits, NewDelivery};
 use hookpost::proto::v1 as pb;
 use hookpost::proto::v1::webhook_service_client::WebhookServiceClient;
 use hookpost::store::Store;
@@ -668,4 +669,19 @@ impl Drop for PgBouncer {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A delivery of `org` to a bare URL on 127.0.0.1 (nothing listens there),
+/// as the service would make it, changed by `f` first; for the stores' own
+/// tests.
+pub fn delivery(org: Uuid, f: impl FnOnce(&mut DispatchInput)) -> NewDelivery {
+    let mut input = DispatchInput {
+        organization_id: org.to_string(),
+        webhook_url: "http://127.0.0.1:9/hook".into(),
+        webhook_type: "call_started".into(),
+        ..Default::default()
+    };
+    f(&mut input);
+    let limits = Limits { allow_private_targets: true, ..Limits::default() };
+    NewDelivery::parse(input, &limits, 3).unwrap()
 }

@@ -116,16 +116,8 @@ async fn claims_are_heap_only_updates() {
 
 /// `n` deliveries to one bare URL (one queue), due now.
 async fn insert_deliveries(store: &dyn hookpost::store::Store, n: usize) {
-    use hookpost::domain::{DispatchInput, Limits, NewDelivery};
-    let limits = Limits { allow_private_targets: true, ..Limits::default() };
     for _ in 0..n {
-        let input = DispatchInput {
-            organization_id: uuid::Uuid::new_v4().to_string(),
-            webhook_url: "http://127.0.0.1:9/hook".into(),
-            webhook_type: "call_started".into(),
-            ..Default::default()
-        };
-        store.insert_delivery(&NewDelivery::parse(input, &limits, 3).unwrap()).await.unwrap();
+        store.insert_delivery(&crate::helpers::delivery(uuid::Uuid::new_v4(), |_| {})).await.unwrap();
     }
 }
 

@@ -42,12 +42,15 @@ const MAINTENANCE_LOCK: i64 = 0x686f_6f6b_706f_7374;
 /// Days of partitions created ahead of today.
 const PARTITION_DAYS_AHEAD: u64 = 7;
 
-/// The partitioned tables and their partition keys: a day's deliveries,
-/// their attempts and their messages go together.
-const TABLES: [(&str, &str); 3] = [
-    ("webhook_requests", "created_at"),
-    ("webhook_attempts", "request_created_at"),
-    ("webhook_messages", "created_at"),
+/// The partitioned tables, their partition keys and their day partitions'
+/// storage options (`CREATE TABLE … LIKE` does not copy them): a day's
+/// deliveries, their attempts and their messages go together. Deliveries
+/// keep a share of each page free, so that a claim's new row version fits
+/// beside the old one (a HOT update: see the claim_lease migration).
+const TABLES: [(&str, &str, &str); 3] = [
+    ("webhook_requests", "created_at", " WITH (fillfactor = 45)"),
+    ("webhook_attempts", "request_created_at", ""),
+    ("webhook_messages", "created_at", ""),
 ];
 
 /// How long a caller that needs partitions (start-up, `ensure_partitions`)
@@ -60,7 +63,7 @@ fn partition_name(table: &str, day: NaiveDate) -> String {
 
 /// The day a partition's name stands for, if it is one of ours.
 fn day_of(name: &str) -> Option<(&'static str, NaiveDate)> {
-    TABLES.iter().find_map(|(table, _)| {
+    TABLES.iter().find_map(|(table, _, _)| {
         let digits = name.strip_prefix(table)?.strip_prefix("_p")?;
         let day = NaiveDate::parse_from_str(digits, "%Y%m%d").ok()?;
         (digits.len() == 8).then_some((*table, day))
@@ -151,7 +154,7 @@ impl PostgresStore {
 
     /// Whether every table has an attached partition for `day`.
     async fn attached(&self, day: NaiveDate) -> Result<bool> {
-        let names: Vec<String> = TABLES.iter().map(|(t, _)| partition_name(t, day)).collect();
+        let names: Vec<String> = TABLES.iter().map(|(t, _, _)| partition_name(t, day)).collect();
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_inherits WHERE NOT inhdetachpending \
              AND inhrelid IN (SELECT to_regclass(n) FROM unnest($1::text[]) AS n)",
@@ -182,15 +185,15 @@ fn busy() -> Error {
 async fn create_days(conn: &mut PgConnection, first: NaiveDate, last: NaiveDate) -> Result<()> {
     let mut day = first;
     while day <= last {
-        for (parent, key) in TABLES {
-            create_day(conn, parent, key, day).await?;
+        for (parent, key, storage) in TABLES {
+            create_day(conn, parent, key, storage, day).await?;
         }
         day = day + chrono::Days::new(1);
     }
     Ok(())
 }
 
-async fn create_day(conn: &mut PgConnection, parent: &str, key: &str, day: NaiveDate) -> Result<()> {
+async fn create_day(conn: &mut PgConnection, parent: &str, key: &str, storage: &str, day: NaiveDate) -> Result<()> {
     let part = partition_name(parent, day);
     let state: Option<Option<bool>> = sqlx::query_scalar(
         "SELECT (SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = c.oid) FROM pg_class c \
@@ -207,10 +210,6 @@ async fn create_day(conn: &mut PgConnection, parent: &str, key: &str, day: Naive
         None => {
             // Identity is the parent's: rows inserted through it take their
             // ids from the parent's sequence.
-            // Deliveries keep a share of each page free, so that a claim's
-            // new row version fits beside the old one (a HOT update: see
-            // the claim_lease migration). LIKE does not copy storage options.
-            let storage = if parent == "webhook_requests" { " WITH (fillfactor = 45)" } else { "" };
             sqlx::query(&format!("CREATE TABLE {part} (LIKE {parent} INCLUDING ALL EXCLUDING IDENTITY){storage}"))
                 .execute(&mut *conn)
                 .await?;
