@@ -153,11 +153,8 @@ impl TailStore for PostgresStore {
             return Ok(Vec::new());
         }
         let (logs, created): (Vec<i64>, Vec<DateTime<Utc>>) = ids.iter().copied().unzip();
-        let sql = format!(
-            "{} WHERE (r.id, r.created_at) IN (SELECT * FROM unnest($1::bigint[], $2::timestamptz[]))",
-            super::postgres::sql::LOG_SELECT
-        );
-        let rows = sqlx::query(&sql).bind(&logs).bind(&created).fetch_all(self.db()).await?;
+        let rows =
+            sqlx::query(super::postgres::sql::LOGS_BY_ID).bind(&logs).bind(&created).fetch_all(self.db()).await?;
         rows.iter().map(super::postgres::log_from_row).collect()
     }
 }

@@ -65,6 +65,7 @@ async fn the_delivery_statements_probe_by_key_even_when_planned_on_empty_tables(
         ("claim", "text[], int4[], int8", sql::CLAIM_FROM, "'{h:127.0.0.1:9,e:x}', '{8,8}', 30000".to_owned()),
         ("claim (any queue)", "int8, int8", sql::CLAIM_DUE, "16, 30000".to_owned()),
         ("due queues", "text, int4", sql::DUE_QUEUES, "'', 64".to_owned()),
+        ("logs by key (live tail)", "int8[], timestamptz[]", sql::LOGS_BY_ID, format!("'{{1,2}}', '{{{now},{now}}}'")),
     ];
     for (name, types, statement, args) in cases {
         let plan = generic_plan(pool, types, statement, &args).await;

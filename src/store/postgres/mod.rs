@@ -67,19 +67,48 @@ pub mod sql {
         };
     }
 
-    /// The columns of a log listing: the delivery (`r`), its message (`m`)
-    /// and its latest attempt (`a`).
-    pub const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
-         r.endpoint_id, r.message_id, \
-         r.call_id, m.assistant_id, r.webhook_url, r.webhook_type, m.body, m.metadata, r.status, \
-         r.attempt_count, r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, r.expires_at, \
-         a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, \
-         a.response_truncated, a.response_time_ms, a.error_category, a.error_message, a.manual \
-         FROM webhook_requests r \
-         JOIN webhook_messages m ON m.message_id = r.message_id AND m.created_at = r.created_at \
-         LEFT JOIN LATERAL (SELECT * FROM webhook_attempts la \
-             WHERE la.request_pk = r.id AND la.request_created_at = r.created_at AND la.held \
-             ORDER BY la.attempt_number DESC LIMIT 1) a ON true";
+    /// The columns of a log: the delivery (`r`), its message (`m`) and its
+    /// latest attempt (`a`).
+    macro_rules! log_columns {
+        () => {
+            "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
+             r.endpoint_id, r.message_id, \
+             r.call_id, m.assistant_id, r.webhook_url, r.webhook_type, m.body, m.metadata, r.status, \
+             r.attempt_count, r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, r.expires_at, \
+             a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, \
+             a.response_truncated, a.response_time_ms, a.error_category, a.error_message, a.manual "
+        };
+    }
+    /// A delivery's latest recorded attempt, by its key.
+    macro_rules! latest_attempt {
+        () => {
+            "LEFT JOIN LATERAL (SELECT * FROM webhook_attempts la \
+               WHERE la.request_pk = r.id AND la.request_created_at = r.created_at AND la.held \
+               ORDER BY la.attempt_number DESC LIMIT 1) a ON true"
+        };
+    }
+
+    /// Logs, to be followed by a WHERE on the delivery (`r`).
+    pub const LOG_SELECT: &str = concat!(
+        log_columns!(),
+        "FROM webhook_requests r \
+         JOIN webhook_messages m ON m.message_id = r.message_id AND m.created_at = r.created_at ",
+        latest_attempt!()
+    );
+
+    /// The logs of the deliveries keyed ($1 IDs, $2 their creation times),
+    /// each found by its key. Not `WHERE (r.id, r.created_at) IN (…)`: on
+    /// tables never analyzed, Postgres planned that as a parallel hash join
+    /// over every delivery and message, read on every look of the live tail.
+    pub const LOGS_BY_ID: &str = concat!(
+        log_columns!(),
+        "FROM unnest($1::int8[], $2::timestamptz[]) AS k(id, created_at) \
+         CROSS JOIN LATERAL (SELECT * FROM webhook_requests r \
+           WHERE r.id = k.id AND r.created_at = k.created_at LIMIT 1) r \
+         CROSS JOIN LATERAL (SELECT m.assistant_id, m.body, m.metadata FROM webhook_messages m \
+           WHERE m.message_id = r.message_id AND m.created_at = r.created_at LIMIT 1) m ",
+        latest_attempt!()
+    );
 
     /// A page of the log listing, in two steps: the deliveries (`r`) with
     /// their latest attempts (`a`) are filtered, ordered and limited first,
