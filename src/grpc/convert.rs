@@ -202,20 +202,39 @@ fn parse_object(raw: &str) -> Option<Struct> {
     serde_json::from_str::<Struct>(raw).ok()
 }
 
+/// A UUID in its hyphenated form, written straight into the string (the
+/// `Display` route through the formatter showed in a page's profile: a
+/// log carries up to six).
+fn uuid_text(u: Uuid) -> String {
+    u.hyphenated().encode_lower(&mut Uuid::encode_buffer()).to_owned()
+}
+
 impl From<LogRecord> for pb::WebhookLog {
     fn from(l: LogRecord) -> Self {
-        let last = l.last_attempt.as_ref();
+        // The latest attempt's fields, moved rather than cloned.
+        let (http_status_code, response_body, response_time_ms, error_message, error_category, last_attempted_at) =
+            match l.last_attempt {
+                Some(a) => (
+                    a.status_code,
+                    Some(a.response_body),
+                    Some(a.response_time_ms),
+                    a.error_message,
+                    a.error_category,
+                    Some(a.attempted_at.into()),
+                ),
+                None => (None, None, None, None, None, None),
+            };
         pb::WebhookLog {
             log_id: l.log_id,
-            request_id: l.request_id.to_string(),
-            organization_id: l.organization_id.to_string(),
-            workspace_id: l.workspace_id.map(|u| u.to_string()),
-            subscription_id: l.subscription_id.map(|u| u.to_string()),
+            request_id: uuid_text(l.request_id),
+            organization_id: uuid_text(l.organization_id),
+            workspace_id: l.workspace_id.map(uuid_text),
+            subscription_id: l.subscription_id.map(uuid_text),
             call_id: l.call_id,
             assistant_id: l.assistant_id,
+            payload: parse_object(&l.body),
             webhook_url: l.webhook_url,
             webhook_type: l.webhook_type,
-            payload: parse_object(&l.body),
             metadata: match l.metadata {
                 Some(Json::Object(o)) => Some(json_to_struct(o)),
                 _ => None,
@@ -223,18 +242,18 @@ impl From<LogRecord> for pb::WebhookLog {
             execution_status: status_to_proto(l.status).into(),
             attempt_count: l.attempt_count,
             max_retries: l.max_retries,
-            http_status_code: last.and_then(|a| a.status_code),
-            response_body: last.map(|a| a.response_body.clone()),
-            response_time_ms: last.map(|a| a.response_time_ms),
-            error_message: last.and_then(|a| a.error_message.clone()),
-            error_category: last.and_then(|a| a.error_category.clone()),
-            last_attempted_at: last.map(|a| a.attempted_at.into()),
+            http_status_code,
+            response_body,
+            response_time_ms,
+            error_message,
+            error_category,
+            last_attempted_at,
             next_attempt_at: l.next_attempt_at.filter(|_| l.status == ExecutionStatus::Pending).map(Into::into),
             created_at: Some(l.created_at.into()),
             updated_at: Some(l.updated_at.into()),
             expire_time: l.expires_at.map(Into::into),
-            message_id: l.message_id.to_string(),
-            endpoint_id: l.endpoint_id.map(|e| e.to_string()).unwrap_or_default(),
+            message_id: uuid_text(l.message_id),
+            endpoint_id: l.endpoint_id.map(uuid_text).unwrap_or_default(),
         }
     }
 }

@@ -120,7 +120,7 @@ pub(crate) async fn take_within_budget<R, S>(
     mut rows: S,
     limit: u32,
     max_bytes: usize,
-    decode: impl Fn(&R) -> Result<LogRecord>,
+    mut decode: impl FnMut(&R) -> Result<LogRecord>,
 ) -> Result<LogBatch>
 where
     S: futures_util::Stream<Item = std::result::Result<R, sqlx::Error>> + Unpin,

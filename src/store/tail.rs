@@ -155,7 +155,7 @@ impl TailStore for PostgresStore {
         let (logs, created): (Vec<i64>, Vec<DateTime<Utc>>) = ids.iter().copied().unzip();
         let rows =
             sqlx::query(super::postgres::sql::LOGS_BY_ID).bind(&logs).bind(&created).fetch_all(self.db()).await?;
-        rows.iter().map(super::postgres::log_from_row).collect()
+        super::postgres::logs_from_rows(&rows)
     }
 }
 
@@ -178,8 +178,7 @@ async fn tail_on(pool: super::postgres::Db, after: TailPosition, limit: u32) -> 
     .fetch_all(&pool)
     .await?;
     let mut attempts = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let a = super::postgres::attempt_from_row(row)?;
+    for (row, a) in rows.iter().zip(super::postgres::attempts_from_rows(&rows)?) {
         let at = a.attempted_at;
         attempts.push(SourceRow {
             xid: row.try_get("xid")?,

@@ -277,7 +277,7 @@ async fn call_logs_on(
         q.push(" WHERE (l.sort_at, l.id) > (").push_bind(c.at).push(", ").push_bind(c.log_id).push(")");
     }
     q.push(format_args!(" ORDER BY l.sort_at, l.id LIMIT {}", u64::from(limit) + 1));
-    take_within_budget(q.build().fetch(&db), limit, max_bytes, log_from_row).await
+    take_within_budget(q.build().fetch(&db), limit, max_bytes, log_decoder()).await
 }
 
 /// A request and its attempts, read on `pool` (the primary or a replica).
@@ -307,7 +307,7 @@ async fn log_details_on(
          ORDER BY attempt_number DESC"
     );
     let rows = sqlx::query(&sql).bind(log.log_id).bind(log.created_at).fetch_all(&pool).await?;
-    let attempts = rows.iter().map(attempt_from_row).collect::<Result<_>>()?;
+    let attempts = attempts_from_rows(&rows)?;
     Ok(Some((log, attempts)))
 }
 
@@ -482,47 +482,150 @@ fn to_u32(v: i32) -> u32 {
     u32::try_from(v).unwrap_or(0)
 }
 
-pub(crate) fn attempt_from_row(row: &PgRow) -> Result<AttemptRecord> {
+/// Declares where each named column sits in a result set, found once per
+/// result rather than for every value: by name, `try_get` hashes the name
+/// for each value of each row, which was an eighth of a listing page's CPU
+/// in a profile of the server (docs/PERFORMANCE.md). The logs' and
+/// attempts' columns are then read with `try_get_unchecked`: their types are
+/// fixed by this module's own SELECTs (the stores' tests read every one),
+/// and checking each value's type against the Rust type's list of
+/// compatible Postgres types was another twelfth. (A mismatch these checks
+/// would name shows as a decode error or a wrong value in those tests.)
+macro_rules! column_positions {
+    ($name:ident { $($col:ident),* $(,)? }) => {
+        #[derive(Debug, Clone, Copy)]
+        pub(crate) struct $name { $($col: usize),* }
+        impl $name {
+            pub(crate) fn of(row: &PgRow) -> Result<Self> {
+                use sqlx::Column;
+                Ok(Self { $($col: row.try_column(stringify!($col))?.ordinal()),* })
+            }
+        }
+    };
+}
+
+column_positions!(AttemptColumns {
+    attempt_number,
+    attempted_at,
+    success,
+    status_code,
+    response_body,
+    response_truncated,
+    response_time_ms,
+    error_category,
+    error_message,
+    manual,
+});
+
+column_positions!(DeliveryColumns {
+    id,
+    request_id,
+    message_id,
+    organization_id,
+    workspace_id,
+    subscription_id,
+    call_id,
+    assistant_id,
+    webhook_url,
+    webhook_type,
+    body,
+    metadata,
+    status,
+    attempt_count,
+    max_retries,
+    next_attempt_at,
+    expires_at,
+    endpoint_id,
+    created_at,
+    updated_at,
+});
+
+/// The columns of a log: its delivery and message, and its latest attempt.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogColumns {
+    delivery: DeliveryColumns,
+    attempt: AttemptColumns,
+}
+
+impl LogColumns {
+    pub(crate) fn of(row: &PgRow) -> Result<Self> {
+        Ok(Self { delivery: DeliveryColumns::of(row)?, attempt: AttemptColumns::of(row)? })
+    }
+}
+
+/// Decodes rows of attempts, finding the columns once.
+pub(crate) fn attempts_from_rows(rows: &[PgRow]) -> Result<Vec<AttemptRecord>> {
+    let Some(first) = rows.first() else { return Ok(Vec::new()) };
+    let c = AttemptColumns::of(first)?;
+    rows.iter().map(|row| attempt_at(&c, row)).collect()
+}
+
+fn attempt_at(c: &AttemptColumns, row: &PgRow) -> Result<AttemptRecord> {
     Ok(AttemptRecord {
-        attempt_number: to_u32(row.try_get("attempt_number")?),
-        attempted_at: row.try_get("attempted_at")?,
-        success: row.try_get("success")?,
-        status_code: row.try_get("status_code")?,
-        response_body: row.try_get("response_body")?,
-        response_truncated: row.try_get("response_truncated")?,
-        response_time_ms: row.try_get("response_time_ms")?,
-        error_category: row.try_get("error_category")?,
-        error_message: row.try_get("error_message")?,
-        manual: row.try_get("manual")?,
+        attempt_number: to_u32(row.try_get_unchecked(c.attempt_number)?),
+        attempted_at: row.try_get_unchecked(c.attempted_at)?,
+        success: row.try_get_unchecked(c.success)?,
+        status_code: row.try_get_unchecked(c.status_code)?,
+        response_body: row.try_get_unchecked(c.response_body)?,
+        response_truncated: row.try_get_unchecked(c.response_truncated)?,
+        response_time_ms: row.try_get_unchecked(c.response_time_ms)?,
+        error_category: row.try_get_unchecked(c.error_category)?,
+        error_message: row.try_get_unchecked(c.error_message)?,
+        manual: row.try_get_unchecked(c.manual)?,
     })
 }
 
 pub(crate) fn log_from_row(row: &PgRow) -> Result<LogRecord> {
-    let last_attempt = match row.try_get::<Option<i32>, _>("attempt_number")? {
-        Some(_) => Some(attempt_from_row(row)?),
+    log_at(&LogColumns::of(row)?, row)
+}
+
+/// Decodes rows of logs, finding the columns once.
+pub(crate) fn logs_from_rows(rows: &[PgRow]) -> Result<Vec<LogRecord>> {
+    let Some(first) = rows.first() else { return Ok(Vec::new()) };
+    let c = LogColumns::of(first)?;
+    rows.iter().map(|row| log_at(&c, row)).collect()
+}
+
+/// A decoder of streamed log rows that finds the columns in the first.
+pub(crate) fn log_decoder() -> impl FnMut(&PgRow) -> Result<LogRecord> {
+    let mut columns = None;
+    move |row| {
+        let c = match columns {
+            Some(c) => c,
+            None => *columns.insert(LogColumns::of(row)?),
+        };
+        log_at(&c, row)
+    }
+}
+
+fn log_at(c: &LogColumns, row: &PgRow) -> Result<LogRecord> {
+    let a = &c.attempt;
+    let last_attempt = match row.try_get_unchecked::<Option<i32>, _>(a.attempt_number)? {
+        Some(_) => Some(attempt_at(a, row)?),
         None => None,
     };
+    let d = &c.delivery;
     Ok(LogRecord {
-        log_id: row.try_get("id")?,
-        request_id: row.try_get("request_id")?,
-        message_id: row.try_get("message_id")?,
-        organization_id: row.try_get("organization_id")?,
-        workspace_id: row.try_get("workspace_id")?,
-        subscription_id: row.try_get("subscription_id")?,
-        call_id: row.try_get("call_id")?,
-        assistant_id: row.try_get("assistant_id")?,
-        webhook_url: row.try_get("webhook_url")?,
-        webhook_type: row.try_get("webhook_type")?,
-        body: row.try_get("body")?,
-        metadata: row.try_get("metadata")?,
-        status: status_from_db(row.try_get("status")?)?,
-        attempt_count: to_u32(row.try_get("attempt_count")?),
-        max_retries: to_u32(row.try_get("max_retries")?),
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        expires_at: row.try_get("expires_at")?,
-        endpoint_id: row.try_get("endpoint_id")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
+        log_id: row.try_get_unchecked(d.id)?,
+        request_id: row.try_get_unchecked(d.request_id)?,
+        message_id: row.try_get_unchecked(d.message_id)?,
+        organization_id: row.try_get_unchecked(d.organization_id)?,
+        workspace_id: row.try_get_unchecked(d.workspace_id)?,
+        subscription_id: row.try_get_unchecked(d.subscription_id)?,
+        call_id: row.try_get_unchecked(d.call_id)?,
+        assistant_id: row.try_get_unchecked(d.assistant_id)?,
+        webhook_url: row.try_get_unchecked(d.webhook_url)?,
+        webhook_type: row.try_get_unchecked(d.webhook_type)?,
+        body: row.try_get_unchecked(d.body)?,
+        metadata: row.try_get_unchecked(d.metadata)?,
+        status: status_from_db(row.try_get_unchecked(d.status)?)?,
+        attempt_count: to_u32(row.try_get_unchecked(d.attempt_count)?),
+        max_retries: to_u32(row.try_get_unchecked(d.max_retries)?),
+        next_attempt_at: row.try_get_unchecked(d.next_attempt_at)?,
+        expires_at: row.try_get_unchecked(d.expires_at)?,
+        endpoint_id: row.try_get_unchecked(d.endpoint_id)?,
+        created_at: row.try_get_unchecked(d.created_at)?,
+        updated_at: row.try_get_unchecked(d.updated_at)?,
         last_attempt,
     })
 }
@@ -688,7 +791,7 @@ impl Store for PostgresStore {
     async fn list_logs(&self, f: &LogFilter, after: Option<Cursor>, limit: u32, max_bytes: usize) -> Result<LogBatch> {
         self.read_logs(|pool| async move {
             let mut q = list_logs_query("", f, after, limit);
-            take_within_budget(q.build().fetch(&pool), limit, max_bytes, log_from_row).await
+            take_within_budget(q.build().fetch(&pool), limit, max_bytes, log_decoder()).await
         })
         .await
     }
