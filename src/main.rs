@@ -97,14 +97,12 @@ async fn api_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    // Colours only for a terminal: a log file or a collector reading stderr
-    // would get escape codes in every line, and formatting them is work
-    // done for every request's span.
+    // Colours only for a terminal, and not with NO_COLOR set: a log file or
+    // a collector reading stderr would get escape codes in every line, and
+    // formatting them is work done for every request's span.
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -232,9 +232,9 @@ impl From<LogRecord> for pb::WebhookLog {
             subscription_id: l.subscription_id.map(uuid_text),
             call_id: l.call_id,
             assistant_id: l.assistant_id,
-            payload: parse_object(&l.body),
             webhook_url: l.webhook_url,
             webhook_type: l.webhook_type,
+            payload: parse_object(&l.body),
             metadata: match l.metadata {
                 Some(Json::Object(o)) => Some(json_to_struct(o)),
                 _ => None,

@@ -311,7 +311,35 @@ async fn a_late_and_a_current_attempt_recorded_together_both_land(backend: Backe
     }
 }
 
+/// The live tail's lookup of logs by key: each delivery once however often
+/// its key is named, with its latest attempt as listings show it, and
+/// nothing for a key that matches no delivery.
+async fn logs_by_key_come_once_each_with_their_latest_attempt(backend: Backend) {
+    let store = store(backend).await;
+    let tried = store.insert_delivery(&delivery(Uuid::new_v4(), |_| {})).await.unwrap();
+    let claimed = store.claim_due(10, Duration::from_secs(30)).await.unwrap();
+    let waiting = store.insert_delivery(&delivery(Uuid::new_v4(), |_| {})).await.unwrap();
+    assert!(store.record_attempt(&claimed[0], &settled(NextStep::Failed)).await.unwrap());
+    let key = |log: &hookpost::domain::LogRecord| (log.log_id, log.created_at);
+    let (a, _) = store.log_details(tried.request_id, None, ReadFrom::Primary).await.unwrap().unwrap();
+    let (b, _) = store.log_details(waiting.request_id, None, ReadFrom::Primary).await.unwrap().unwrap();
+    let nobody = (a.log_id + b.log_id + 1000, a.created_at);
+
+    let logs = store.logs_by_id(&[key(&a), key(&b), key(&a), nobody]).await.unwrap();
+    let mut ids: Vec<Uuid> = logs.iter().map(|l| l.request_id).collect();
+    ids.sort();
+    let mut want = vec![tried.request_id, waiting.request_id];
+    want.sort();
+    assert_eq!(ids, want, "each delivery once, the unknown key nowhere");
+    let a_now = logs.iter().find(|l| l.request_id == tried.request_id).unwrap();
+    assert_eq!(a_now.status, ExecutionStatus::Failed);
+    assert_eq!(a_now.last_attempt.as_ref().map(|t| t.status_code), Some(Some(500)));
+    let b_now = logs.iter().find(|l| l.request_id == waiting.request_id).unwrap();
+    assert!(b_now.last_attempt.is_none(), "no attempt yet: {b_now:?}");
+}
+
 on_both_stores!(
+    logs_by_key_come_once_each_with_their_latest_attempt,
     a_late_and_a_current_attempt_recorded_together_both_land,
     a_late_attempt_neither_becomes_the_latest_nor_changes_the_status,
     no_more_than_max_retries_plus_one_attempts_even_with_a_lost_lease,

@@ -97,12 +97,13 @@ pub mod sql {
     );
 
     /// The logs of the deliveries keyed ($1 IDs, $2 their creation times),
-    /// each found by its key. Not `WHERE (r.id, r.created_at) IN (…)`: on
-    /// tables never analyzed, Postgres planned that as a parallel hash join
-    /// over every delivery and message, read on every look of the live tail.
+    /// each found by its key, once however often it is named. Not `WHERE
+    /// (r.id, r.created_at) IN (…)`: on tables never analyzed, Postgres
+    /// planned that as a parallel hash join over every delivery and message,
+    /// read on every look of the live tail.
     pub const LOGS_BY_ID: &str = concat!(
         log_columns!(),
-        "FROM unnest($1::int8[], $2::timestamptz[]) AS k(id, created_at) \
+        "FROM (SELECT DISTINCT * FROM unnest($1::int8[], $2::timestamptz[])) AS k(id, created_at) \
          CROSS JOIN LATERAL (SELECT * FROM webhook_requests r \
            WHERE r.id = k.id AND r.created_at = k.created_at LIMIT 1) r \
          CROSS JOIN LATERAL (SELECT m.assistant_id, m.body, m.metadata FROM webhook_messages m \
@@ -486,11 +487,13 @@ fn to_u32(v: i32) -> u32 {
 /// result rather than for every value: by name, `try_get` hashes the name
 /// for each value of each row, which was an eighth of a listing page's CPU
 /// in a profile of the server (docs/PERFORMANCE.md). The logs' and
-/// attempts' columns are then read with `try_get_unchecked`: their types are
-/// fixed by this module's own SELECTs (the stores' tests read every one),
-/// and checking each value's type against the Rust type's list of
-/// compatible Postgres types was another twelfth. (A mismatch these checks
-/// would name shows as a decode error or a wrong value in those tests.)
+/// attempts' columns are then read with `try_get_unchecked`: checking each
+/// value's type against the Rust type's list of compatible Postgres types
+/// was another twelfth. Their types are not checked, so the SELECTs these
+/// decode (`LOG_SELECT`, `LIST_PAGE`, `LOGS_BY_ID`, `ATTEMPT_COLUMNS` here
+/// and in the tail) must keep the column types the Rust fields have: int8
+/// for i64, int4 for i32, timestamptz (not timestamp) for times, jsonb for
+/// the metadata.
 macro_rules! column_positions {
     ($name:ident { $($col:ident),* $(,)? }) => {
         #[derive(Debug, Clone, Copy)]
@@ -600,9 +603,10 @@ pub(crate) fn log_decoder() -> impl FnMut(&PgRow) -> Result<LogRecord> {
 
 fn log_at(c: &LogColumns, row: &PgRow) -> Result<LogRecord> {
     let a = &c.attempt;
-    let last_attempt = match row.try_get_unchecked::<Option<i32>, _>(a.attempt_number)? {
-        Some(_) => Some(attempt_at(a, row)?),
-        None => None,
+    // No latest attempt: the LEFT JOIN's columns are all NULL.
+    let last_attempt = match sqlx::ValueRef::is_null(&row.try_get_raw(a.attempt_number)?) {
+        false => Some(attempt_at(a, row)?),
+        true => None,
     };
     let d = &c.delivery;
     Ok(LogRecord {
