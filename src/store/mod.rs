@@ -12,6 +12,9 @@ mod sqlite;
 pub mod stats;
 pub mod tail;
 
+/// How many group-commit statements of Dispatch run at once (the
+/// benchmark gives pgbench as many connections).
+pub use batch::WORKERS as DISPATCH_WORKERS;
 pub use endpoints::{DisableRule, EndpointOutcome, EndpointStore, NewEndpoint, StoredSecrets};
 pub use postgres::PostgresStore;
 pub use recovery::{Operation, RecoverFilter, RecoveryStore, Redelivered};

@@ -142,9 +142,10 @@ async fn main() -> anyhow::Result<()> {
             let pgd = pgbench_dispatch(&pgb, a.pool, pg_secs, &tmp)?;
             // The batch size hookpost's group commit reached in this round
             // (rows per commit); pgbench runs its statement at that size with
-            // as many connections as the batcher has workers (4).
+            // as many connections as the batcher has workers.
             let batch = got.rows_per_commit.round().clamp(1.0, 64.0) as usize;
-            let pgbb = pgbench_dispatch_batched(&pgb, 4, batch, pg_secs, &tmp)?;
+            let workers = hookpost::store::DISPATCH_WORKERS as u32;
+            let pgbb = pgbench_dispatch_batched(&pgb, workers, batch, pg_secs, &tmp)?;
             eprintln!(
                 "round {round}: deliver {:.0}/s (R {bare:.0}/s, S {sql:.0}/s); dispatch {:.0}/s vs pgbench {pgd:.0}/s \
                  single-row, {pgbb:.0} rows/s batched by {batch}",
@@ -183,8 +184,9 @@ async fn main() -> anyhow::Result<()> {
             "requests/s",
             format!(
                 "pgbench running hookpost's batched INSERT (src/store/batch.rs) at hookpost's own {:.1} rows per \
-                 commit, 4 connections (its workers); rows/s",
-                median(&batches)
+                 commit, {} connections (its workers); rows/s",
+                median(&batches),
+                hookpost::store::DISPATCH_WORKERS
             ),
         ));
         rows.push(Row::new(
