@@ -18,7 +18,7 @@ const MAX_BATCH: usize = 64;
 /// Statements in flight at once (each holds one pool connection). Fewer
 /// statements carry more rows each, and Postgres spends less per row: with
 /// a client in its own process sending 20,000 Dispatches at concurrency 64,
-/// 4 workers made about 6.5 rows per commit and Postgres used 170-183 CPU
+/// 4 workers made about 6.5 rows per commit and Postgres used 157-183 CPU
 /// ticks, 2 workers about 10 rows and 132-144 ticks, at 8.5-10.0k vs
 /// 9.4-10.4k dispatches/s (docs/PERFORMANCE.md). One worker cost Postgres
 /// less again, but two keep a statement forming while one commits.

@@ -77,7 +77,8 @@ pub trait TailStore: Send + Sync {
     /// Up to `limit` events of each source after `after`, in order.
     async fn tail(&self, after: TailPosition, limit: u32) -> Result<Vec<TailEvent>>;
 
-    /// The logs of these deliveries (log ID, creation time), as they are now.
+    /// The logs of these deliveries (log ID, creation time), as they are now,
+    /// each once however often it is named; none for a key that matches none.
     async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)]) -> Result<Vec<LogRecord>>;
 }
 
