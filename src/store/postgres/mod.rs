@@ -556,11 +556,25 @@ impl LogColumns {
     }
 }
 
+/// A decoder of the rows of one result: finds the columns (`of`) in the
+/// first row, then reads every row by position (`at`).
+fn decoder<C: Copy, T>(
+    of: fn(&PgRow) -> Result<C>,
+    at: fn(&C, &PgRow) -> Result<T>,
+) -> impl FnMut(&PgRow) -> Result<T> {
+    let mut columns = None;
+    move |row| {
+        let c = match columns {
+            Some(c) => c,
+            None => *columns.insert(of(row)?),
+        };
+        at(&c, row)
+    }
+}
+
 /// Decodes rows of attempts, finding the columns once.
 pub(crate) fn attempts_from_rows(rows: &[PgRow]) -> Result<Vec<AttemptRecord>> {
-    let Some(first) = rows.first() else { return Ok(Vec::new()) };
-    let c = AttemptColumns::of(first)?;
-    rows.iter().map(|row| attempt_at(&c, row)).collect()
+    rows.iter().map(decoder(AttemptColumns::of, attempt_at)).collect()
 }
 
 fn attempt_at(c: &AttemptColumns, row: &PgRow) -> Result<AttemptRecord> {
@@ -584,21 +598,12 @@ pub(crate) fn log_from_row(row: &PgRow) -> Result<LogRecord> {
 
 /// Decodes rows of logs, finding the columns once.
 pub(crate) fn logs_from_rows(rows: &[PgRow]) -> Result<Vec<LogRecord>> {
-    let Some(first) = rows.first() else { return Ok(Vec::new()) };
-    let c = LogColumns::of(first)?;
-    rows.iter().map(|row| log_at(&c, row)).collect()
+    rows.iter().map(log_decoder()).collect()
 }
 
 /// A decoder of streamed log rows that finds the columns in the first.
 pub(crate) fn log_decoder() -> impl FnMut(&PgRow) -> Result<LogRecord> {
-    let mut columns = None;
-    move |row| {
-        let c = match columns {
-            Some(c) => c,
-            None => *columns.insert(LogColumns::of(row)?),
-        };
-        log_at(&c, row)
-    }
+    decoder(LogColumns::of, log_at)
 }
 
 fn log_at(c: &LogColumns, row: &PgRow) -> Result<LogRecord> {
