@@ -158,15 +158,16 @@ impl WebhookService {
         if !may_act_for(who, filter.organization_id) {
             return Ok(EndpointPage { endpoints: Vec::new(), next_page_token: None });
         }
+        let pages = pagination::Pages::of(&filter);
         let after = match page_token {
             "" => None,
-            token => Some(pagination::decode(token, &filter, "page_token")?),
+            token => Some(pages.decode(token, "page_token")?),
         };
         let (endpoints, more) = self.store.list_endpoints(&filter, after, page_size).await?;
         let next_page_token = endpoints
             .last()
             .filter(|_| more)
-            .map(|last| pagination::encode(Cursor { created_at: last.created_at, log_id: last.seq }, &filter));
+            .map(|last| pages.encode(Cursor { created_at: last.created_at, log_id: last.seq }));
         Ok(EndpointPage { endpoints, next_page_token })
     }
 

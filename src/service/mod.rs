@@ -299,13 +299,14 @@ impl WebhookService {
                 _ => q.filter.organization_id = Some(org),
             }
         }
+        let pages = pagination::Pages::of(&q.filter);
         let after = match q.page_token.as_str() {
             "" => None,
-            token => Some(pagination::decode(token, &q.filter, "page_token")?),
+            token => Some(pages.decode(token, "page_token")?),
         };
         let batch = self.store.list_logs(&q.filter, after, page_size, MAX_PAGE_BYTES).await?;
         let next_page_token = match batch.more {
-            true => batch.logs.last().map(|last| pagination::encode(last.cursor(), &q.filter)),
+            true => batch.logs.last().map(|last| pages.encode(last.cursor())),
             false => None,
         };
         Ok(LogPage { logs: batch.logs, next_page_token })

@@ -208,3 +208,46 @@ async fn log_details_of_unknown_malformed_or_out_of_scope_requests() {
     // The same answer as for a request that does not exist, but for the ID.
     assert_eq!(hidden.message().replace(&res.request_id, "X"), missing.message().replace(&missing_id, "X"));
 }
+
+/// hookpost reads timestamps from Postgres' binary form itself (not through
+/// sqlx's chrono decoding, which cost a listing page an eighth of its
+/// instructions): what a page and the details show must be what Postgres
+/// holds, to the microsecond.
+#[tokio::test]
+async fn listed_times_are_the_stored_times_to_the_microsecond() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(500)]);
+    let org = Uuid::new_v4();
+    let req = pb::DispatchRequest { max_retries: Some(0), ..dispatch_to(&receiver.url(), org) };
+    let id = app.dispatch(req).await.unwrap().request_id;
+    let details = app.settled(&id, Duration::from_secs(10)).await;
+    let page = app.list(pb::ListWebhookLogsRequest { organization_id: org.to_string(), ..Default::default() }).await;
+    let listed = page.unwrap().logs.remove(0);
+
+    type Times = (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>);
+    let (created, updated, expires): Times =
+        sqlx::query_as("SELECT created_at, updated_at, expires_at FROM webhook_requests WHERE request_id = $1")
+            .bind(Uuid::parse_str(&id).unwrap())
+            .fetch_one(app.pg())
+            .await
+            .unwrap();
+    let attempted: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "SELECT a.attempted_at FROM webhook_attempts a JOIN webhook_requests r \
+         ON a.request_pk = r.id AND a.request_created_at = r.created_at WHERE r.request_id = $1",
+    )
+    .bind(Uuid::parse_str(&id).unwrap())
+    .fetch_one(app.pg())
+    .await
+    .unwrap();
+    let ts = |t: chrono::DateTime<chrono::Utc>| {
+        Some(pbjson_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
+    };
+    for log in [&listed, details.log.as_ref().unwrap()] {
+        assert_eq!(log.created_at, ts(created), "{log:?}");
+        assert_eq!(log.updated_at, ts(updated), "{log:?}");
+        assert_eq!(log.expire_time, expires.and_then(ts), "{log:?}");
+        assert_eq!(log.last_attempted_at, ts(attempted), "{log:?}");
+    }
+    assert_eq!(details.attempts[0].created_at, ts(attempted));
+}

@@ -577,10 +577,48 @@ pub(crate) fn attempts_from_rows(rows: &[PgRow]) -> Result<Vec<AttemptRecord>> {
     rows.iter().map(decoder(AttemptColumns::of, attempt_at)).collect()
 }
 
+/// A timestamptz read straight from its binary form, microseconds since
+/// 2000-01-01 UTC. sqlx's own decode goes through `DateTime<FixedOffset>`
+/// and `NaiveDateTime` arithmetic, about 1,000 instructions a value: a log
+/// carries up to five, and they were an eighth of a listing page's
+/// instructions in the server (docs/PERFORMANCE.md).
+struct PgTime(DateTime<Utc>);
+
+/// 2000-01-01T00:00:00Z in microseconds since the Unix epoch.
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+impl sqlx::Type<sqlx::Postgres> for PgTime {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <DateTime<Utc> as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for PgTime {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> std::result::Result<Self, sqlx::error::BoxDynError> {
+        if value.format() == sqlx::postgres::PgValueFormat::Text {
+            return <DateTime<Utc> as sqlx::Decode<sqlx::Postgres>>::decode(value).map(PgTime);
+        }
+        let micros = i64::from_be_bytes(value.as_bytes()?.try_into()?);
+        micros
+            .checked_add(POSTGRES_EPOCH_MICROS)
+            .and_then(DateTime::from_timestamp_micros)
+            .map(PgTime)
+            .ok_or_else(|| format!("timestamptz {micros} is out of range").into())
+    }
+}
+
+fn time_at(row: &PgRow, at: usize) -> Result<DateTime<Utc>> {
+    Ok(row.try_get_unchecked::<PgTime, _>(at)?.0)
+}
+
+fn opt_time_at(row: &PgRow, at: usize) -> Result<Option<DateTime<Utc>>> {
+    Ok(row.try_get_unchecked::<Option<PgTime>, _>(at)?.map(|t| t.0))
+}
+
 fn attempt_at(c: &AttemptColumns, row: &PgRow) -> Result<AttemptRecord> {
     Ok(AttemptRecord {
         attempt_number: to_u32(row.try_get_unchecked(c.attempt_number)?),
-        attempted_at: row.try_get_unchecked(c.attempted_at)?,
+        attempted_at: time_at(row, c.attempted_at)?,
         success: row.try_get_unchecked(c.success)?,
         status_code: row.try_get_unchecked(c.status_code)?,
         response_body: row.try_get_unchecked(c.response_body)?,
@@ -630,11 +668,11 @@ fn log_at(c: &LogColumns, row: &PgRow) -> Result<LogRecord> {
         status: status_from_db(row.try_get_unchecked(d.status)?)?,
         attempt_count: to_u32(row.try_get_unchecked(d.attempt_count)?),
         max_retries: to_u32(row.try_get_unchecked(d.max_retries)?),
-        next_attempt_at: row.try_get_unchecked(d.next_attempt_at)?,
-        expires_at: row.try_get_unchecked(d.expires_at)?,
+        next_attempt_at: opt_time_at(row, d.next_attempt_at)?,
+        expires_at: opt_time_at(row, d.expires_at)?,
         endpoint_id: row.try_get_unchecked(d.endpoint_id)?,
-        created_at: row.try_get_unchecked(d.created_at)?,
-        updated_at: row.try_get_unchecked(d.updated_at)?,
+        created_at: time_at(row, d.created_at)?,
+        updated_at: time_at(row, d.updated_at)?,
         last_attempt,
     })
 }
