@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // mapping, which would clash with this one.
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
+        // Payloads and metadata stay in their wire form (src/proto/raw_struct.rs).
+        .extern_path(".google.protobuf.Struct", "crate::proto::RawStruct")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
@@ -27,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
         .extern_path(".google.protobuf", "::pbjson_types")
+        .extern_path(".google.protobuf.Struct", "crate::proto::RawStruct")
         .build(&[".hookpost"])?;
     Ok(())
 }

@@ -1,6 +1,9 @@
 //! Generated code for the `hookpost.v1` contract in `proto/`.
-#![allow(clippy::all, missing_docs)]
 
+mod raw_struct;
+pub use raw_struct::RawStruct;
+
+#[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("hookpost.v1");
     include!(concat!(env!("OUT_DIR"), "/hookpost.v1.serde.rs"));

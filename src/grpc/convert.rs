@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::domain::{AttemptRecord, DispatchInput, ExecutionStatus, Expiration, FilterExpr, LogFilter, LogRecord};
 use crate::error::{Error, FieldViolation, Result};
+use crate::proto::RawStruct;
 use crate::proto::v1 as pb;
 use crate::service::{DetailsQuery, ListQuery, LogDetails};
 
@@ -24,14 +25,18 @@ fn value_to_json(v: Value) -> Result<Json, String> {
         Some(Kind::NumberValue(n)) => {
             Json::Number(Number::from_f64(n).ok_or("numbers must be finite (no NaN or infinity)")?)
         }
-        Some(Kind::StructValue(s)) => Json::Object(struct_to_json(s)?),
+        Some(Kind::StructValue(s)) => Json::Object(fields_to_json(s)?),
         Some(Kind::ListValue(l)) => Json::Array(l.values.into_iter().map(value_to_json).collect::<Result<_, _>>()?),
     })
 }
 
-/// Keys come out sorted: a Struct is a map without order, and the stored body
-/// must not depend on hash order.
-pub fn struct_to_json(s: Struct) -> Result<Map<String, Json>, String> {
+/// A caller's Struct as a JSON object. Keys come out sorted: a Struct is a
+/// map without order, and the stored body must not depend on hash order.
+pub fn struct_to_json(s: RawStruct) -> Result<Map<String, Json>, String> {
+    fields_to_json(s.to_struct().map_err(|err| format!("is not a valid google.protobuf.Struct: {err}"))?)
+}
+
+fn fields_to_json(s: Struct) -> Result<Map<String, Json>, String> {
     let sorted: std::collections::BTreeMap<_, _> = s.fields.into_iter().collect();
     sorted.into_iter().map(|(k, v)| Ok((k, value_to_json(v)?))).collect()
 }
@@ -43,12 +48,17 @@ fn json_to_value(j: Json) -> Value {
         Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
         Json::String(s) => Kind::StringValue(s),
         Json::Array(a) => Kind::ListValue(ListValue { values: a.into_iter().map(json_to_value).collect() }),
-        Json::Object(o) => Kind::StructValue(json_to_struct(o)),
+        Json::Object(o) => Kind::StructValue(struct_of(o)),
     };
     Value { kind: Some(kind) }
 }
 
-pub fn json_to_struct(o: Map<String, Json>) -> Struct {
+/// A JSON object as a Struct, in the wire form the messages carry.
+pub fn json_to_struct(o: Map<String, Json>) -> RawStruct {
+    struct_of(o).into()
+}
+
+fn struct_of(o: Map<String, Json>) -> Struct {
     Struct { fields: o.into_iter().map(|(k, v)| (k, json_to_value(v))).collect() }
 }
 
@@ -195,11 +205,11 @@ impl TryFrom<pb::GetLogDetailsRequest> for DetailsQuery {
     }
 }
 
-/// The stored body as a `Struct`, built straight from its bytes: no
-/// intermediate `serde_json::Value` tree (which doubled the memory a page of
-/// large payloads took). The page's byte budget bounds how many are built.
-fn parse_object(raw: &str) -> Option<Struct> {
-    serde_json::from_str::<Struct>(raw).ok()
+/// The stored body as a Struct: its text written straight into the wire
+/// form, with no `Struct` (or `serde_json::Value` tree) in between. The
+/// page's byte budget bounds how many are built.
+fn parse_object(raw: &str) -> Option<RawStruct> {
+    RawStruct::from_json_object(raw)
 }
 
 /// A UUID in its hyphenated form, written straight into the string (the
@@ -363,6 +373,6 @@ mod tests {
         let s = Struct {
             fields: [("n".to_string(), Value { kind: Some(Kind::NumberValue(f64::NAN)) })].into_iter().collect(),
         };
-        assert!(struct_to_json(s).is_err());
+        assert!(struct_to_json(s.into()).is_err());
     }
 }

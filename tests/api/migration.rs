@@ -217,13 +217,13 @@ async fn old_data_keeps_answering_after_the_message_table(backend: Backend) {
     let log = single.log.clone().unwrap();
     assert_eq!(log.assistant_id, Some(7));
     assert_eq!(log.call_id, Some(55));
-    assert!(log.metadata.as_ref().is_some_and(|m| m.fields.contains_key("k")), "{log:?}");
-    assert!(log.payload.as_ref().is_some_and(|p| p.fields.contains_key("n")), "{log:?}");
+    assert!(log.metadata.as_ref().is_some_and(|m| m.to_struct().unwrap().fields.contains_key("k")), "{log:?}");
+    assert!(log.payload.as_ref().is_some_and(|p| p.to_struct().unwrap().fields.contains_key("n")), "{log:?}");
     assert_eq!(single.attempts.len(), 1);
     assert_eq!(single.attempts[0].request_body, SINGLE_BODY);
     for id in old.fan {
         let d = app.details(&id.to_string()).await.unwrap();
-        assert!(d.log.unwrap().payload.is_some_and(|p| p.fields.contains_key("fan")));
+        assert!(d.log.unwrap().payload.is_some_and(|p| p.to_struct().unwrap().fields.contains_key("fan")));
     }
 
     // REST: the gateway's details route and the seed-000 per-call route.

@@ -59,7 +59,7 @@ fn assert_same_shape(doc: &Value, got: &Value, at: &str) {
     }
 }
 
-fn payload(v: Value) -> Option<pbjson_types::Struct> {
+fn payload(v: Value) -> Option<hookpost::proto::RawStruct> {
     Some(hookpost::grpc::json_to_struct(v.as_object().unwrap().clone()))
 }
 
