@@ -290,6 +290,21 @@ async fn main() -> anyhow::Result<()> {
                         "ms",
                         "pgbench, same two statements",
                     ));
+                    // What any call costs before it does anything: the
+                    // listing's and the details' ratios cannot go below
+                    // (floor + pgbench) / pgbench.
+                    let (mut h, mut b) = (Vec::new(), Vec::new());
+                    for _ in 0..2 {
+                        h.extend(grpc_floor_latencies(&app, samples / 2).await?);
+                        b.extend(pgbench_floor_latencies(&db, (samples / 2) as u64, &tmp)?);
+                    }
+                    rows.push(Row::new(
+                        "call_floor_p50",
+                        ms(median(&h)),
+                        ms(median(&b)),
+                        "ms",
+                        "gRPC health Check (no store, no key) vs pgbench SELECT 1",
+                    ));
                 }
                 if run("rest") {
                     let (mut rl, mut gl) = (Vec::new(), Vec::new());

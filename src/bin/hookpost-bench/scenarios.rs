@@ -500,6 +500,26 @@ pub async fn grpc_details_latencies(app: &RunningApp, pool: &PgPool, samples: us
     Ok(out)
 }
 
+/// The floor of a call: gRPC health Check round trips to the same server
+/// (no store, no authentication), one at a time.
+pub async fn grpc_floor_latencies(app: &RunningApp, samples: usize) -> anyhow::Result<Vec<f64>> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(app.base_url())?.connect().await?;
+    let mut client = HealthClient::new(channel);
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        client.check(HealthCheckRequest { service: String::new() }).await?;
+        out.push(t.elapsed().as_secs_f64());
+    }
+    Ok(out)
+}
+
+/// The floor of a statement: `SELECT 1` through pgbench.
+pub fn pgbench_floor_latencies(db_url: &str, samples: u64, dir: &Path) -> anyhow::Result<Vec<f64>> {
+    Ok(pgbench(db_url, "SELECT 1;\n", 1, 0, Some(samples), dir)?.latencies)
+}
+
 /// GetLogDetails' two statements through pgbench.
 pub fn pgbench_details_latencies(db_url: &str, s: &Seeded, samples: u64, dir: &Path) -> anyhow::Result<Vec<f64>> {
     let script = format!(
