@@ -28,11 +28,11 @@ impl RawStruct {
     /// The wire form of a JSON object's text, or None when the text is not
     /// a JSON object. Numbers become doubles, as in `Struct` itself.
     pub fn from_json_object(text: &str) -> Option<Self> {
-        let mut encoded = Vec::with_capacity(text.len() + text.len() / 4);
+        let mut w = Writer::with_capacity(text.len() + text.len() / 4);
         let mut de = serde_json::Deserializer::from_str(text);
-        ObjectWriter(&mut encoded).deserialize(&mut de).ok()?;
+        ObjectWriter(&mut w).deserialize(&mut de).ok()?;
         de.end().ok()?;
-        Some(Self { encoded })
+        Some(Self { encoded: w.finish() })
     }
 
     /// The fields, decoded.
@@ -84,7 +84,10 @@ impl Message for RawStruct {
 /// Equal when the fields are: a map's entries may come in any order.
 impl PartialEq for RawStruct {
     fn eq(&self, other: &Self) -> bool {
-        self.encoded == other.encoded || self.to_struct().ok() == other.to_struct().ok()
+        match (self.to_struct(), other.to_struct()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => self.encoded == other.encoded,
+        }
     }
 }
 
@@ -107,42 +110,87 @@ impl serde::Serialize for RawStruct {
 /// Written straight into the wire form, as the stored text is.
 impl<'de> serde::Deserialize<'de> for RawStruct {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut encoded = Vec::new();
-        ObjectWriter(&mut encoded).deserialize(deserializer)?;
-        Ok(Self { encoded })
+        let mut w = Writer::with_capacity(256);
+        ObjectWriter(&mut w).deserialize(deserializer)?;
+        Ok(Self { encoded: w.finish() })
     }
 }
 
-/// Starts a length-delimited field whose length is not known yet: one byte
-/// is kept for it, enough for anything under 128 bytes.
-fn begin(buf: &mut Vec<u8>, field: u32) -> usize {
-    encode_key(field, WireType::LengthDelimited, buf);
-    buf.push(0);
-    buf.len()
+/// Deepest nesting of objects and arrays accepted. A `Struct` level is three
+/// nested messages (map entry, `Value`, `Struct`), and decoders stop at 100
+/// (prost's limit, and other languages'): 32 levels still decode inside a
+/// `WebhookLog` inside a response.
+pub const MAX_DEPTH: usize = 32;
+
+/// Writes protobuf whose nested lengths are known only once their content
+/// is written: each length-delimited field keeps one byte for its length,
+/// enough under 128 bytes, and is widened in place when it needs more.
+/// Widening moves what follows, so a large value is moved once per
+/// enclosing field: bounded by [`MAX_DEPTH`] (at most three fields a
+/// level). Fixed five-byte slots moved into place once at the end avoided
+/// that but doubled the cost of the common small body (callgrind, a page of
+/// 50 logs).
+struct Writer {
+    out: Vec<u8>,
+    depth: usize,
 }
 
-/// Ends the field begun at `start`, widening its length if it needs more
-/// than the one byte kept.
-fn end(buf: &mut Vec<u8>, start: usize) {
-    let len = buf.len() - start;
-    if len < 0x80 {
-        buf[start - 1] = len as u8;
-    } else {
-        let mut varint = Vec::with_capacity(10);
-        encode_varint(len as u64, &mut varint);
-        buf.splice(start - 1..start, varint);
+impl Writer {
+    fn with_capacity(bytes: usize) -> Self {
+        Self { out: Vec::with_capacity(bytes), depth: 0 }
     }
-}
 
-fn string_field(buf: &mut Vec<u8>, field: u32, s: &str) {
-    encode_key(field, WireType::LengthDelimited, buf);
-    encode_varint(s.len() as u64, buf);
-    buf.extend_from_slice(s.as_bytes());
+    /// Begins a length-delimited field; returns where its content starts.
+    fn begin(&mut self, field: u32) -> usize {
+        encode_key(field, WireType::LengthDelimited, &mut self.out);
+        self.out.push(0);
+        self.out.len()
+    }
+
+    /// Ends the field whose content starts at `start`.
+    fn end(&mut self, start: usize) {
+        let len = self.out.len() - start;
+        if len < 0x80 {
+            self.out[start - 1] = len as u8;
+        } else {
+            let mut varint = Vec::with_capacity(10);
+            encode_varint(len as u64, &mut varint);
+            self.out.splice(start - 1..start, varint);
+        }
+    }
+
+    /// Takes back the field begun at `start`, with nothing written in it
+    /// (every field begun here has a one-byte key).
+    fn abandon(&mut self, start: usize) {
+        self.out.truncate(start - 2);
+    }
+
+    fn nest<E: serde::de::Error>(&mut self) -> Result<(), E> {
+        self.depth += 1;
+        match self.depth > MAX_DEPTH {
+            true => Err(E::custom(format_args!("objects and arrays must not nest deeper than {MAX_DEPTH} levels"))),
+            false => Ok(()),
+        }
+    }
+
+    fn unnest(&mut self) {
+        self.depth -= 1;
+    }
+
+    fn string(&mut self, field: u32, s: &str) {
+        encode_key(field, WireType::LengthDelimited, &mut self.out);
+        encode_varint(s.len() as u64, &mut self.out);
+        self.out.extend_from_slice(s.as_bytes());
+    }
+
+    fn finish(self) -> Vec<u8> {
+        self.out
+    }
 }
 
 /// Writes a JSON object as a `Struct`'s fields: one map entry (`key` = 1,
 /// `value` = 2) per member.
-struct ObjectWriter<'a>(&'a mut Vec<u8>);
+struct ObjectWriter<'a>(&'a mut Writer);
 
 impl<'de> DeserializeSeed<'de> for ObjectWriter<'_> {
     type Value = ();
@@ -156,27 +204,29 @@ impl<'de> Visitor<'de> for ObjectWriter<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
+        f.write_str("a JSON object (google.protobuf.Struct)")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.0.nest()?;
         loop {
-            let entry = begin(self.0, 1);
+            let entry = self.0.begin(1);
             if map.next_key_seed(KeyWriter(self.0))?.is_none() {
                 // No more members: take back the entry just begun.
-                self.0.truncate(entry - 2);
+                self.0.abandon(entry);
+                self.0.unnest();
                 return Ok(());
             }
-            let value = begin(self.0, 2);
+            let value = self.0.begin(2);
             map.next_value_seed(ValueWriter(self.0))?;
-            end(self.0, value);
-            end(self.0, entry);
+            self.0.end(value);
+            self.0.end(entry);
         }
     }
 }
 
 /// Writes a member's name as the map entry's key.
-struct KeyWriter<'a>(&'a mut Vec<u8>);
+struct KeyWriter<'a>(&'a mut Writer);
 
 impl<'de> DeserializeSeed<'de> for KeyWriter<'_> {
     type Value = ();
@@ -194,13 +244,13 @@ impl<'de> Visitor<'de> for KeyWriter<'_> {
     }
 
     fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<(), E> {
-        string_field(self.0, 1, s);
+        self.0.string(1, s);
         Ok(())
     }
 }
 
 /// Writes a JSON value as the fields of a `google.protobuf.Value`.
-struct ValueWriter<'a>(&'a mut Vec<u8>);
+struct ValueWriter<'a>(&'a mut Writer);
 
 impl<'de> DeserializeSeed<'de> for ValueWriter<'_> {
     type Value = ();
@@ -212,8 +262,8 @@ impl<'de> DeserializeSeed<'de> for ValueWriter<'_> {
 
 impl ValueWriter<'_> {
     fn number(self, n: f64) {
-        encode_key(2, WireType::SixtyFourBit, self.0);
-        self.0.extend_from_slice(&n.to_le_bytes());
+        encode_key(2, WireType::SixtyFourBit, &mut self.0.out);
+        self.0.out.extend_from_slice(&n.to_le_bytes());
     }
 }
 
@@ -225,14 +275,14 @@ impl<'de> Visitor<'de> for ValueWriter<'_> {
     }
 
     fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        encode_key(1, WireType::Varint, self.0);
-        self.0.push(0);
+        encode_key(1, WireType::Varint, &mut self.0.out);
+        self.0.out.push(0);
         Ok(())
     }
 
     fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<(), E> {
-        encode_key(4, WireType::Varint, self.0);
-        self.0.push(u8::from(b));
+        encode_key(4, WireType::Varint, &mut self.0.out);
+        self.0.out.push(u8::from(b));
         Ok(())
     }
 
@@ -252,28 +302,30 @@ impl<'de> Visitor<'de> for ValueWriter<'_> {
     }
 
     fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<(), E> {
-        string_field(self.0, 3, s);
+        self.0.string(3, s);
         Ok(())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        let start = begin(self.0, 5);
+        let start = self.0.begin(5);
         ObjectWriter(self.0).visit_map(map)?;
-        end(self.0, start);
+        self.0.end(start);
         Ok(())
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let list = begin(self.0, 6);
+        self.0.nest()?;
+        let list = self.0.begin(6);
         loop {
-            let value = begin(self.0, 1);
+            let value = self.0.begin(1);
             if seq.next_element_seed(ValueWriter(self.0))?.is_none() {
-                self.0.truncate(value - 2);
+                self.0.abandon(value);
                 break;
             }
-            end(self.0, value);
+            self.0.end(value);
         }
-        end(self.0, list);
+        self.0.end(list);
+        self.0.unnest();
         Ok(())
     }
 }
@@ -323,6 +375,88 @@ mod tests {
             assert_eq!(Struct::decode(sent.as_slice()).unwrap(), parsed(text), "{text}");
             assert_eq!(raw, RawStruct::from(parsed(text)), "{text}");
         }
+    }
+
+    #[test]
+    fn lengths_of_every_width_are_written_minimally() {
+        // 127 and 128 bytes of content either side of a one-byte length;
+        // 20,000 needs three bytes; nested, each level's length counts the
+        // narrowed lengths inside it.
+        for n in [0, 1, 120, 121, 122, 127, 128, 129, 16_000, 20_000] {
+            let long = "y".repeat(n);
+            let text = format!(r#"{{"k":"{long}","l":[["{long}"],{{"m":{{"n":"{long}"}}}}]}}"#);
+            let raw = RawStruct::from_json_object(&text).unwrap();
+            assert_eq!(raw.to_struct().unwrap(), parsed(&text), "{n}");
+            // Minimal: the same bytes prost writes for the same fields,
+            // one member at a time (a map's order is not fixed).
+            for member in ["k", "l"] {
+                let one =
+                    format!(r#"{{"{member}":{}}}"#, &serde_json::from_str::<serde_json::Value>(&text).unwrap()[member]);
+                let ours = RawStruct::from_json_object(&one).unwrap().encoded;
+                assert_eq!(ours, parsed(&one).encode_to_vec(), "{n} {member}");
+            }
+        }
+    }
+
+    #[test]
+    fn nesting_is_bounded_and_the_deepest_allowed_decodes_inside_a_response() {
+        let nested = |depth: usize, open: &str, close: &str, leaf: &str| {
+            format!(r#"{{"a":{}{leaf}{}}}"#, open.repeat(depth - 1), close.repeat(depth - 1))
+        };
+        let deepest = nested(MAX_DEPTH, r#"{"a":"#, "}", "1");
+        let raw = RawStruct::from_json_object(&deepest).unwrap();
+        // As a client decodes it: a response holding a log holding it.
+        let page = crate::proto::v1::ListWebhookLogsResponse {
+            logs: vec![crate::proto::v1::WebhookLog { payload: Some(raw), ..Default::default() }],
+            next_page_token: String::new(),
+        };
+        let sent = page.encode_to_vec();
+        let back = crate::proto::v1::ListWebhookLogsResponse::decode(sent.as_slice()).unwrap();
+        assert!(back.logs[0].payload.as_ref().unwrap().to_struct().is_ok());
+        assert!(RawStruct::from_json_object(&nested(MAX_DEPTH + 1, r#"{"a":"#, "}", "1")).is_none());
+        assert!(RawStruct::from_json_object(&nested(MAX_DEPTH, "[", "]", "1")).is_some());
+        assert!(RawStruct::from_json_object(&nested(MAX_DEPTH + 1, "[", "]", "1")).is_none());
+        let err = serde_json::from_str::<RawStruct>(&nested(MAX_DEPTH + 1, "[", "]", "1")).unwrap_err();
+        assert!(err.to_string().contains("must not nest deeper than 32 levels"), "{err}");
+        let err = serde_json::from_str::<RawStruct>("[1]").unwrap_err();
+        assert!(err.to_string().contains("a JSON object (google.protobuf.Struct)"), "{err}");
+    }
+
+    #[test]
+    fn a_struct_sent_in_pieces_unknown_fields_and_bad_input_decode_as_prost_would() {
+        let a = parsed(r#"{"a":1,"b":"x"}"#).encode_to_vec();
+        let b = parsed(r#"{"b":"y","c":[true]}"#).encode_to_vec();
+        // A message field sent twice is merged: the later entry wins.
+        let mut wire = Vec::new();
+        for piece in [&a, &b] {
+            encode_key(8, WireType::LengthDelimited, &mut wire);
+            encode_varint(piece.len() as u64, &mut wire);
+            wire.extend_from_slice(piece);
+        }
+        // Field 8 of a DispatchRequest is its payload.
+        let req = crate::proto::v1::DispatchRequest::decode(wire.as_slice()).unwrap();
+        assert_eq!(req.payload.unwrap().to_struct().unwrap(), parsed(r#"{"a":1,"b":"y","c":[true]}"#));
+        // An unknown field inside the Struct is skipped, as prost skips it.
+        let mut with_unknown = a.clone();
+        encode_key(7, WireType::Varint, &mut with_unknown);
+        with_unknown.push(1);
+        assert_eq!(
+            RawStruct::decode(with_unknown.as_slice()).unwrap().to_struct().unwrap(),
+            parsed(r#"{"a":1,"b":"x"}"#)
+        );
+        // The entries' field with the wrong wire type, and a cut entry.
+        let mut wrong = Vec::new();
+        encode_key(1, WireType::Varint, &mut wrong);
+        wrong.push(1);
+        assert!(RawStruct::decode(wrong.as_slice()).is_err());
+        assert!(RawStruct::decode(&a[..a.len() - 1]).is_err());
+        // An entry that frames but does not decode fails when read.
+        let mut bad = Vec::new();
+        encode_key(1, WireType::LengthDelimited, &mut bad);
+        bad.extend_from_slice(&[3, 0x0a, 0x05, b'x']);
+        let raw = RawStruct::decode(bad.as_slice()).unwrap();
+        assert!(raw.to_struct().is_err());
+        assert_ne!(raw, RawStruct::default(), "undecodable is not equal to an empty Struct");
     }
 
     #[test]

@@ -219,7 +219,9 @@ async fn listed_times_are_the_stored_times_to_the_microsecond() {
     let receiver = Receiver::start().await;
     receiver.script([Reply::status(500)]);
     let org = Uuid::new_v4();
-    let req = pb::DispatchRequest { max_retries: Some(0), ..dispatch_to(&receiver.url(), org) };
+    // An expiration, so that the optional expire_time is set too.
+    let ttl = pb::dispatch_request::Expiration::Ttl(pbjson_types::Duration { seconds: 3600, nanos: 0 });
+    let req = pb::DispatchRequest { max_retries: Some(0), expiration: Some(ttl), ..dispatch_to(&receiver.url(), org) };
     let id = app.dispatch(req).await.unwrap().request_id;
     let details = app.settled(&id, Duration::from_secs(10)).await;
     let page = app.list(pb::ListWebhookLogsRequest { organization_id: org.to_string(), ..Default::default() }).await;
@@ -246,6 +248,7 @@ async fn listed_times_are_the_stored_times_to_the_microsecond() {
     for log in [&listed, details.log.as_ref().unwrap()] {
         assert_eq!(log.created_at, ts(created), "{log:?}");
         assert_eq!(log.updated_at, ts(updated), "{log:?}");
+        assert!(expires.is_some());
         assert_eq!(log.expire_time, expires.and_then(ts), "{log:?}");
         assert_eq!(log.last_attempted_at, ts(attempted), "{log:?}");
     }
