@@ -36,8 +36,9 @@ fn filter_hash(filter: &dyn std::fmt::Debug) -> [u8; 8] {
 }
 
 /// The tokens of one listing's filters. A page reads one token and issues
-/// one: hashing the filters (their Debug text, a few hundred bytes) once for
-/// both halved the SHA-256 work of a page.
+/// one: the filters (their Debug text, a few hundred bytes) are hashed once
+/// for both rather than once for each, which took a page's SHA-256 work from
+/// 13.0M to 8.1M instructions per 300 pages (the two checksums remain).
 pub struct Pages {
     filter: [u8; 8],
 }
@@ -83,16 +84,6 @@ impl Pages {
     }
 }
 
-pub fn encode(cursor: Cursor, filter: &dyn std::fmt::Debug) -> String {
-    Pages::of(filter).encode(cursor)
-}
-
-/// Decodes a token from a request whose filters are `filter`; `field` names
-/// the parameter in errors (`page_token` over gRPC, `pageToken` over REST).
-pub fn decode(token: &str, filter: &dyn std::fmt::Debug, field: &str) -> Result<Cursor> {
-    Pages::of(filter).decode(token, field)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,18 +96,20 @@ mod tests {
     #[test]
     fn a_token_round_trips() {
         let f = LogFilter::default();
-        assert_eq!(decode(&encode(cursor(), &f), &f, "page_token").unwrap(), cursor());
+        let pages = Pages::of(&f);
+        assert_eq!(pages.decode(&pages.encode(cursor()), "page_token").unwrap(), cursor());
     }
 
     #[test]
     fn every_single_character_edit_is_rejected() {
         let f = LogFilter::default();
-        let token = encode(cursor(), &f);
+        let pages = Pages::of(&f);
+        let token = pages.encode(cursor());
         for i in 0..token.len() {
             let mut bytes = token.clone().into_bytes();
             bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
             let edited = String::from_utf8(bytes).unwrap();
-            let err = decode(&edited, &f, "page_token").unwrap_err();
+            let err = pages.decode(&edited, "page_token").unwrap_err();
             assert_eq!(err.violations[0].field, "page_token");
         }
     }
@@ -125,10 +118,10 @@ mod tests {
     fn garbage_oversized_and_foreign_filter_tokens_are_rejected() {
         let f = LogFilter::default();
         for bad in ["", "!!!", "AAAA", &"A".repeat(MAX_TOKEN_LEN + 1)] {
-            assert!(decode(bad, &f, "pageToken").is_err(), "{bad}");
+            assert!(Pages::of(&f).decode(bad, "pageToken").is_err(), "{bad}");
         }
         let other = LogFilter { status: Some(ExecutionStatus::Failed), ..Default::default() };
-        let err = decode(&encode(cursor(), &f), &other, "page_token").unwrap_err();
+        let err = Pages::of(&other).decode(&Pages::of(&f).encode(cursor()), "page_token").unwrap_err();
         assert!(err.message.contains("different filters"), "{}", err.message);
     }
 }

@@ -1,7 +1,9 @@
-//! Generated code for the `hookpost.v1` contract in `proto/`.
+//! Generated code for the `hookpost.v1` contract in `proto/`, and
+//! [`RawStruct`], the hand-written type its `google.protobuf.Struct` fields
+//! use.
 
 mod raw_struct;
-pub use raw_struct::RawStruct;
+pub use raw_struct::{MAX_DEPTH, RawStruct};
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {

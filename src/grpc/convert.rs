@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use crate::domain::{AttemptRecord, DispatchInput, ExecutionStatus, Expiration, FilterExpr, LogFilter, LogRecord};
 use crate::error::{Error, FieldViolation, Result};
-use crate::proto::RawStruct;
 use crate::proto::v1 as pb;
+use crate::proto::{MAX_DEPTH, RawStruct};
 use crate::service::{DetailsQuery, ListQuery, LogDetails};
 
 /// Largest integer an f64 holds exactly; integral numbers up to it are written
@@ -32,8 +32,27 @@ fn value_to_json(v: Value) -> Result<Json, String> {
 
 /// A caller's Struct as a JSON object. Keys come out sorted: a Struct is a
 /// map without order, and the stored body must not depend on hash order.
+/// Objects and arrays nest at most [`MAX_DEPTH`] levels, as a listing can
+/// send them back (`RawStruct::from_json_object` refuses deeper ones).
 pub fn struct_to_json(s: RawStruct) -> Result<Map<String, Json>, String> {
-    fields_to_json(s.to_struct().map_err(|err| format!("is not a valid google.protobuf.Struct: {err}"))?)
+    let s = s.to_struct().map_err(|err| format!("is not a valid google.protobuf.Struct: {err}"))?;
+    if struct_depth(&s) > MAX_DEPTH {
+        return Err(format!("objects and arrays must not nest deeper than {MAX_DEPTH} levels"));
+    }
+    fields_to_json(s)
+}
+
+/// Levels of objects and arrays, the Struct itself being the first.
+fn struct_depth(s: &Struct) -> usize {
+    1 + s.fields.values().map(value_depth).max().unwrap_or(0)
+}
+
+fn value_depth(v: &Value) -> usize {
+    match &v.kind {
+        Some(Kind::StructValue(s)) => struct_depth(s),
+        Some(Kind::ListValue(l)) => 1 + l.values.iter().map(value_depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 fn fields_to_json(s: Struct) -> Result<Map<String, Json>, String> {
@@ -366,6 +385,17 @@ mod tests {
         let back = struct_to_json(json_to_struct(j.clone())).unwrap();
         assert_eq!(back, j);
         assert_eq!(Json::Object(back).to_string(), r#"{"a":123,"b":1.5,"c":[true,null,"x"],"d":{"e":-7}}"#);
+    }
+
+    #[test]
+    fn a_struct_nested_past_the_limit_is_refused_by_name() {
+        let nested = |depth: usize| {
+            let text = format!(r#"{{"a":{}1{}}}"#, "[".repeat(depth - 1), "]".repeat(depth - 1));
+            json_to_struct(serde_json::from_str(&text).unwrap())
+        };
+        assert!(struct_to_json(nested(MAX_DEPTH)).is_ok());
+        let err = struct_to_json(nested(MAX_DEPTH + 1)).unwrap_err();
+        assert!(err.contains("must not nest deeper than 32 levels"), "{err}");
     }
 
     #[test]

@@ -210,9 +210,8 @@ async fn log_details_of_unknown_malformed_or_out_of_scope_requests() {
 }
 
 /// hookpost reads timestamps from Postgres' binary form itself (not through
-/// sqlx's chrono decoding, which cost a listing page an eighth of its
-/// instructions): what a page and the details show must be what Postgres
-/// holds, to the microsecond.
+/// sqlx's chrono decoding, which cost about 2.5 times as much): what a page
+/// and the details show must be what Postgres holds, to the microsecond.
 #[tokio::test]
 async fn listed_times_are_the_stored_times_to_the_microsecond() {
     let app = spawn_app().await;

@@ -410,7 +410,7 @@ fn random_token(s: &Seeded, org: Uuid, deep: Option<bool>) -> String {
         Some(false) => return String::new(),
     };
     let at = s.from + chrono::TimeDelta::microseconds((span as f64 * frac) as i64);
-    hookpost::pagination::encode(Cursor { created_at: at, log_id: i64::MAX }, &list_filter(org))
+    hookpost::pagination::Pages::of(&list_filter(org)).encode(Cursor { created_at: at, log_id: i64::MAX })
 }
 
 /// ListWebhookLogs latencies (seconds), one call at a time, page of 50.

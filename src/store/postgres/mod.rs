@@ -579,9 +579,9 @@ pub(crate) fn attempts_from_rows(rows: &[PgRow]) -> Result<Vec<AttemptRecord>> {
 
 /// A timestamptz read straight from its binary form, microseconds since
 /// 2000-01-01 UTC. sqlx's own decode goes through `DateTime<FixedOffset>`
-/// and `NaiveDateTime` arithmetic, about 1,000 instructions a value: a log
-/// carries up to five, and they were an eighth of a listing page's
-/// instructions in the server (docs/PERFORMANCE.md).
+/// and `NaiveDateTime` arithmetic: about 380 instructions a value against
+/// about 150 here. A log carries up to five; in a listing page's profile
+/// they went from 17.5M to 7.0M of 390M instructions (docs/PERFORMANCE.md).
 struct PgTime(DateTime<Utc>);
 
 /// 2000-01-01T00:00:00Z in microseconds since the Unix epoch.
