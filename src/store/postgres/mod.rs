@@ -289,17 +289,20 @@ async fn log_details_on(
 ) -> Result<Option<(LogRecord, Vec<AttemptRecord>)>> {
     // Two statements rather than `$2 IS NULL OR ...`, which a generic plan
     // cannot simplify away.
+    // Both statements on one connection (see `Db::session`).
+    let mut session = pool.session().await?;
     let row = match organization_id {
         Some(org) => {
             let sql = format!("{} WHERE r.request_id = $1 AND r.organization_id = $2", sql::LOG_SELECT);
-            sqlx::query(&sql).bind(request_id).bind(org).fetch_optional(&pool).await?
+            sqlx::query(&sql).bind(request_id).bind(org).fetch_optional(session.ex()).await?
         }
         None => {
             let sql = format!("{} WHERE r.request_id = $1", sql::LOG_SELECT);
-            sqlx::query(&sql).bind(request_id).fetch_optional(&pool).await?
+            sqlx::query(&sql).bind(request_id).fetch_optional(session.ex()).await?
         }
     };
     let Some(row) = row else {
+        session.finish().await?;
         return Ok(None);
     };
     let log = log_from_row(&row)?;
@@ -307,7 +310,8 @@ async fn log_details_on(
         "SELECT {ATTEMPT_COLUMNS} FROM webhook_attempts WHERE request_pk = $1 AND request_created_at = $2 \
          ORDER BY attempt_number DESC"
     );
-    let rows = sqlx::query(&sql).bind(log.log_id).bind(log.created_at).fetch_all(&pool).await?;
+    let rows = sqlx::query(&sql).bind(log.log_id).bind(log.created_at).fetch_all(session.ex()).await?;
+    session.finish().await?;
     let attempts = attempts_from_rows(&rows)?;
     Ok(Some((log, attempts)))
 }
