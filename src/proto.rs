@@ -3,7 +3,7 @@
 //! use.
 
 mod raw_struct;
-pub use raw_struct::{MAX_DEPTH, RawStruct};
+pub use raw_struct::{MAX_DEPTH, RawStruct, too_deep};
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {

@@ -9,14 +9,15 @@ use uuid::Uuid;
 use crate::domain::{AttemptRecord, DispatchInput, ExecutionStatus, Expiration, FilterExpr, LogFilter, LogRecord};
 use crate::error::{Error, FieldViolation, Result};
 use crate::proto::v1 as pb;
-use crate::proto::{MAX_DEPTH, RawStruct};
+use crate::proto::{MAX_DEPTH, RawStruct, too_deep};
 use crate::service::{DetailsQuery, ListQuery, LogDetails};
 
 /// Largest integer an f64 holds exactly; integral numbers up to it are written
 /// without a fraction, so `{"id": 123}` is sent as `123`, not `123.0`.
 const MAX_SAFE_INT: f64 = 9_007_199_254_740_991.0;
 
-fn value_to_json(v: Value) -> Result<Json, String> {
+/// `depth` is the level `v` sits at (the Struct's own members at 1).
+fn value_to_json(v: Value, depth: usize) -> Result<Json, String> {
     Ok(match v.kind {
         None | Some(Kind::NullValue(_)) => Json::Null,
         Some(Kind::BoolValue(b)) => Json::Bool(b),
@@ -25,8 +26,11 @@ fn value_to_json(v: Value) -> Result<Json, String> {
         Some(Kind::NumberValue(n)) => {
             Json::Number(Number::from_f64(n).ok_or("numbers must be finite (no NaN or infinity)")?)
         }
-        Some(Kind::StructValue(s)) => Json::Object(fields_to_json(s)?),
-        Some(Kind::ListValue(l)) => Json::Array(l.values.into_iter().map(value_to_json).collect::<Result<_, _>>()?),
+        Some(Kind::StructValue(s)) => Json::Object(fields_to_json(s, depth + 1)?),
+        Some(Kind::ListValue(l)) => {
+            nest(depth + 1)?;
+            Json::Array(l.values.into_iter().map(|v| value_to_json(v, depth + 1)).collect::<Result<_, _>>()?)
+        }
     })
 }
 
@@ -36,28 +40,21 @@ fn value_to_json(v: Value) -> Result<Json, String> {
 /// send them back (`RawStruct::from_json_object` refuses deeper ones).
 pub fn struct_to_json(s: RawStruct) -> Result<Map<String, Json>, String> {
     let s = s.to_struct().map_err(|err| format!("is not a valid google.protobuf.Struct: {err}"))?;
-    if struct_depth(&s) > MAX_DEPTH {
-        return Err(format!("objects and arrays must not nest deeper than {MAX_DEPTH} levels"));
-    }
-    fields_to_json(s)
+    fields_to_json(s, 1)
 }
 
-/// Levels of objects and arrays, the Struct itself being the first.
-fn struct_depth(s: &Struct) -> usize {
-    1 + s.fields.values().map(value_depth).max().unwrap_or(0)
-}
-
-fn value_depth(v: &Value) -> usize {
-    match &v.kind {
-        Some(Kind::StructValue(s)) => struct_depth(s),
-        Some(Kind::ListValue(l)) => 1 + l.values.iter().map(value_depth).max().unwrap_or(0),
-        _ => 0,
+/// An object or array at level `depth` (the Struct itself being the first).
+fn nest(depth: usize) -> Result<(), String> {
+    match depth > MAX_DEPTH {
+        true => Err(too_deep()),
+        false => Ok(()),
     }
 }
 
-fn fields_to_json(s: Struct) -> Result<Map<String, Json>, String> {
+fn fields_to_json(s: Struct, depth: usize) -> Result<Map<String, Json>, String> {
+    nest(depth)?;
     let sorted: std::collections::BTreeMap<_, _> = s.fields.into_iter().collect();
-    sorted.into_iter().map(|(k, v)| Ok((k, value_to_json(v)?))).collect()
+    sorted.into_iter().map(|(k, v)| Ok((k, value_to_json(v, depth)?))).collect()
 }
 
 fn json_to_value(j: Json) -> Value {

@@ -126,6 +126,11 @@ impl<'de> serde::Deserialize<'de> for RawStruct {
 /// `WebhookLog` inside a response.
 pub const MAX_DEPTH: usize = 32;
 
+/// What a payload or metadata nested past [`MAX_DEPTH`] is told.
+pub fn too_deep() -> String {
+    format!("objects and arrays must not nest deeper than {MAX_DEPTH} levels")
+}
+
 /// Writes protobuf whose nested lengths are known only once their content
 /// is written: each length-delimited field keeps one byte for its length,
 /// enough under 128 bytes, and is widened in place when it needs more.
@@ -172,7 +177,7 @@ impl Writer {
     fn nest<E: serde::de::Error>(&mut self) -> Result<(), E> {
         self.depth += 1;
         match self.depth > MAX_DEPTH {
-            true => Err(E::custom(format_args!("objects and arrays must not nest deeper than {MAX_DEPTH} levels"))),
+            true => Err(E::custom(too_deep())),
             false => Ok(()),
         }
     }
