@@ -3,6 +3,11 @@
 //! SQL, a bare reqwest loop), measured in the same run, alternating rounds.
 //! All traffic stays on 127.0.0.1.
 
+// The allocator `hookpost serve` runs with (src/main.rs): the scenarios that
+// run hookpost inside this process measure it as deployed.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod delivery;
 mod procs;
 mod scenarios;
