@@ -308,7 +308,7 @@ async fn main() -> anyhow::Result<()> {
                         ms(median(&h)),
                         ms(median(&b)),
                         "ms",
-                        "gRPC health Check (no store, no key) vs pgbench SELECT 1",
+                        "gRPC health Check (no store, no key) vs pgbench SELECT 1 (one transaction's end to the next)",
                     ));
                 }
                 if run("rest") {
