@@ -322,6 +322,7 @@ pub async fn pgbench_deliver_sql(db_url: &str, clients: u32, seconds: u64, dir: 
 }
 
 /// The seeded log data of the read scenarios.
+#[derive(Clone)]
 pub struct Seeded {
     /// Request IDs are md5(tag || i), so separate seedings never collide.
     pub tag: &'static str,
@@ -429,29 +430,33 @@ pub async fn grpc_list_latencies(
     samples: usize,
     deep: Option<bool>,
 ) -> anyhow::Result<Vec<f64>> {
-    let mut client = WebhookServiceClient::connect(app.base_url()).await?;
-    let mut out = Vec::with_capacity(samples);
-    let mut empty = 0;
-    for _ in 0..samples {
-        let org = org_of(rand::random::<u64>() % s.orgs);
-        let req = pb::ListWebhookLogsRequest {
-            organization_id: org.to_string(),
-            execution_status: pb::ExecutionStatus::Failed.into(),
-            page_size: 50,
-            page_token: random_token(s, org, deep),
-            ..Default::default()
-        };
-        let t = Instant::now();
-        let page = client.list_webhook_logs(authed(req, &app.key)).await?.into_inner();
-        out.push(t.elapsed().as_secs_f64());
-        empty += usize::from(page.logs.is_empty());
-    }
-    // A cursor drawn near the oldest row gives an empty page now and then;
-    // many mean the seeding and the cursors disagree.
-    if empty * 10 > samples {
-        bail!("{empty} of {samples} pages were empty: the seeding or the cursors are off");
-    }
-    Ok(out)
+    let (url, key, s) = (app.base_url(), app.key.clone(), s.clone());
+    on_client_thread(async move {
+        let mut client = WebhookServiceClient::connect(url).await?;
+        let mut out = Vec::with_capacity(samples);
+        let mut empty = 0;
+        for _ in 0..samples {
+            let org = org_of(rand::random::<u64>() % s.orgs);
+            let req = pb::ListWebhookLogsRequest {
+                organization_id: org.to_string(),
+                execution_status: pb::ExecutionStatus::Failed.into(),
+                page_size: 50,
+                page_token: random_token(&s, org, deep),
+                ..Default::default()
+            };
+            let t = Instant::now();
+            let page = client.list_webhook_logs(authed(req, &key)).await?.into_inner();
+            out.push(t.elapsed().as_secs_f64());
+            empty += usize::from(page.logs.is_empty());
+        }
+        // A cursor drawn near the oldest row gives an empty page now and then;
+        // many mean the seeding and the cursors disagree.
+        if empty * 10 > samples {
+            bail!("{empty} of {samples} pages were empty: the seeding or the cursors are off");
+        }
+        Ok(out)
+    })
+    .await
 }
 
 /// The same listing over the REST gateway route.
@@ -498,30 +503,38 @@ pub async fn grpc_details_latencies(app: &RunningApp, pool: &PgPool, samples: us
         sqlx::query_scalar(&format!("SELECT request_id FROM webhook_requests TABLESAMPLE SYSTEM (1) LIMIT {samples}"))
             .fetch_all(pool)
             .await?;
-    let mut client = WebhookServiceClient::connect(app.base_url()).await?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let req = pb::GetLogDetailsRequest { request_id: id.to_string(), ..Default::default() };
-        let t = Instant::now();
-        client.get_log_details(authed(req, &app.key)).await?;
-        out.push(t.elapsed().as_secs_f64());
-    }
-    Ok(out)
+    let (url, key) = (app.base_url(), app.key.clone());
+    on_client_thread(async move {
+        let mut client = WebhookServiceClient::connect(url).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let req = pb::GetLogDetailsRequest { request_id: id.to_string(), ..Default::default() };
+            let t = Instant::now();
+            client.get_log_details(authed(req, &key)).await?;
+            out.push(t.elapsed().as_secs_f64());
+        }
+        Ok(out)
+    })
+    .await
 }
 
 /// The floor of a call: gRPC health Check round trips to the same server
 /// (no store, no authentication), one at a time.
 pub async fn grpc_floor_latencies(app: &RunningApp, samples: usize) -> anyhow::Result<Vec<f64>> {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let channel = tonic::transport::Endpoint::from_shared(app.base_url())?.connect().await?;
-    let mut client = HealthClient::new(channel);
-    let mut out = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let t = Instant::now();
-        client.check(HealthCheckRequest { service: String::new() }).await?;
-        out.push(t.elapsed().as_secs_f64());
-    }
-    Ok(out)
+    let url = app.base_url();
+    on_client_thread(async move {
+        let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
+        let mut client = HealthClient::new(channel);
+        let mut out = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let t = Instant::now();
+            client.check(HealthCheckRequest { service: String::new() }).await?;
+            out.push(t.elapsed().as_secs_f64());
+        }
+        Ok(out)
+    })
+    .await
 }
 
 /// The floor of a statement: `SELECT 1` through pgbench, one transaction's

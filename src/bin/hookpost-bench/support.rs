@@ -233,3 +233,17 @@ pub async fn wal_syncs_and_commits(pool: &PgPool) -> anyhow::Result<(i64, i64)> 
             .await?;
     Ok((syncs, commits))
 }
+
+/// Runs a latency loop the way pgbench runs its one client (`-c 1 -j 1`): on
+/// a thread of its own, with a single-threaded runtime, so that the load
+/// generator's own tasks neither share the server's worker threads nor wake
+/// them. The p50s of one call at a time then compare the server's path with
+/// pgbench's, not the server's path plus the client's hops between threads.
+pub async fn on_client_thread<T: Send + 'static>(
+    work: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(work)
+    })
+    .await?
+}
