@@ -134,6 +134,10 @@ where
     while let Some(row) = rows.try_next().await? {
         if batch.logs.len() >= limit as usize || (bytes >= max_bytes && !batch.logs.is_empty()) {
             batch.more = true;
+            // Read to the statement's end (its LIMIT is limit + 1) rather
+            // than drop it: a statement read to its end keeps its
+            // connection warm (store::postgres::warm).
+            while rows.try_next().await?.is_some() {}
             break;
         }
         let log = decode(&row)?;

@@ -348,6 +348,7 @@ mod maintenance;
 mod pooler;
 mod record;
 mod replicas;
+mod warm;
 
 pub use pooler::Db;
 
@@ -988,9 +989,7 @@ impl Store for PostgresStore {
     }
 
     fn pool_usage(&self) -> (u32, u32) {
-        let pool = self.db.pool();
-        let idle = pool.num_idle() as u32;
-        (pool.size().saturating_sub(idle), idle)
+        self.db.usage()
     }
 
     async fn queue_stats(&self) -> Result<QueueStats> {

@@ -26,6 +26,8 @@
 //! built-in types only; a custom type (an enum, a domain) would need them
 //! made safe first.
 
+use std::sync::Arc;
+
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
@@ -34,24 +36,43 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{Describe, Execute, Executor, PgConnection, Postgres, Transaction};
 
+use super::warm::Warm;
+
 /// The store's pool, and whether a transaction pooler stands between it and
 /// Postgres.
 #[derive(Clone, Debug)]
 pub struct Db {
     pool: PgPool,
     pooled: bool,
+    /// Direct only: connections between statements (see `warm`).
+    warm: Arc<Warm>,
 }
 
 impl Db {
     pub fn new(pool: PgPool, pooled: bool) -> Self {
-        Self { pool, pooled }
+        Self { pool, pooled, warm: Arc::default() }
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
+    /// The pool's connections: (in use, idle), the warm ones counted idle.
+    pub fn usage(&self) -> (u32, u32) {
+        let idle = self.pool.num_idle() as u32 + self.warm.len() as u32;
+        (self.pool.size().saturating_sub(idle), idle)
+    }
+
+    /// A connection for statements run to their end, then [`Lease::done`].
+    async fn lease(&self) -> Result<Lease, sqlx::Error> {
+        Ok(Lease { conn: Some(self.warm.lease(&self.pool).await?), db: self.clone() })
+    }
+
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        // sqlx's transaction takes its connection from the pool itself:
+        // make one warm connection takeable there, so that it never waits
+        // on connections parked warm.
+        self.warm.give_back();
         Ok(Tx { tx: self.pool.begin().await?, pooled: self.pooled })
     }
 
@@ -64,30 +85,54 @@ impl Db {
     /// connection (and saves each statement its own BEGIN and COMMIT).
     pub async fn session(&self) -> Result<Session, sqlx::Error> {
         Ok(match self.pooled {
-            false => Session::Direct(self.pool.acquire().await?),
+            false => Session::Direct(self.lease().await?),
             true => Session::Pooled(self.begin().await?),
         })
     }
 }
 
+/// A connection of [`Db`]: kept warm by [`Lease::done`] once its statements
+/// have run to their end; dropped before that, it goes back to sqlx's pool,
+/// which tests it (see `warm`).
+pub struct Lease {
+    conn: Option<PoolConnection<Postgres>>,
+    db: Db,
+}
+
+impl Lease {
+    fn conn(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect("a lease holds its connection until done")
+    }
+
+    fn done(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.db.warm.keep(&self.db.pool, conn);
+        }
+    }
+}
+
 /// Statements in a row on one connection: see [`Db::session`].
 pub enum Session {
-    Direct(PoolConnection<Postgres>),
+    Direct(Lease),
     Pooled(Tx),
 }
 
 impl Session {
     pub fn ex(&mut self) -> Conn<'_> {
         match self {
-            Session::Direct(conn) => Conn { conn: &mut *conn, pooled: false },
+            Session::Direct(lease) => Conn { conn: lease.conn(), pooled: false },
             Session::Pooled(tx) => tx.ex(),
         }
     }
 
-    /// Ends the session: behind a pooler, commits its transaction.
+    /// Ends the session (its statements all ran to their end): behind a
+    /// pooler, commits its transaction.
     pub async fn finish(self) -> Result<(), sqlx::Error> {
         match self {
-            Session::Direct(_) => Ok(()),
+            Session::Direct(lease) => {
+                lease.done();
+                Ok(())
+            }
             Session::Pooled(tx) => tx.commit().await,
         }
     }
@@ -187,7 +232,20 @@ impl<'c> Executor<'c> for &'c Db {
         E: 'q + Execute<'q, Postgres>,
     {
         if !self.pooled {
-            return self.pool.fetch_many(query);
+            let db = self.clone();
+            return async_stream::try_stream! {
+                let mut lease = db.lease().await?;
+                {
+                    let mut steps = lease.conn().fetch_many(query);
+                    while let Some(step) = steps.try_next().await? {
+                        yield step;
+                    }
+                }
+                // Not reached if the reader stopped early: the lease then
+                // goes back to sqlx's pool, which drains the rest.
+                lease.done();
+            }
+            .boxed();
         }
         let pool = self.pool.clone();
         async_stream::try_stream! {
@@ -211,7 +269,14 @@ impl<'c> Executor<'c> for &'c Db {
         E: 'q + Execute<'q, Postgres>,
     {
         if !self.pooled {
-            return self.pool.fetch_optional(query);
+            let db = self.clone();
+            return Box::pin(async move {
+                let mut lease = db.lease().await?;
+                // sqlx reads on to the statement's ReadyForQuery.
+                let row = lease.conn().fetch_optional(query).await?;
+                lease.done();
+                Ok(row)
+            });
         }
         let pool = self.pool.clone();
         Box::pin(async move {
@@ -238,5 +303,117 @@ impl<'c> Executor<'c> for &'c Db {
         'c: 'e,
     {
         self.pool.describe(sql)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Warm connections, on the Postgres the test suite runs against.
+    use std::time::Duration;
+
+    use futures_util::TryStreamExt;
+    use sqlx::postgres::PgPoolOptions;
+
+    use super::*;
+
+    fn admin_url() -> String {
+        std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    }
+
+    async fn test_db(max: u32) -> Db {
+        let pool = PgPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
+            .connect(&admin_url())
+            .await
+            .expect("the test Postgres");
+        Db::new(pool, false)
+    }
+
+    async fn backend(db: &Db) -> i32 {
+        sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(db).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_statement_run_to_its_end_leaves_its_connection_warm_for_the_next() {
+        let db = test_db(4).await;
+        let first = backend(&db).await;
+        assert_eq!(db.warm.len(), 1);
+        assert_eq!(db.usage(), (0, 1), "a warm connection counts as idle");
+        assert_eq!(backend(&db).await, first);
+        let mut session = db.session().await.unwrap();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(session.ex()).await.unwrap();
+        assert_eq!(pid, first);
+        assert_eq!(db.warm.len(), 0, "taken by the session");
+        session.finish().await.unwrap();
+        assert_eq!(db.warm.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_statement_cut_short_goes_back_to_sqlx_and_the_next_reads_its_own_rows() {
+        let db = test_db(4).await;
+        // Cancelled mid-statement.
+        let slow = sqlx::query("SELECT pg_sleep(5)").execute(&db);
+        assert!(tokio::time::timeout(Duration::from_millis(100), slow).await.is_err());
+        assert_eq!(db.warm.len(), 0);
+        // A reader that stops after one row of many.
+        let mut rows = sqlx::query_scalar::<_, i32>("SELECT generate_series(1, 100000)").fetch(&db);
+        assert_eq!(rows.try_next().await.unwrap(), Some(1));
+        drop(rows);
+        assert_eq!(db.warm.len(), 0);
+        // A failed statement.
+        assert!(sqlx::query("SELECT 1/0").execute(&db).await.is_err());
+        assert_eq!(db.warm.len(), 0);
+        for i in 0..4 {
+            let got: i32 = sqlx::query_scalar("SELECT $1").bind(i).fetch_one(&db).await.unwrap();
+            assert_eq!(got, i);
+        }
+    }
+
+    #[tokio::test]
+    async fn no_connection_is_kept_warm_while_the_pool_has_none_to_give() {
+        let db = test_db(3).await;
+        let (a, b, c) = (db.lease().await.unwrap(), db.lease().await.unwrap(), db.lease().await.unwrap());
+        assert_eq!(db.pool.size(), 3);
+        a.done();
+        assert_eq!(db.warm.len(), 0, "the pool was spent: back to it");
+        // What takes connections from the pool itself gets that one.
+        let direct = db.pool.acquire().await.expect("a connection from the pool");
+        drop((b, c, direct));
+        // A pool of two keeps none warm (RESERVED).
+        let two = test_db(2).await;
+        backend(&two).await;
+        assert_eq!(two.warm.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_gets_a_connection_while_the_rest_of_the_pool_is_warm_or_taken() {
+        let db = test_db(4).await;
+        let (a, b) = (db.lease().await.unwrap(), db.lease().await.unwrap());
+        a.done();
+        b.done();
+        assert_eq!(db.warm.len(), 2);
+        let held = (db.pool.acquire().await.unwrap(), db.pool.acquire().await.unwrap());
+        assert_eq!(db.pool.size(), 4);
+        // The pool's acquire timeout (5 s) would fail it otherwise.
+        let mut tx = db.begin().await.expect("a transaction");
+        let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(tx.ex()).await.unwrap();
+        assert_eq!(one, 1);
+        tx.commit().await.unwrap();
+        drop(held);
+    }
+
+    #[test]
+    fn warm_connections_outlive_their_runtime_without_a_panic() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let db = rt.block_on(async {
+            let db = test_db(4).await;
+            backend(&db).await;
+            db
+        });
+        assert_eq!(db.warm.len(), 1);
+        drop(rt);
+        drop(db);
     }
 }

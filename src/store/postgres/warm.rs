@@ -1,0 +1,114 @@
+//! Connections kept checked out of sqlx's pool between statements.
+//!
+//! sqlx 0.8 tests every connection it takes back into its pool with a round
+//! trip (Sync, then ReadyForQuery; `Floating::return_to_pool`), on a task of
+//! its own, and cannot be told not to. On two cores that test, and the
+//! Postgres backend waking to answer it, ran beside the rest of the request:
+//! a page of the log listing took 0.3–0.4 ms longer with it than without
+//! (docs/PERFORMANCE.md), and every Dispatch batch and attempt record paid
+//! a round trip more.
+//!
+//! So a statement that ran to its end leaves its connection here, still
+//! checked out, for the next statement to take. The test has nothing to
+//! find on such a connection: it has just read its ReadyForQuery. Anything
+//! else (an error, a stream dropped early, a future cancelled mid-statement)
+//! drops the connection into sqlx's pool as before, whose test drains it or
+//! closes it.
+//!
+//! Limits keep the pool itself whole, for what takes its connections
+//! without passing here (sqlx's transactions, LISTEN):
+//! - a connection is kept only while the pool could still hand out another
+//!   (one idle, or room to open one), and never more than all but
+//!   [`RESERVED`] of the pool's connections (a pool of two keeps none);
+//! - a transaction first gives one warm connection back (`Db::begin`), so
+//!   it never waits on idle connections parked here;
+//! - one unused for [`IDLE`] goes back to sqlx, whose idle timeout and
+//!   lifetime then apply to it again.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
+
+/// How long a connection may sit here unused before it goes back to sqlx.
+pub const IDLE: Duration = Duration::from_secs(30);
+
+/// Connections of the pool never kept here: the LISTEN connection, and one
+/// for whatever else takes from the pool directly while the rest are warm.
+pub const RESERVED: u32 = 2;
+
+type Conn = PoolConnection<Postgres>;
+
+/// The warm connections of one pool, the most recently used last.
+#[derive(Default)]
+pub struct Warm {
+    conns: Mutex<Vec<(Conn, Instant)>>,
+}
+
+impl std::fmt::Debug for Warm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Warm").field("len", &self.len()).finish()
+    }
+}
+
+impl Warm {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Conn, Instant)>> {
+        // A panic while holding the lock leaves a valid Vec behind.
+        self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Connections here now (the pool counts them as in use).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The most recently used warm connection, or one from the pool.
+    pub async fn lease(&self, pool: &PgPool) -> Result<Conn, sqlx::Error> {
+        // Taken out of the lock's scope first: the guard is not Send.
+        let warm = self.lock().pop();
+        match warm {
+            Some((conn, _)) => Ok(conn),
+            None => pool.acquire().await,
+        }
+    }
+
+    /// Gives the least recently used warm connection back to sqlx's pool.
+    pub fn give_back(&self) {
+        let mut conns = self.lock();
+        let oldest = (!conns.is_empty()).then(|| conns.remove(0));
+        drop(conns);
+        drop(oldest);
+    }
+
+    /// Takes back a connection whose statements all ran to their end.
+    pub fn keep(&self, pool: &PgPool, conn: Conn) {
+        let max = pool.options().get_max_connections();
+        let spare = pool.num_idle() > 0 || pool.size() < max;
+        let cap = max.saturating_sub(RESERVED) as usize;
+        let now = Instant::now();
+        let mut back = Vec::new();
+        {
+            let mut conns = self.lock();
+            let fresh = conns.iter().position(|(_, at)| now.duration_since(*at) < IDLE).unwrap_or(conns.len());
+            back.extend(conns.drain(..fresh).map(|(c, _)| c));
+            match spare && conns.len() < cap {
+                true => conns.push((conn, now)),
+                false => back.push(conn),
+            }
+        }
+        // Outside the lock: each drop spawns sqlx's return to the pool.
+        drop(back);
+    }
+}
+
+impl Drop for Warm {
+    fn drop(&mut self) {
+        let conns = std::mem::take(self.conns.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner));
+        // sqlx returns a dropped connection on a task it spawns, which
+        // panics without a runtime: outside one, close the sockets instead.
+        if tokio::runtime::Handle::try_current().is_err() {
+            conns.into_iter().for_each(|(c, _)| drop(c.detach()));
+        }
+    }
+}
