@@ -81,6 +81,8 @@ impl Db {
     /// back to the pool, on another task; between two statements that test
     /// ran beside the second one, and the two statements of GetLogDetails
     /// took 0.1 ms longer than on one connection (docs/PERFORMANCE.md).
+    /// (Warm connections now spare statements that end cleanly that test;
+    /// the session still keeps the two on one connection.)
     /// Behind a pooler it is a transaction, which pins one server
     /// connection (and saves each statement its own BEGIN and COMMIT).
     pub async fn session(&self) -> Result<Session, sqlx::Error> {

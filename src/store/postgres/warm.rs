@@ -4,7 +4,7 @@
 //! trip (Sync, then ReadyForQuery; `Floating::return_to_pool`), on a task of
 //! its own, and cannot be told not to. On two cores that test, and the
 //! Postgres backend waking to answer it, ran beside the rest of the request:
-//! a page of the log listing took 0.3–0.4 ms longer with it than without
+//! a page of the log listing took 0.2–0.5 ms longer with it than without
 //! (docs/PERFORMANCE.md), and every Dispatch batch and attempt record paid
 //! a round trip more.
 //!
