@@ -132,12 +132,18 @@ where
     let mut batch = LogBatch::default();
     let mut bytes = 0;
     while let Some(row) = rows.try_next().await? {
-        if batch.logs.len() >= limit as usize || (bytes >= max_bytes && !batch.logs.is_empty()) {
+        if batch.logs.len() >= limit as usize {
             batch.more = true;
-            // Read to the statement's end (its LIMIT is limit + 1) rather
-            // than drop it: a statement read to its end keeps its
-            // connection warm (store::postgres::warm).
+            // Read to the statement's end (its LIMIT is limit + 1, so
+            // nothing is left) rather than drop it: a statement read to
+            // its end keeps its connection warm (store::postgres::warm).
             while rows.try_next().await?.is_some() {}
+            break;
+        }
+        if bytes >= max_bytes && !batch.logs.is_empty() {
+            // Up to a page of large rows may still be coming: dropped
+            // here, sqlx reads them off the request's path.
+            batch.more = true;
             break;
         }
         let log = decode(&row)?;

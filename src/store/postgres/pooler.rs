@@ -32,11 +32,10 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use sqlx::Either;
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{Describe, Execute, Executor, PgConnection, Postgres, Transaction};
 
-use super::warm::Warm;
+use super::warm::{Out, Warm};
 
 /// The store's pool, and whether a transaction pooler stands between it and
 /// Postgres.
@@ -50,7 +49,9 @@ pub struct Db {
 
 impl Db {
     pub fn new(pool: PgPool, pooled: bool) -> Self {
-        Self { pool, pooled, warm: Arc::default() }
+        let warm = Arc::<Warm>::default();
+        warm.spawn_sweeper();
+        Self { pool, pooled, warm }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -65,7 +66,7 @@ impl Db {
 
     /// A connection for statements run to their end, then [`Lease::done`].
     async fn lease(&self) -> Result<Lease, sqlx::Error> {
-        Ok(Lease { conn: Some(self.warm.lease(&self.pool).await?), db: self.clone() })
+        Ok(Lease { out: Some(self.warm.lease(&self.pool).await?), db: self.clone() })
     }
 
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
@@ -97,18 +98,18 @@ impl Db {
 /// have run to their end; dropped before that, it goes back to sqlx's pool,
 /// which tests it (see `warm`).
 pub struct Lease {
-    conn: Option<PoolConnection<Postgres>>,
+    out: Option<Out>,
     db: Db,
 }
 
 impl Lease {
     fn conn(&mut self) -> &mut PgConnection {
-        self.conn.as_mut().expect("a lease holds its connection until done")
+        &mut self.out.as_mut().expect("a lease holds its connection until done").conn
     }
 
     fn done(mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.db.warm.keep(&self.db.pool, conn);
+        if let Some(out) = self.out.take() {
+            self.db.warm.keep(&self.db.pool, out);
         }
     }
 }
@@ -404,6 +405,48 @@ mod tests {
         assert_eq!(one, 1);
         tx.commit().await.unwrap();
         drop(held);
+    }
+
+    #[tokio::test]
+    async fn connections_unused_for_the_idle_time_go_back_to_sqlx() {
+        let db = test_db(4).await;
+        backend(&db).await;
+        assert_eq!(db.warm.len(), 1);
+        db.warm.sweep(std::time::Instant::now());
+        assert_eq!(db.warm.len(), 1, "used just now");
+        db.warm.sweep(std::time::Instant::now() + super::super::warm::IDLE);
+        assert_eq!(db.warm.len(), 0);
+        assert!(backend(&db).await > 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_out_longer_than_the_pools_lifetime_goes_back_to_sqlx() {
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .max_lifetime(Duration::from_millis(50))
+            .connect(&admin_url())
+            .await
+            .unwrap();
+        let db = Db::new(pool, false);
+        let mut lease = db.lease().await.unwrap();
+        let first: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(lease.conn()).await.unwrap();
+        lease.out.as_mut().unwrap().since -= Duration::from_millis(100);
+        lease.done();
+        assert_eq!(db.warm.len(), 0, "past max_lifetime: back to sqlx");
+        // sqlx closes it there (past its own lifetime) and opens another.
+        let next = eventually_other_backend(&db, first).await;
+        assert_ne!(next, first);
+    }
+
+    async fn eventually_other_backend(db: &Db, old: i32) -> i32 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let pid = backend(db).await;
+            if pid != old || std::time::Instant::now() > deadline {
+                return pid;
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     #[test]

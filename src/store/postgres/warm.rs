@@ -22,8 +22,10 @@
 //!   [`RESERVED`] of the pool's connections (a pool of two keeps none);
 //! - a transaction first gives one warm connection back (`Db::begin`), so
 //!   it never waits on idle connections parked here;
-//! - one unused for [`IDLE`] goes back to sqlx, whose idle timeout and
-//!   lifetime then apply to it again.
+//! - one unused for [`IDLE`] goes back to sqlx (swept every [`IDLE`]), whose idle timeout and
+//!   lifetime then apply to it again; one out of the pool for longer than
+//!   the pool's `max_lifetime` goes back when next done with, so that sqlx
+//!   still recycles the connections that never rest.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -40,10 +42,22 @@ pub const RESERVED: u32 = 2;
 
 type Conn = PoolConnection<Postgres>;
 
+/// A connection out of sqlx's pool, and since when.
+pub struct Out {
+    pub conn: Conn,
+    pub since: Instant,
+}
+
+/// A warm connection and when it was last done with.
+struct Entry {
+    out: Out,
+    used: Instant,
+}
+
 /// The warm connections of one pool, the most recently used last.
 #[derive(Default)]
 pub struct Warm {
-    conns: Mutex<Vec<(Conn, Instant)>>,
+    conns: Mutex<Vec<Entry>>,
 }
 
 impl std::fmt::Debug for Warm {
@@ -53,7 +67,7 @@ impl std::fmt::Debug for Warm {
 }
 
 impl Warm {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Conn, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
         // A panic while holding the lock leaves a valid Vec behind.
         self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -64,12 +78,12 @@ impl Warm {
     }
 
     /// The most recently used warm connection, or one from the pool.
-    pub async fn lease(&self, pool: &PgPool) -> Result<Conn, sqlx::Error> {
+    pub async fn lease(&self, pool: &PgPool) -> Result<Out, sqlx::Error> {
         // Taken out of the lock's scope first: the guard is not Send.
         let warm = self.lock().pop();
         match warm {
-            Some((conn, _)) => Ok(conn),
-            None => pool.acquire().await,
+            Some(entry) => Ok(entry.out),
+            None => Ok(Out { conn: pool.acquire().await?, since: Instant::now() }),
         }
     }
 
@@ -82,24 +96,56 @@ impl Warm {
     }
 
     /// Takes back a connection whose statements all ran to their end.
-    pub fn keep(&self, pool: &PgPool, conn: Conn) {
-        let max = pool.options().get_max_connections();
+    pub fn keep(&self, pool: &PgPool, out: Out) {
+        let options = pool.options();
+        let max = options.get_max_connections();
         let spare = pool.num_idle() > 0 || pool.size() < max;
         let cap = max.saturating_sub(RESERVED) as usize;
         let now = Instant::now();
+        let young = options.get_max_lifetime().is_none_or(|life| now.duration_since(out.since) < life);
         let mut back = Vec::new();
         {
             let mut conns = self.lock();
-            let fresh = conns.iter().position(|(_, at)| now.duration_since(*at) < IDLE).unwrap_or(conns.len());
-            back.extend(conns.drain(..fresh).map(|(c, _)| c));
-            match spare && conns.len() < cap {
-                true => conns.push((conn, now)),
-                false => back.push(conn),
+            back.extend(unused_since(&mut conns, now));
+            match spare && young && conns.len() < cap {
+                true => conns.push(Entry { out, used: now }),
+                false => back.push(out.conn),
             }
         }
         // Outside the lock: each drop spawns sqlx's return to the pool.
         drop(back);
     }
+
+    /// Gives back to sqlx what has sat here unused for [`IDLE`] at `now`.
+    pub fn sweep(&self, now: Instant) {
+        let back = unused_since(&mut self.lock(), now);
+        drop(back);
+    }
+
+    /// Sweeps every [`IDLE`] while the set exists, so that an idle server
+    /// does not hold connections that sqlx's idle timeout would close.
+    pub fn spawn_sweeper(self: &std::sync::Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let warm = std::sync::Arc::downgrade(self);
+        rt.spawn(async move {
+            let mut every = tokio::time::interval(IDLE);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                match warm.upgrade() {
+                    Some(warm) => warm.sweep(Instant::now()),
+                    None => return,
+                }
+            }
+        });
+    }
+}
+
+/// Takes out the connections unused for [`IDLE`] at `now` (the oldest come
+/// first: `keep` pushes, `lease` pops).
+fn unused_since(conns: &mut Vec<Entry>, now: Instant) -> Vec<Conn> {
+    let fresh = conns.iter().position(|e| now.saturating_duration_since(e.used) < IDLE).unwrap_or(conns.len());
+    conns.drain(..fresh).map(|e| e.out.conn).collect()
 }
 
 impl Drop for Warm {
@@ -108,7 +154,7 @@ impl Drop for Warm {
         // sqlx returns a dropped connection on a task it spawns, which
         // panics without a runtime: outside one, close the sockets instead.
         if tokio::runtime::Handle::try_current().is_err() {
-            conns.into_iter().for_each(|(c, _)| drop(c.detach()));
+            conns.into_iter().for_each(|e| drop(e.out.conn.detach()));
         }
     }
 }
