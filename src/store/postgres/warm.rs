@@ -22,10 +22,13 @@
 //!   [`RESERVED`] of the pool's connections (a pool of two keeps none);
 //! - a transaction first gives one warm connection back (`Db::begin`), so
 //!   it never waits on idle connections parked here;
-//! - one unused for [`IDLE`] goes back to sqlx (swept every [`IDLE`]), whose idle timeout and
-//!   lifetime then apply to it again; one out of the pool for longer than
-//!   the pool's `max_lifetime` goes back when next done with, so that sqlx
-//!   still recycles the connections that never rest.
+//! - one unused for [`IDLE`] goes back to sqlx (swept every [`IDLE`]),
+//!   whose idle timeout and lifetime then apply to it again; one out of the
+//!   pool for longer than the pool's `max_lifetime` goes back when next
+//!   done with, so that sqlx still recycles the connections that never rest.
+//!
+//! Nothing closes a `Db`'s pool: `Pool::close` would wait for the warm
+//! connections too, so a caller added later must give them back first.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
