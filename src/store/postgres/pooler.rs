@@ -66,7 +66,7 @@ impl Db {
 
     /// A connection for statements run to their end, then [`Lease::done`].
     async fn lease(&self) -> Result<Lease, sqlx::Error> {
-        Ok(Lease { out: Some(self.warm.lease(&self.pool).await?), db: self.clone() })
+        Ok(Lease { out: self.warm.lease(&self.pool).await?, db: self.clone() })
     }
 
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
@@ -98,19 +98,17 @@ impl Db {
 /// have run to their end; dropped before that, it goes back to sqlx's pool,
 /// which tests it (see `warm`).
 pub struct Lease {
-    out: Option<Out>,
+    out: Out,
     db: Db,
 }
 
 impl Lease {
     fn conn(&mut self) -> &mut PgConnection {
-        &mut self.out.as_mut().expect("a lease holds its connection until done").conn
+        &mut self.out.conn
     }
 
-    fn done(mut self) {
-        if let Some(out) = self.out.take() {
-            self.db.warm.keep(&self.db.pool, out);
-        }
+    fn done(self) {
+        self.db.warm.keep(&self.db.pool, self.out);
     }
 }
 
@@ -430,7 +428,7 @@ mod tests {
         let db = Db::new(pool, false);
         let mut lease = db.lease().await.unwrap();
         let first: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(lease.conn()).await.unwrap();
-        lease.out.as_mut().unwrap().since -= Duration::from_millis(100);
+        lease.out.since -= Duration::from_millis(100);
         lease.done();
         assert_eq!(db.warm.len(), 0, "past max_lifetime: back to sqlx");
         // sqlx closes it there (past its own lifetime) and opens another.
