@@ -143,24 +143,25 @@ async fn main() -> anyhow::Result<()> {
         for round in 1..=rounds {
             let bare = reqwest_loop(&receiver.url, n, a.concurrency).await?;
             let got = deliver_round(&db, a.pool, a.concurrency, &receiver, n).await?;
+            let dispatched = dispatch_round(&db, a.pool, a.concurrency, &receiver, pg_secs).await?;
             let sql = pgbench_deliver_sql(&pgb, a.pool, pg_secs, &tmp).await?;
             let pgd = pgbench_dispatch(&pgb, a.pool, pg_secs, &tmp)?;
             // The batch size hookpost's group commit reached in this round
             // (rows per commit); pgbench runs its statement at that size with
             // as many connections as the batcher has workers.
-            let batch = got.rows_per_commit.round().clamp(1.0, 64.0) as usize;
+            let batch = dispatched.rows_per_commit.round().clamp(1.0, 64.0) as usize;
             let workers = hookpost::store::DISPATCH_WORKERS as u32;
             let pgbb = pgbench_dispatch_batched(&pgb, workers, batch, pg_secs, &tmp)?;
             eprintln!(
                 "round {round}: deliver {:.0}/s (R {bare:.0}/s, S {sql:.0}/s); dispatch {:.0}/s vs pgbench {pgd:.0}/s \
                  single-row, {pgbb:.0} rows/s batched by {batch}",
-                got.deliveries_per_s, got.dispatch_per_s
+                got.deliveries_per_s, dispatched.dispatch_per_s
             );
             pb.push(pgbb);
-            batches.push(got.rows_per_commit);
+            batches.push(dispatched.rows_per_commit);
             d.push(got.deliveries_per_s);
-            disp.push(got.dispatch_per_s);
-            wal.push(got.commits_per_wal_sync);
+            disp.push(dispatched.dispatch_per_s);
+            wal.push(dispatched.commits_per_wal_sync);
             conns.push(got.new_connections_per_delivery);
             r.push(bare);
             s.push(sql);

@@ -62,8 +62,15 @@ pub async fn grpc_dispatch(app: &RunningApp, url: &str, n: usize, concurrency: u
 /// sent as it is over `h2` itself, on 8 connections. tonic's client puts a
 /// task hop (tower's Buffer) and hyper's dispatch channel between a call
 /// and its connection, and encodes every message; on two cores that CPU is
-/// taken from the server being measured. Returns dispatches/s.
-pub async fn grpc_dispatch_lean(app: &RunningApp, url: &str, n: usize, concurrency: usize) -> anyhow::Result<f64> {
+/// taken from the server being measured. Stops after `n` or once `within`
+/// has passed, whichever comes first; returns dispatches/s.
+pub async fn grpc_dispatch_lean(
+    app: &RunningApp,
+    url: &str,
+    n: usize,
+    concurrency: usize,
+    within: Option<Duration>,
+) -> anyhow::Result<f64> {
     use prost::Message;
     let connections = std::env::var("BENCH_GRPC_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(8usize);
     let mut senders = Vec::new();
@@ -77,8 +84,9 @@ pub async fn grpc_dispatch_lean(app: &RunningApp, url: &str, n: usize, concurren
     let payload = hookpost::grpc::json_to_struct(payload_1k());
     let uri = format!("{}/hookpost.v1.WebhookService/Dispatch", app.base_url());
     let bearer = format!("Bearer {}", app.key);
-    let next = Arc::new(AtomicU64::new(0));
+    let (next, done) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let start = Instant::now();
+    let end = within.map(|w| start + w);
     let mut tasks = JoinSet::new();
     for i in 0..concurrency {
         let req = pb::DispatchRequest {
@@ -93,10 +101,10 @@ pub async fn grpc_dispatch_lean(app: &RunningApp, url: &str, n: usize, concurren
         frame.extend_from_slice(&u32::try_from(req.encoded_len())?.to_be_bytes());
         req.encode(&mut frame)?;
         let frame = bytes::Bytes::from(frame);
-        let (mut send, next, uri, bearer) =
-            (senders[i % senders.len()].clone(), next.clone(), uri.clone(), bearer.clone());
+        let (mut send, next, done, uri, bearer) =
+            (senders[i % senders.len()].clone(), next.clone(), done.clone(), uri.clone(), bearer.clone());
         tasks.spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < n as u64 {
+            while next.fetch_add(1, Ordering::Relaxed) < n as u64 && end.is_none_or(|end| Instant::now() < end) {
                 let req = axum::http::Request::post(uri.as_str())
                     .header("content-type", "application/grpc")
                     .header("te", "trailers")
@@ -117,6 +125,7 @@ pub async fn grpc_dispatch_lean(app: &RunningApp, url: &str, n: usize, concurren
                 if status.is_none_or(|s| s != "0") {
                     bail!("Dispatch failed: {head:?} {trailers:?}");
                 }
+                done.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())
         });
@@ -124,7 +133,7 @@ pub async fn grpc_dispatch_lean(app: &RunningApp, url: &str, n: usize, concurren
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
 /// The same dispatches as JSON over the REST gateway route.
@@ -271,28 +280,41 @@ pub async fn reqwest_loop(url: &str, n: usize, concurrency: usize) -> anyhow::Re
 
 pub struct DeliverRound {
     pub deliveries_per_s: f64,
+    pub new_connections_per_delivery: f64,
+}
+
+pub struct DispatchRound {
     pub dispatch_per_s: f64,
     pub commits_per_wal_sync: f64,
-    pub new_connections_per_delivery: f64,
     pub rows_per_commit: f64,
 }
 
-/// Seeds `n` pending webhooks through an API-only replica (timing that as
-/// the dispatch figure), then times a delivering replica until every one is
-/// recorded as succeeded.
-pub async fn deliver_round(
+/// Times Dispatch on an API-only replica for `secs`, as long as pgbench
+/// runs its baselines, after 1,000 untimed (connections opened, caches
+/// warm: pgbench leaves its connection setup out of its rate too). Before,
+/// the figure came from the 5,000 that seed a delivery round, half a second
+/// in all, and swung by a third between rounds.
+pub async fn dispatch_round(
     db_url: &str,
     pool_size: u32,
     concurrency: usize,
     receiver: &BenchReceiver,
-    n: usize,
-) -> anyhow::Result<DeliverRound> {
+    secs: u64,
+) -> anyhow::Result<DispatchRound> {
     let pool = PgPool::connect(db_url).await?;
     let api = start_app(db_url, pool_size, concurrency, false).await?;
+    let url = receiver.url.as_str();
+    let tonic = std::env::var("BENCH_DISPATCH_CLIENT").as_deref() == Ok("tonic");
+    match tonic {
+        true => grpc_dispatch(&api, url, 1000, concurrency).await?,
+        false => grpc_dispatch_lean(&api, url, 1000, concurrency, None).await?,
+    };
     let (s0, c0) = wal_syncs_and_commits(&pool).await?;
-    let dispatch_per_s = match std::env::var("BENCH_DISPATCH_CLIENT").as_deref() {
-        Ok("tonic") => grpc_dispatch(&api, &receiver.url, n, concurrency).await?,
-        _ => grpc_dispatch_lean(&api, &receiver.url, n, concurrency).await?,
+    let dispatch_per_s = match tonic {
+        // The old load generator has no time bound: as many as the lean one
+        // sends in about that time on this machine.
+        true => grpc_dispatch(&api, url, 10_000 * secs as usize, concurrency).await?,
+        false => grpc_dispatch_lean(&api, url, usize::MAX, concurrency, Some(Duration::from_secs(secs))).await?,
     };
     // Commit counters are flushed by backends within a second.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -307,6 +329,27 @@ pub async fn deliver_round(
         sqlx::query_scalar("SELECT count(*)::float8 / greatest(count(DISTINCT xmin::text), 1) FROM webhook_requests")
             .fetch_one(&pool)
             .await?;
+    sqlx::query("TRUNCATE webhook_attempts, webhook_requests, webhook_messages").execute(&pool).await?;
+    Ok(DispatchRound {
+        dispatch_per_s,
+        commits_per_wal_sync: (c1 - c0) as f64 / ((s1 - s0).max(1)) as f64,
+        rows_per_commit,
+    })
+}
+
+/// Seeds `n` pending webhooks through an API-only replica, then times a
+/// delivering replica until every one is recorded as succeeded.
+pub async fn deliver_round(
+    db_url: &str,
+    pool_size: u32,
+    concurrency: usize,
+    receiver: &BenchReceiver,
+    n: usize,
+) -> anyhow::Result<DeliverRound> {
+    let pool = PgPool::connect(db_url).await?;
+    let api = start_app(db_url, pool_size, concurrency, false).await?;
+    grpc_dispatch_lean(&api, &receiver.url, n, concurrency, None).await?;
+    api.shutdown().await?;
 
     let conns_before = receiver.connections.load(Ordering::Relaxed);
     let requests_before = receiver.requests.load(Ordering::Relaxed);
@@ -340,9 +383,6 @@ pub async fn deliver_round(
     sqlx::query("TRUNCATE webhook_attempts, webhook_requests, webhook_messages").execute(&pool).await?;
     Ok(DeliverRound {
         deliveries_per_s,
-        dispatch_per_s,
-        commits_per_wal_sync: (c1 - c0) as f64 / ((s1 - s0).max(1)) as f64,
-        rows_per_commit,
         new_connections_per_delivery: (receiver.connections.load(Ordering::Relaxed) - conns_before) as f64 / n as f64,
     })
 }
