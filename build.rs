@@ -8,6 +8,9 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // sqlx::migrate! embeds migrations/ at compile time but cannot tell cargo
+    // to watch it on stable Rust: a new migration alone must still rebuild.
+    println!("cargo:rerun-if-changed=migrations");
     let out = PathBuf::from(env::var("OUT_DIR")?);
     let fds = protox::compile(["hookpost/v1/webhook_service.proto"], ["proto"])?;
     let descriptor_path = out.join("hookpost_descriptor.bin");

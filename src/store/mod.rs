@@ -235,7 +235,7 @@ pub trait Store: EndpointStore + RecoveryStore + TailStore + StatsStore + Send +
     /// Claims up to `limit` due deliveries for `lease`, oldest first across
     /// every queue: until it ends, no other worker claims them; after it,
     /// they are due again. (The engine claims per queue; this global order
-    /// serves tests and the benchmark's baseline.)
+    /// serves tests, and on Postgres has no index of its own.)
     async fn claim_due(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedDelivery>>;
 
     /// Records one attempt and the request's new state in one transaction.
