@@ -13,8 +13,6 @@ use super::error::bad_param;
 use super::{RestError, RestState, Style, caller, query_params};
 use crate::domain::{ExecutionStatus, LogRecord};
 use crate::error::Error;
-use crate::service::{CALL_CHUNK, MAX_PAGE_BYTES};
-use crate::store::CallCursor;
 
 /// One webhook log, as the per-call API documents it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -96,12 +94,11 @@ pub async fn call_webhook_logs(
     // Empty means any type, as it does on ListWebhookLogs.
     let webhook_type = params.get("webhook_type").filter(|t| !t.is_empty()).cloned();
     let service = state.service;
-    let first =
-        service.call_logs(&who, call_id, webhook_type.clone(), None, CALL_CHUNK).await.map_err(RestError::detail)?;
+    let first = service.call_logs(&who, call_id, webhook_type.clone(), None).await.map_err(RestError::detail)?;
     if first.logs.is_empty() {
         // A known call with no webhook of that type is an empty list, not a 404.
         if webhook_type.is_some()
-            && !service.call_logs(&who, call_id, None, None, 1).await.map_err(RestError::detail)?.logs.is_empty()
+            && !service.call_logs(&who, call_id, None, None).await.map_err(RestError::detail)?.logs.is_empty()
         {
             return Ok(Json(Vec::<CallWebhookLog>::new()).into_response());
         }
@@ -113,33 +110,22 @@ pub async fn call_webhook_logs(
     // query) at a time: memory holds one chunk, never the whole call. A
     // failure after the first chunk can no longer change the status, so it
     // aborts the response rather than end it as if complete.
-    //
-    //
-    // Each chunk asks for as many rows as the last one's average size fits
-    // in the byte budget: rows past a chunk's byte cut are sent by Postgres
-    // all the same and thrown away, so for a call of large payloads asking
-    // for CALL_CHUNK rows every time made Postgres send ten times the
-    // response, and the server read it (see the memory test in
-    // tests/api/processes.rs).
     let chunks = futures_util::stream::unfold(Some((first, true)), move |state| {
         let (service, who, webhook_type) = (service.clone(), who.clone(), webhook_type.clone());
         async move {
-            let (batch, first) = state?;
-            let cursor = batch.logs.last().map(cursor_of);
-            let bytes = batch.logs.iter().map(crate::store::log_bytes).sum::<usize>();
-            let rows = rows_fitting(bytes, batch.logs.len());
-            let mut out = Vec::with_capacity(bytes + 2);
-            for (i, log) in batch.logs.into_iter().enumerate() {
+            let (chunk, first) = state?;
+            let mut out = Vec::with_capacity(chunk.logs.iter().map(crate::store::log_bytes).sum::<usize>() + 2);
+            for (i, log) in chunk.logs.into_iter().enumerate() {
                 out.push(if first && i == 0 { b'[' } else { b',' });
                 if let Err(e) = serde_json::to_writer(&mut out, &CallWebhookLog::new(log, call_id)) {
                     return Some((Err(std::io::Error::other(e)), None));
                 }
             }
-            if !batch.more {
+            let Some(after) = chunk.next else {
                 out.push(b']');
                 return Some((Ok(Bytes::from(out)), None));
-            }
-            match service.call_logs(&who, call_id, webhook_type, cursor, rows).await {
+            };
+            match service.call_logs(&who, call_id, webhook_type, Some(after)).await {
                 Ok(next) => Some((Ok(Bytes::from(out)), Some((next, false)))),
                 Err(e) => {
                     e.log();
@@ -150,34 +136,4 @@ pub async fn call_webhook_logs(
     });
     let body = axum::body::Body::from_stream(chunks);
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
-}
-
-/// How many logs of the average size of `count` logs of `bytes` fit in a
-/// chunk's byte budget (one more, the one that reaches it), from 1 to
-/// [`CALL_CHUNK`].
-fn rows_fitting(bytes: usize, count: usize) -> u32 {
-    let average = bytes.div_ceil(count.max(1)).max(1);
-    u32::try_from(MAX_PAGE_BYTES / average + 1).unwrap_or(CALL_CHUNK).min(CALL_CHUNK)
-}
-
-/// Where a log sits in the per-call order.
-fn cursor_of(l: &LogRecord) -> CallCursor {
-    CallCursor { at: l.last_attempt.as_ref().map_or(l.created_at, |a| a.attempted_at), log_id: l.log_id }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_chunk_asks_for_the_rows_its_budget_fits() {
-        // Small logs: the full chunk.
-        assert_eq!(rows_fitting(100 * 1_000, 100), CALL_CHUNK);
-        // 250 kB logs: eight stay under the budget, the ninth reaches it.
-        assert_eq!(rows_fitting(9 * 250_000, 9), 9);
-        // One log over the whole budget: one at a time.
-        assert_eq!(rows_fitting(5 << 20, 1), 1);
-        // Nothing read (cannot happen: a chunk holds at least one log).
-        assert_eq!(rows_fitting(0, 0), CALL_CHUNK);
-    }
 }

@@ -1,10 +1,12 @@
 //! The use cases, free of any transport type: gRPC and REST both call these.
 
+mod calls;
 mod endpoints;
 mod recovery;
 mod stats;
 mod tail;
 
+pub use calls::{CallChunk, CallChunkAfter};
 use endpoints::may_act_for;
 pub use endpoints::{DEFAULT_GRACE, EndpointPage, EndpointRef, MAX_GRACE, ShownSecret};
 pub use recovery::{ENDPOINT_DISABLED, RecoverInput, Recovery};
@@ -25,7 +27,7 @@ use crate::domain::{
 use crate::error::{Error, ErrorCode, FieldViolation, Result};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::pagination;
-use crate::store::{CallCursor, CallLogFilter, LogBatch, ReadFrom, Store};
+use crate::store::{ReadFrom, Store};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 10;
 /// Shortest time between two announcements of due work to other replicas:
@@ -66,8 +68,6 @@ pub const MAX_PAGE_SIZE: u32 = 100;
 /// reading logs costs memory in proportion to this, not to page_size times
 /// the largest payload.
 pub const MAX_PAGE_BYTES: usize = 2 << 20;
-/// Logs per chunk of the per-call listing, at most.
-pub const CALL_CHUNK: u32 = 100;
 
 /// A page request: filters plus AIP-158 `page_size` / `page_token`.
 #[derive(Debug, Clone, Default)]
@@ -310,24 +310,6 @@ impl WebhookService {
             false => None,
         };
         Ok(LogPage { logs: batch.logs, next_page_token })
-    }
-
-    /// One chunk of a call's logs, in the per-call API's order (by attempt
-    /// time), after `after`: at most `rows` of them (1 to [`CALL_CHUNK`]),
-    /// cut short past [`MAX_PAGE_BYTES`] of bodies. An organization key
-    /// reads only its own.
-    pub async fn call_logs(
-        &self,
-        who: &Principal,
-        call_id: i64,
-        webhook_type: Option<String>,
-        after: Option<CallCursor>,
-        rows: u32,
-    ) -> Result<LogBatch> {
-        let filter = LogFilter { webhook_type: webhook_type.clone(), ..Default::default() };
-        check_filter(&filter, &self.limits)?;
-        let filter = CallLogFilter { organization_id: who.organization(), call_id, webhook_type };
-        self.store.call_logs(&filter, after, rows.clamp(1, CALL_CHUNK), MAX_PAGE_BYTES).await
     }
 
     /// One request's attempts. Outside the caller's scope (another
