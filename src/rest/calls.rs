@@ -114,7 +114,7 @@ pub async fn call_webhook_logs(
         let (service, who, webhook_type) = (service.clone(), who.clone(), webhook_type.clone());
         async move {
             let (chunk, first) = state?;
-            let mut out = Vec::with_capacity(chunk.logs.iter().map(crate::store::log_bytes).sum::<usize>() + 2);
+            let mut out = Vec::with_capacity(chunk.bytes + 2);
             for (i, log) in chunk.logs.into_iter().enumerate() {
                 out.push(if first && i == 0 { b'[' } else { b',' });
                 if let Err(e) = serde_json::to_writer(&mut out, &CallWebhookLog::new(log, call_id)) {

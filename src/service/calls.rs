@@ -15,6 +15,8 @@ const CALL_CHUNK: u32 = 100;
 #[derive(Debug)]
 pub struct CallChunk {
     pub logs: Vec<LogRecord>,
+    /// The logs' bodies and URLs, as the byte budget counts them.
+    pub bytes: usize,
     pub next: Option<CallChunkAfter>,
 }
 
@@ -42,14 +44,14 @@ impl WebhookService {
         let filter = CallLogFilter { organization_id: who.organization(), call_id, webhook_type };
         let rows = after.map_or(CALL_CHUNK, |a| a.rows);
         let batch = self.store.call_logs(&filter, after.map(|a| a.cursor), rows, MAX_PAGE_BYTES).await?;
+        let bytes = batch.logs.iter().map(log_bytes).sum();
         let next = match batch.logs.last() {
-            Some(last) if batch.more => Some(CallChunkAfter {
-                cursor: cursor_of(last),
-                rows: rows_fitting(batch.logs.iter().map(log_bytes).sum(), batch.logs.len()),
-            }),
+            Some(last) if batch.more => {
+                Some(CallChunkAfter { cursor: cursor_of(last), rows: rows_fitting(bytes, batch.logs.len()) })
+            }
             _ => None,
         };
-        Ok(CallChunk { logs: batch.logs, next })
+        Ok(CallChunk { logs: batch.logs, bytes, next })
     }
 }
 

@@ -19,11 +19,16 @@ use uuid::Uuid;
 
 use crate::support::*;
 
+/// HTTP/2 connections a gRPC load generator opens (BENCH_GRPC_CONNECTIONS,
+/// default 8), as a fleet of callers would: one connection's frames are
+/// handled by one task on each side.
+fn grpc_connections() -> usize {
+    std::env::var("BENCH_GRPC_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(8usize)
+}
+
 /// Dispatches `n` webhooks at `concurrency` over gRPC; returns dispatches/s.
 pub async fn grpc_dispatch(app: &RunningApp, url: &str, n: usize, concurrency: usize) -> anyhow::Result<f64> {
-    // Several HTTP/2 connections, as a fleet of callers would open: one
-    // connection's frames are handled by one task on each side.
-    let connections = std::env::var("BENCH_GRPC_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(8usize);
+    let connections = grpc_connections();
     let mut clients = Vec::new();
     for _ in 0..connections.max(1) {
         clients.push(WebhookServiceClient::connect(app.base_url()).await?);
@@ -72,7 +77,7 @@ pub async fn grpc_dispatch_lean(
     within: Option<Duration>,
 ) -> anyhow::Result<f64> {
     use prost::Message;
-    let connections = std::env::var("BENCH_GRPC_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(8usize);
+    let connections = grpc_connections();
     let mut senders = Vec::new();
     for _ in 0..connections.max(1) {
         let tcp = tokio::net::TcpStream::connect(app.addr).await?;
