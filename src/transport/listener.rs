@@ -168,8 +168,10 @@ async fn serve_connection(
             }
         })
     };
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(tcp), hyper_util::service::TowerToHyperService::new(service));
+    let connection = builder.serve_connection_with_upgrades(
+        TokioIo::new(super::coalesce::Coalesce::new(tcp)),
+        hyper_util::service::TowerToHyperService::new(service),
+    );
     tokio::pin!(connection);
     let idle_timeout = limits.idle_timeout;
     tokio::select! {

@@ -6,8 +6,11 @@
 //! - [`listener`]: the accept loop and its per-connection bounds.
 //! - [`auth`]: the API key check shared by gRPC and REST.
 //! - [`console`]: the browser console's static files at `/console`.
+//! - [`coalesce`]: one system call for what a connection writes between two
+//!   trips through the scheduler.
 
 pub mod auth;
+pub mod coalesce;
 pub mod console;
 pub mod listener;
 

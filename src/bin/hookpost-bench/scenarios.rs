@@ -82,6 +82,9 @@ pub async fn grpc_dispatch_lean(
     for _ in 0..connections.max(1) {
         let tcp = tokio::net::TcpStream::connect(app.addr).await?;
         tcp.set_nodelay(true)?;
+        // Writes coalesced as the server's are (and as grpc-go's client
+        // does): one system call for the requests of one scheduler round.
+        let tcp = hookpost::transport::coalesce::Coalesce::new(tcp);
         let (send, conn) = h2::client::handshake(tcp).await?;
         tokio::spawn(conn);
         senders.push(send);
@@ -315,6 +318,7 @@ pub async fn dispatch_round(
         false => grpc_dispatch_lean(&api, url, 1000, concurrency, None).await?,
     };
     let warm: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM webhook_requests").fetch_one(&pool).await?;
+    checkpoint(db_url).await;
     let (s0, c0) = wal_syncs_and_commits(&pool).await?;
     let dispatch_per_s = match tonic {
         // The old load generator has no time bound: 10,000 per second asked

@@ -64,6 +64,23 @@ pub async fn create_database(admin: &str, name: &str) -> anyhow::Result<String> 
     Ok(url)
 }
 
+/// Starts a timed phase from a fresh checkpoint. Runs write a GiB of WAL
+/// within a minute or two, so Postgres checkpoints every half minute or so
+/// (`max_wal_size`), and the pages first written after a checkpoint go to
+/// the WAL whole: a phase that happened to start after one ran slower than
+/// one that did not, and the ratio of two phases swung by a fifth from run
+/// to run. Each phase now starts just after a checkpoint. Needs a superuser
+/// or `pg_checkpoint`; without, phases run as before.
+pub async fn checkpoint(db_url: &str) {
+    let done = async {
+        let mut conn = PgConnection::connect(db_url).await?;
+        conn.execute("CHECKPOINT").await
+    };
+    if let Err(err) = done.await {
+        eprintln!("CHECKPOINT before a phase failed ({err}); the phase runs without");
+    }
+}
+
 pub async fn drop_database(admin: &str, name: &str) {
     if let Ok(mut conn) = PgConnection::connect(admin).await {
         let _ = conn.execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str()).await;
