@@ -168,10 +168,12 @@ async fn serve_connection(
             }
         })
     };
-    let connection = builder.serve_connection_with_upgrades(
-        TokioIo::new(super::coalesce::Coalesce::new(tcp)),
-        hyper_util::service::TowerToHyperService::new(service),
-    );
+    // Replies are held back for one scheduler round only while other
+    // requests are in flight on the connection (their replies may join).
+    let busy = activity.clone();
+    let io = super::coalesce::Coalesce::when(tcp, move || busy.in_flight.load(Ordering::Acquire) > 1);
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), hyper_util::service::TowerToHyperService::new(service));
     tokio::pin!(connection);
     let idle_timeout = limits.idle_timeout;
     tokio::select! {

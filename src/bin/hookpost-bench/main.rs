@@ -144,22 +144,17 @@ async fn main() -> anyhow::Result<()> {
             let bare = reqwest_loop(&receiver.url, n, a.concurrency).await?;
             checkpoint(&db).await;
             let got = deliver_round(&db, a.pool, a.concurrency, &receiver, n).await?;
-            let dispatched = dispatch_round(&db, a.pool, a.concurrency, &receiver, pg_secs).await?;
             checkpoint(&db).await;
             let sql = pgbench_deliver_sql(&pgb, a.pool, pg_secs, &tmp).await?;
-            checkpoint(&db).await;
-            let pgd = pgbench_dispatch(&pgb, a.pool, pg_secs, &tmp)?;
-            // The batch size hookpost's group commit reached in this round
-            // (rows per commit); pgbench runs its statement at that size with
-            // as many connections as the batcher has workers.
-            let batch = dispatched.rows_per_commit.round().clamp(1.0, 64.0) as usize;
-            let workers = hookpost::store::DISPATCH_WORKERS as u32;
-            checkpoint(&db).await;
-            let pgbb = pgbench_dispatch_batched(&pgb, workers, batch, pg_secs, &tmp)?;
+            let dispatched =
+                dispatch_round(&db, &pgb, a.pool, a.concurrency, &receiver, (5, pg_secs / 5), &tmp).await?;
+            let (pgd, pgbb, batch) = (dispatched.single_row_per_s, dispatched.batched_per_s, dispatched.batch);
             eprintln!(
                 "round {round}: deliver {:.0}/s (R {bare:.0}/s, S {sql:.0}/s); dispatch {:.0}/s vs pgbench {pgd:.0}/s \
-                 single-row, {pgbb:.0} rows/s batched by {batch}",
-                got.deliveries_per_s, dispatched.dispatch_per_s
+                 single-row, {pgbb:.0} rows/s batched by {batch} (interleaved, 5 x {} s each)",
+                got.deliveries_per_s,
+                dispatched.dispatch_per_s,
+                pg_secs / 5
             );
             pb.push(pgbb);
             batches.push(dispatched.rows_per_commit);

@@ -295,19 +295,29 @@ pub struct DispatchRound {
     pub dispatch_per_s: f64,
     pub commits_per_wal_sync: f64,
     pub rows_per_commit: f64,
+    /// pgbench's single-row statement, rows/s, over as long as hookpost ran.
+    pub single_row_per_s: f64,
+    /// pgbench's batched statement at hookpost's batch size, rows/s.
+    pub batched_per_s: f64,
+    pub batch: usize,
 }
 
-/// Times Dispatch on an API-only replica for `secs`, as long as pgbench
-/// runs its baselines, after 1,000 untimed (connections opened, caches
-/// warm: pgbench leaves its connection setup out of its rate too). Before,
-/// the figure came from the 5,000 that seed a delivery round, half a second
-/// in all, and swung by a third between rounds.
+/// Times Dispatch on an API-only replica against its two pgbench baselines,
+/// interleaved: `slices` times, `slice_secs` of Dispatch, then as long of
+/// pgbench's single-row statement, then of its batched one at the batch
+/// size hookpost reached so far. This machine's speed drifts by a fifth
+/// within a minute (pgbench alone, 5 s runs back to back: 19k to 28k rows/s),
+/// and phases of 10 s each, run one after the other, put that drift into
+/// the ratio. Dispatch starts after 1,000 untimed (connections opened,
+/// caches warm: pgbench leaves its connection setup out of its rate too).
 pub async fn dispatch_round(
     db_url: &str,
+    pgbench_db: &str,
     pool_size: u32,
     concurrency: usize,
     receiver: &BenchReceiver,
-    secs: u64,
+    (slices, slice_secs): (u32, u64),
+    dir: &Path,
 ) -> anyhow::Result<DispatchRound> {
     let pool = PgPool::connect(db_url).await?;
     let api = start_app(db_url, pool_size, concurrency, false).await?;
@@ -318,35 +328,53 @@ pub async fn dispatch_round(
         false => grpc_dispatch_lean(&api, url, 1000, concurrency, None).await?,
     };
     let warm: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM webhook_requests").fetch_one(&pool).await?;
-    checkpoint(db_url).await;
-    let (s0, c0) = wal_syncs_and_commits(&pool).await?;
-    let dispatch_per_s = match tonic {
-        // The old load generator has no time bound: 10,000 per second asked
-        // for, about what it reaches on this kind of machine.
-        true => grpc_dispatch(&api, url, 10_000 * secs as usize, concurrency).await?,
-        false => grpc_dispatch_lean(&api, url, usize::MAX, concurrency, Some(Duration::from_secs(secs))).await?,
+    // Rows per group commit so far: the rows of one commit share its
+    // transaction ID (nothing has touched them since). The database's commit
+    // counter would also count the announcements of due work and the
+    // organization secrets, and made the batch look smaller than it was, so
+    // that the batched baseline ran smaller batches than hookpost's (a slower
+    // baseline). Only the timed rows: the warm-up's first batches are small.
+    let rows_per_commit = || {
+        sqlx::query_scalar::<_, f64>(
+            "SELECT count(*)::float8 / greatest(count(DISTINCT xmin::text), 1) FROM webhook_requests WHERE id > $1",
+        )
+        .bind(warm)
+        .fetch_one(&pool)
     };
-    // Commit counters are flushed by backends within a second.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (s1, c1) = wal_syncs_and_commits(&pool).await?;
+    let workers = hookpost::store::DISPATCH_WORKERS as u32;
+    let (mut rates, mut single, mut batched, mut syncs, mut commits) = (vec![], vec![], vec![], 0, 0);
+    let mut batch = 1;
+    checkpoint(db_url).await;
+    for _ in 0..slices {
+        let (s0, c0) = wal_syncs_and_commits(&pool).await?;
+        rates.push(match tonic {
+            // The old load generator has no time bound: 10,000 per second
+            // asked for, about what it reaches on this kind of machine.
+            true => grpc_dispatch(&api, url, 10_000 * slice_secs as usize, concurrency).await?,
+            false => {
+                grpc_dispatch_lean(&api, url, usize::MAX, concurrency, Some(Duration::from_secs(slice_secs))).await?
+            }
+        });
+        let (s1, c1) = wal_syncs_and_commits(&pool).await?;
+        (syncs, commits) = (syncs + s1 - s0, commits + c1 - c0);
+        batch = rows_per_commit().await?.round().clamp(1.0, 64.0) as usize;
+        single.push(pgbench_dispatch(pgbench_db, pool_size, slice_secs, dir)?);
+        batched.push(pgbench_dispatch_batched(pgbench_db, workers, batch, slice_secs, dir)?);
+    }
+    let rows_per_commit = rows_per_commit().await?;
     api.shutdown().await?;
-    // Rows per group commit: the rows of one commit share its transaction
-    // ID (nothing has touched them since). The database's commit counter
-    // would also count the announcements of due work and the organization
-    // secrets, and made the batch look smaller than it was, so that the
-    // batched baseline ran smaller batches than hookpost's (a slower baseline).
-    // Only the timed rows: the warm-up's first batches are small.
-    let rows_per_commit: f64 = sqlx::query_scalar(
-        "SELECT count(*)::float8 / greatest(count(DISTINCT xmin::text), 1) FROM webhook_requests WHERE id > $1",
-    )
-    .bind(warm)
-    .fetch_one(&pool)
-    .await?;
     sqlx::query("TRUNCATE webhook_attempts, webhook_requests, webhook_messages").execute(&pool).await?;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     Ok(DispatchRound {
-        dispatch_per_s,
-        commits_per_wal_sync: (c1 - c0) as f64 / ((s1 - s0).max(1)) as f64,
+        dispatch_per_s: mean(&rates),
+        // Backends flush their commit counters within a second; a slice's
+        // last commits may count in the next one's, which is why the counts
+        // are summed over the round.
+        commits_per_wal_sync: commits as f64 / syncs.max(1) as f64,
         rows_per_commit,
+        single_row_per_s: mean(&single),
+        batched_per_s: mean(&batched),
+        batch,
     })
 }
 
