@@ -4,8 +4,9 @@
 //! hyper's HTTP/2 connection task writes and flushes as soon as it is woken,
 //! and the first response of a group commit's replies wakes it (tokio runs a
 //! task woken by the running one next). So each gRPC response went out in a
-//! `writev` of its own, about 150 bytes: under Dispatch load a third of the
-//! server's CPU was the kernel's loopback path behind those calls
+//! `writev` of its own, about 150 bytes: under Dispatch load about a third
+//! of the CPU of the bench's process (server and load generator) was spent
+//! in system calls, most of it the loopback path behind such sends
 //! (docs/PERFORMANCE.md). Here a flush with bytes buffered first yields
 //! once: the tasks already queued (the other replies of the batch) run and
 //! add their frames, and the next flush sends them all. grpc-go's transport
