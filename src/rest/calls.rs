@@ -97,9 +97,7 @@ pub async fn call_webhook_logs(
     let first = service.call_logs(&who, call_id, webhook_type.clone(), None).await.map_err(RestError::detail)?;
     if first.logs.is_empty() {
         // A known call with no webhook of that type is an empty list, not a 404.
-        if webhook_type.is_some()
-            && !service.call_logs(&who, call_id, None, None).await.map_err(RestError::detail)?.logs.is_empty()
-        {
+        if webhook_type.is_some() && service.call_known(&who, call_id).await.map_err(RestError::detail)? {
             return Ok(Json(Vec::<CallWebhookLog>::new()).into_response());
         }
         return Err(RestError::detail(Error::not_found(format!(

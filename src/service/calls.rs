@@ -53,6 +53,12 @@ impl WebhookService {
         };
         Ok(CallChunk { logs: batch.logs, bytes, next })
     }
+
+    /// Whether the call has any log the caller may read: one row asked for.
+    pub async fn call_known(&self, who: &Principal, call_id: i64) -> Result<bool> {
+        let filter = CallLogFilter { organization_id: who.organization(), call_id, webhook_type: None };
+        Ok(!self.store.call_logs(&filter, None, 1, MAX_PAGE_BYTES).await?.logs.is_empty())
+    }
 }
 
 /// How many logs the next chunk asks for: as many of the average size of

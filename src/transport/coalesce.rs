@@ -71,7 +71,8 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
         }
         self.buf.clear();
         self.sent = 0;
-        // Keep a buffer for the next round, unless one large write grew it.
+        // Keep the buffer for the next round, unless growing it overshot
+        // the bound (a Vec doubles): an idle connection holds at most that.
         if self.buf.capacity() > MAX_BUFFERED {
             self.buf = Vec::new();
         }

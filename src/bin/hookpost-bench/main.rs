@@ -146,15 +146,13 @@ async fn main() -> anyhow::Result<()> {
             let got = deliver_round(&db, a.pool, a.concurrency, &receiver, n).await?;
             checkpoint(&db).await;
             let sql = pgbench_deliver_sql(&pgb, a.pool, pg_secs, &tmp).await?;
-            let dispatched =
-                dispatch_round(&db, &pgb, a.pool, a.concurrency, &receiver, (5, pg_secs / 5), &tmp).await?;
+            let slices = (5, pg_secs / 5);
+            let dispatched = dispatch_round(&db, &pgb, a.pool, a.concurrency, &receiver, slices, &tmp).await?;
             let (pgd, pgbb, batch) = (dispatched.single_row_per_s, dispatched.batched_per_s, dispatched.batch);
             eprintln!(
                 "round {round}: deliver {:.0}/s (R {bare:.0}/s, S {sql:.0}/s); dispatch {:.0}/s vs pgbench {pgd:.0}/s \
-                 single-row, {pgbb:.0} rows/s batched by {batch} (interleaved, 5 x {} s each)",
-                got.deliveries_per_s,
-                dispatched.dispatch_per_s,
-                pg_secs / 5
+                 single-row, {pgbb:.0} rows/s batched by {batch} (interleaved, {} x {} s each)",
+                got.deliveries_per_s, dispatched.dispatch_per_s, slices.0, slices.1
             );
             pb.push(pgbb);
             batches.push(dispatched.rows_per_commit);
