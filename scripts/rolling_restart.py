@@ -407,7 +407,13 @@ def main() -> int:
                     "failures:\n" + "\n".join(dispatcher.failures[:10]))
             for r in replicas:
                 if r.log_path and os.path.exists(r.log_path):
-                    log(f"--- last lines of {r.log_path}\n" + "\n".join(r.log_text().splitlines()[-30:]))
+                    lines = r.log_text().splitlines()
+                    # A panic's message is followed by its backtrace: the
+                    # last lines alone would show only the backtrace's end.
+                    panics = [i for i, line in enumerate(lines) if "panicked" in line]
+                    if panics:
+                        log(f"--- first panic in {r.log_path}\n" + "\n".join(lines[panics[0]:panics[0] + 40]))
+                    log(f"--- last lines of {r.log_path}\n" + "\n".join(lines[-30:]))
         shutil.rmtree(tmp, ignore_errors=True)
 
 if __name__ == "__main__":
