@@ -764,7 +764,7 @@ impl Store for SqliteStore {
     }
 
     fn pool_usage(&self) -> (u32, u32) {
-        let idle = (self.read.num_idle() + self.write.num_idle()) as u32;
+        let idle = super::idle_connections(&self.read) + super::idle_connections(&self.write);
         ((self.read.size() + self.write.size()).saturating_sub(idle), idle)
     }
 

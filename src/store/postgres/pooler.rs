@@ -60,8 +60,10 @@ impl Db {
 
     /// The pool's connections: (in use, idle), the warm ones counted idle.
     pub fn usage(&self) -> (u32, u32) {
-        let idle = self.pool.num_idle() as u32 + self.warm.len() as u32;
-        (self.pool.size().saturating_sub(idle), idle)
+        let size = self.pool.size();
+        let warm = u32::try_from(self.warm.len()).unwrap_or(u32::MAX);
+        let idle = crate::store::idle_connections(&self.pool).saturating_add(warm).min(size);
+        (size - idle, idle)
     }
 
     /// A connection for statements run to their end, then [`Lease::done`].

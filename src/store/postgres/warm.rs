@@ -102,7 +102,7 @@ impl Warm {
     pub fn keep(&self, pool: &PgPool, out: Out) {
         let options = pool.options();
         let max = options.get_max_connections();
-        let spare = pool.num_idle() > 0 || pool.size() < max;
+        let spare = crate::store::idle_connections(pool) > 0 || pool.size() < max;
         let cap = max.saturating_sub(RESERVED) as usize;
         let now = Instant::now();
         let young = options.get_max_lifetime().is_none_or(|life| now.duration_since(out.since) < life);
