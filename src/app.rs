@@ -164,18 +164,23 @@ impl Application {
         let router =
             crate::transport::router(grpc, rest, self.auth.clone(), self.request_timeout, &self.cors_allow_origins)?;
 
-        let health_task = tokio::spawn(report_health(self.store.clone(), health, token.clone()));
-        let engine_task = tokio::spawn(self.engine.clone().run(token.clone()));
-        let maintenance_task = tokio::spawn(maintain(
-            self.store.clone(),
-            self.metrics.clone(),
-            self.retention,
-            self.maintenance_interval,
-            token.clone(),
-        ));
-        let sampler_task = tokio::spawn(sample_queue(self.store.clone(), self.metrics.clone(), token.clone()));
-        let operations_task = tokio::spawn(self.service.clone().run_operations(token.clone()));
-        let announcer_task = tokio::spawn(self.service.clone().run_announcer(token.clone()));
+        let mut engine = Tasks::default();
+        engine.spawn("delivery engine", self.engine.clone().run(token.clone()));
+        let mut background = Tasks::default();
+        background.spawn("health reporter", report_health(self.store.clone(), health, token.clone()));
+        background.spawn(
+            "maintenance",
+            maintain(
+                self.store.clone(),
+                self.metrics.clone(),
+                self.retention,
+                self.maintenance_interval,
+                token.clone(),
+            ),
+        );
+        background.spawn("queue sampler", sample_queue(self.store.clone(), self.metrics.clone(), token.clone()));
+        background.spawn("recovery operations", self.service.clone().run_operations(token.clone()));
+        background.spawn("announcer", self.service.clone().run_announcer(token.clone()));
         tracing::info!(addr = %self.addr, "hookpost listening (gRPC and REST)");
 
         let (stop, service) = (token.clone(), self.service.clone());
@@ -186,16 +191,101 @@ impl Application {
             service.stop_watchers();
             stop.cancel();
         });
-        crate::transport::serve(self.listener, router, self.connection_limits.clone(), token.clone()).await;
+        let serving = crate::transport::serve(self.listener, router, self.connection_limits.clone(), token.clone());
+        tokio::pin!(serving);
+        // Each of these runs until shutdown. One that ends before (a panic)
+        // would leave the server answering with its duty undone: no
+        // deliveries, a frozen health status. So it stops the server: the
+        // process exits with an error for its supervisor to restart, and
+        // what was accepted waits in the store.
+        let mut engine_running = true;
+        let died = loop {
+            let ended = tokio::select! {
+                () = &mut serving => break None,
+                ended = engine.first_end(), if engine_running => {
+                    engine_running = false;
+                    ended
+                }
+                ended = background.first_end() => ended,
+            };
+            // Once shutdown has begun, the tasks return by themselves.
+            if ended.failed || !token.is_cancelled() {
+                break Some(ended);
+            }
+        };
+        if let Some(ended) = &died {
+            tracing::error!(task = ended.name, reason = %ended.reason, "a background task stopped; stopping the server");
+            token.cancel();
+            serving.await;
+        }
         token.cancel();
-        engine_task.await.context("delivery engine panicked")?;
-        health_task.abort();
-        maintenance_task.abort();
-        sampler_task.abort();
-        operations_task.abort();
-        announcer_task.abort();
+        background.abort_all();
+        // The engine drains its deliveries under way (bounded by its drain
+        // timeout), unless it is the task that stopped.
+        if engine_running {
+            let ended = engine.first_end().await;
+            if ended.failed {
+                anyhow::bail!("the delivery engine {}", ended.reason);
+            }
+        }
+        if let Some(ended) = died {
+            anyhow::bail!("the {} {}; the server stopped with it", ended.name, ended.reason);
+        }
         tracing::info!("hookpost stopped");
         Ok(())
+    }
+}
+
+/// Named tasks, and which of them ended first.
+#[derive(Default)]
+struct Tasks {
+    set: tokio::task::JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+/// How a task ended.
+#[derive(Debug)]
+struct Ended {
+    name: &'static str,
+    /// It panicked or was cancelled, rather than returned.
+    failed: bool,
+    reason: String,
+}
+
+impl Tasks {
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// The first task to end (never resolves while none has, or with none).
+    async fn first_end(&mut self) -> Ended {
+        let Some(joined) = self.set.join_next_with_id().await else {
+            return std::future::pending().await;
+        };
+        let (id, failed, reason) = match joined {
+            Ok((id, ())) => (id, false, "returned".to_owned()),
+            Err(err) => {
+                let id = err.id();
+                let reason = match err.try_into_panic() {
+                    Ok(payload) => {
+                        let message = payload
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "(no message)".to_owned());
+                        format!("panicked: {message}")
+                    }
+                    Err(_) => "was cancelled".to_owned(),
+                };
+                (id, true, reason)
+            }
+        };
+        Ended { name: self.names.get(&id).copied().unwrap_or("task"), failed, reason }
+    }
+
+    fn abort_all(&mut self) {
+        self.set.abort_all();
     }
 }
 
@@ -335,5 +425,32 @@ async fn report_health(store: Arc<dyn Store>, health: tonic_health::server::Heal
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(HEALTH_PROBE_INTERVAL) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tasks;
+
+    #[tokio::test]
+    async fn the_first_task_to_end_is_named_with_its_panic() {
+        let mut tasks = Tasks::default();
+        tasks.spawn("forever", std::future::pending());
+        tasks.spawn("sampler", async { panic!("attempt to add with overflow") });
+        let ended = tasks.first_end().await;
+        assert_eq!(ended.name, "sampler");
+        assert!(ended.failed);
+        assert_eq!(ended.reason, "panicked: attempt to add with overflow");
+        tasks.spawn("quits", async {});
+        let ended = tasks.first_end().await;
+        assert_eq!((ended.name, ended.failed, ended.reason.as_str()), ("quits", false, "returned"));
+        tasks.abort_all();
+    }
+
+    #[tokio::test]
+    async fn no_task_no_end() {
+        let mut tasks = Tasks::default();
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), tasks.first_end()).await;
+        assert!(waited.is_err(), "an empty set never ends");
     }
 }

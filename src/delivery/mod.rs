@@ -180,6 +180,9 @@ impl DeliveryEngine {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         if !self.config.enabled {
             tracing::info!("delivery disabled on this replica");
+            // Runs until shutdown all the same: the server takes an engine
+            // task that ends before as a failure.
+            shutdown.cancelled().await;
             return;
         }
         // Other replicas announce what they commit: wake at once instead of
