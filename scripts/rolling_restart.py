@@ -325,7 +325,9 @@ def main() -> int:
                 stopped = time.monotonic() - t0
                 text = r.log_text()
                 assert code == 0, f"{r.name} exited {code} after SIGTERM (its log follows)"
-                for bad in ("drain timeout", "lease was lost", "panicked"):
+                # A panic is logged as "A panic occurred" (JSON logs); a
+                # supervised task's also as "... panicked: <message>".
+                for bad in ("drain timeout", "lease was lost", "panicked", "A panic occurred"):
                     assert bad not in text, f"{r.name} logged {bad!r} while stopping (its log follows)"
                 r.start()
                 log(f"round {turn}, {r.name}: {in_flight_at_sigterm[-1]} attempts in flight at SIGTERM, exit 0 "
@@ -408,9 +410,9 @@ def main() -> int:
             for r in replicas:
                 if r.log_path and os.path.exists(r.log_path):
                     lines = r.log_text().splitlines()
-                    # A panic's message is followed by its backtrace: the
-                    # last lines alone would show only the backtrace's end.
-                    panics = [i for i, line in enumerate(lines) if "panicked" in line]
+                    # A panic's message may be followed by its backtrace or
+                    # by the shutdown: the last lines alone can miss it.
+                    panics = [i for i, line in enumerate(lines) if "panicked" in line or "A panic occurred" in line]
                     if panics:
                         log(f"--- first panic in {r.log_path}\n" + "\n".join(lines[panics[0]:panics[0] + 40]))
                     log(f"--- last lines of {r.log_path}\n" + "\n".join(lines[-30:]))

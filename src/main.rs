@@ -113,7 +113,14 @@ fn init_tracing(format: LogFormat) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => {
+            builder.json().init();
+            // The default report of a panic is plain text on stderr, lines
+            // in the middle of a JSON stream that a collector cannot parse;
+            // as an ERROR event it is one JSON line like the rest (message,
+            // location, and the backtrace when RUST_BACKTRACE asks for one).
+            std::panic::set_hook(Box::new(tracing_panic::panic_hook));
+        }
     }
 }
 
