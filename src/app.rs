@@ -213,12 +213,11 @@ impl Application {
                 break Some(ended);
             }
         };
+        token.cancel();
         if let Some(ended) = &died {
             tracing::error!(task = ended.name, reason = %ended.reason, "a background task stopped; stopping the server");
-            token.cancel();
             serving.await;
         }
-        token.cancel();
         background.abort_all();
         // The engine drains its deliveries under way (bounded by its drain
         // timeout), unless it is the task that stopped.
