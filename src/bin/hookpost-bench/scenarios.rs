@@ -378,6 +378,29 @@ pub async fn dispatch_round(
     })
 }
 
+/// Dispatch without a pause for `windows` x `window` into one database,
+/// as a day's partition fills: each window's Dispatches/s, and the requests
+/// stored at the end. Nothing is delivered, so every row stays.
+pub async fn dispatch_growth(
+    db_url: &str,
+    pool_size: u32,
+    concurrency: usize,
+    receiver: &BenchReceiver,
+    (windows, window): (u32, Duration),
+) -> anyhow::Result<(Vec<f64>, i64)> {
+    let api = start_app(db_url, pool_size, concurrency, false).await?;
+    grpc_dispatch_lean(&api, &receiver.url, 1000, concurrency, None).await?;
+    checkpoint(db_url).await;
+    let mut rates = Vec::new();
+    for _ in 0..windows {
+        rates.push(grpc_dispatch_lean(&api, &receiver.url, usize::MAX, concurrency, Some(window)).await?);
+    }
+    api.shutdown().await?;
+    let pool = PgPool::connect(db_url).await?;
+    let rows = sqlx::query_scalar("SELECT count(*) FROM webhook_requests").fetch_one(&pool).await?;
+    Ok((rates, rows))
+}
+
 /// Seeds `n` pending webhooks through an API-only replica, then times a
 /// delivering replica until every one is recorded as succeeded.
 pub async fn deliver_round(
