@@ -48,6 +48,10 @@ struct Args {
     /// Seconds of dispatch in the sustain scenario (default 15, quick 5).
     #[arg(long)]
     sustain_secs: Option<u64>,
+    /// Dispatch concurrency of the sustain scenario (issue 14 sets 32; more
+    /// shows how delivery copes when acceptance outruns it).
+    #[arg(long, default_value_t = 32)]
+    sustain_concurrency: usize,
     /// Webhooks of each scale run (default 2000, quick 1000).
     #[arg(long)]
     scale_webhooks: Option<usize>,
@@ -495,23 +499,28 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     if run("sustain") {
-        let s =
-            delivery::sustain(&a.database_url, &format!("{tag}_sustain"), Duration::from_secs(sustain_secs), 32, &tmp)
-                .await?;
+        let s = delivery::sustain(
+            &a.database_url,
+            &format!("{tag}_sustain"),
+            Duration::from_secs(sustain_secs),
+            a.sustain_concurrency,
+            &tmp,
+        )
+        .await?;
         eprintln!(
-            "sustain: {sustain_secs}s at concurrency 32: accepted {:.0}/s, delivered {:.0}/s meanwhile, {} behind at \
+            "sustain: {sustain_secs}s at concurrency {}: accepted {:.0}/s, delivered {:.0}/s meanwhile, {} behind at \
              the end, drained {:.1}s after",
-            s.accepted_per_s, s.delivered_per_s, s.backlog_at_end, s.drain_secs
+            a.sustain_concurrency, s.accepted_per_s, s.delivered_per_s, s.backlog_at_end, s.drain_secs
         );
         rows.push(Row::new(
-            format!("sustain_{sustain_secs}s_c32"),
+            format!("sustain_{sustain_secs}s_c{}", a.sustain_concurrency),
             s.delivered_per_s,
             s.accepted_per_s,
             "per s",
             format!(
-                "delivered/s vs accepted/s over {sustain_secs}s of Dispatch at concurrency 32; {} behind at the end, \
+                "delivered/s vs accepted/s over {sustain_secs}s of Dispatch at concurrency {}; {} behind at the end, \
                  drained {:.1}s after (target: ratio ~1, drain ~0)",
-                s.backlog_at_end, s.drain_secs
+                a.sustain_concurrency, s.backlog_at_end, s.drain_secs
             ),
         ));
     }
