@@ -156,3 +156,30 @@ async fn a_claim_passes_over_deliveries_in_flight_and_old_leases_end() {
     assert_eq!(old.rows_affected(), 1);
     assert_eq!(store.claim_due(10, Duration::from_secs(30)).await.unwrap().len(), 1);
 }
+
+/// A claim commits without waiting for its WAL flush (see `claimed_with!`),
+/// and only the claim: the setting is local to the claim's transaction, so
+/// the pooled connection it ran on commits durably again for whatever runs
+/// on it next (a Dispatch, an attempt's record).
+#[tokio::test]
+async fn a_claims_lazy_commit_stays_inside_the_claim() {
+    use crate::helpers::{fresh_database, open_store};
+
+    let url = fresh_database().await;
+    let store = open_store(&url).await;
+    insert_deliveries(store.as_ref(), 2).await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let key: String =
+        sqlx::query_scalar("SELECT queue_key FROM webhook_requests LIMIT 1").fetch_one(&mut *conn).await.unwrap();
+    let claimed = sqlx::query(sql::CLAIM_FROM)
+        .bind(vec![key])
+        .bind(vec![8i32])
+        .bind(30_000i64)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2, "both deliveries are claimed");
+    let after: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&mut *conn).await.unwrap();
+    assert_eq!(after, "on", "the claim's connection commits durably again");
+}
