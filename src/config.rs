@@ -237,18 +237,22 @@ pub struct ServeArgs {
 
     /// Deliveries in flight at once in this process. A slot is held from the
     /// claim until the attempt's record commits, so under Dispatch load (slower
-    /// commits) a process needs more slots to keep up with what it accepts:
-    /// measured (docs/PERFORMANCE.md), 64 slots delivered 2,150/s while
-    /// accepting 3,500/s, 128 delivered all 3,250/s it accepted.
-    #[arg(long, env = "HOOKPOST_CONCURRENCY", default_value_t = 128)]
+    /// commits) a process needs more slots to keep up with what it accepts.
+    /// Measured (docs/PERFORMANCE.md): 64 slots delivered 2,150/s while
+    /// accepting 3,500/s, 128 all 3,250/s; with Dispatch at concurrency 64,
+    /// 128 slots delivered 4,700-4,900/s of 4,950-5,200/s accepted (4,400 to
+    /// 7,300 behind after 20 s), 256 all of 4,650-4,950/s. Each slot holds one
+    /// payload (at most --max-payload-bytes) while it is in flight.
+    #[arg(long, env = "HOOKPOST_CONCURRENCY", default_value_t = 256)]
     pub concurrency: usize,
 
     /// Deliveries in flight at once in one queue (an endpoint without its own
-    /// max_in_flight, or one host of bare-URL webhooks). Half of the default
-    /// --concurrency: one hanging receiver can hold at most half this
-    /// process's slots, and one healthy receiver still gets the full rate
-    /// (measured to one receiver, docs/PERFORMANCE.md: 32 fell behind under
-    /// Dispatch load, 64 kept up).
+    /// max_in_flight, or one host of bare-URL webhooks). A quarter of the
+    /// default --concurrency: one hanging receiver can hold at most a quarter
+    /// of this process's slots, and one healthy receiver still gets the full
+    /// rate (measured to one receiver, docs/PERFORMANCE.md: 32 fell behind
+    /// under Dispatch load, 64 kept up; a seat is given back when the request
+    /// ends, before the record commits, so 128 gained nothing over 64).
     #[arg(long, env = "HOOKPOST_PER_HOST_CONCURRENCY", default_value_t = 64)]
     pub per_host_concurrency: usize,
 

@@ -66,7 +66,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            concurrency: 128,
+            concurrency: 256,
             per_host_concurrency: 64,
             attempt_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
