@@ -373,6 +373,8 @@ pub struct PostgresStore {
     /// session (migrations' advisory lock, LISTEN). Opens connections only
     /// when asked for one.
     direct: PgPool,
+    /// The delivery engine's claims (see [`claims_pool`]).
+    claims: Db,
     /// For maintenance's own session, outside the pool (see `maintenance`).
     options: PgConnectOptions,
     /// Group commit for dispatches without an idempotency key.
@@ -381,6 +383,37 @@ pub struct PostgresStore {
     recorder: Arc<record::RecordBatcher>,
     /// Where log reads go (none: the primary answers them).
     reads: Arc<replicas::ReadReplicas>,
+}
+
+/// Connections of their own for the claim statements, on which the planner
+/// never picks a whole-table scan where an index would do
+/// (`enable_seqscan` off; any plan is still possible).
+///
+/// A prepared statement keeps the generic plan it settles on after five runs
+/// for the life of its connection, and every connection plans again when a
+/// partition is added or dropped (daily). Planned on a day's partition of a
+/// few hundred rows, the claim's update of the rows it locked became a scan
+/// of the whole partition (cheaper than any index at that size), and stayed
+/// one as the partition grew: 45 ms per claim at 130,000 rows, a backlog
+/// draining at 1,000/s instead of 9,000/s (`tests/api/plans.rs`,
+/// docs/PERFORMANCE.md). Custom plans each time cost more than the claim
+/// itself. The claimer runs one statement at a time, so its own small pool
+/// also keeps it from waiting behind Dispatch for a connection. Behind a
+/// transaction pooler, statements are never prepared (planned for their
+/// parameters each time) and the claims share the main pool.
+fn claims_pool(options: &PgConnectOptions, acquire_timeout: Duration) -> Db {
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(acquire_timeout)
+        .test_before_acquire(false)
+        .connect_lazy_with(claim_connect_options(options));
+    Db::new(pool, false)
+}
+
+/// How the claims' connections are opened (see [`claims_pool`]), given the
+/// store's own options.
+pub fn claim_connect_options(options: &PgConnectOptions) -> PgConnectOptions {
+    options.clone().options([("enable_seqscan", "off")])
 }
 
 pub(crate) const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
@@ -431,11 +464,15 @@ impl PostgresStore {
                 .connect_lazy_with(options.clone()),
             None => db.pool().clone(),
         };
+        let claims = match to.pooled_url {
+            Some(_) => db.clone(),
+            None => claims_pool(&options, acquire_timeout),
+        };
         let batcher = Arc::new(InsertBatcher::start(db.clone()));
         let recorder = Arc::new(record::RecordBatcher::start(db.clone()));
         let reads = replicas::ReadReplicas::new(to.read_urls, max_connections, acquire_timeout, to.read_max_lag)?;
         reads.spawn_probe(db.clone());
-        Ok(Self { db, direct, options, batcher, recorder, reads })
+        Ok(Self { db, direct, claims, options, batcher, recorder, reads })
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
@@ -896,7 +933,7 @@ impl Store for PostgresStore {
         let rows = sqlx::query(sql::DUE_QUEUES)
             .bind(after)
             .bind(i32::try_from(max_queues).unwrap_or(i32::MAX))
-            .fetch_all(&self.db)
+            .fetch_all(&self.claims)
             .await?;
         rows.iter()
             .map(|row| {
@@ -919,12 +956,13 @@ impl Store for PostgresStore {
         let keys: Vec<&str> = quotas.iter().map(|(k, _)| k.as_str()).collect();
         let counts: Vec<i32> = quotas.iter().map(|(_, q)| i32::try_from(*q).unwrap_or(i32::MAX)).collect();
         let rows =
-            sqlx::query(sql::CLAIM_FROM).bind(&keys).bind(&counts).bind(millis(lease)).fetch_all(&self.db).await?;
+            sqlx::query(sql::CLAIM_FROM).bind(&keys).bind(&counts).bind(millis(lease)).fetch_all(&self.claims).await?;
         rows.iter().map(claim_from_row).collect()
     }
 
     async fn claim_due(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedDelivery>> {
-        let rows = sqlx::query(sql::CLAIM_DUE).bind(i64::from(limit)).bind(millis(lease)).fetch_all(&self.db).await?;
+        let rows =
+            sqlx::query(sql::CLAIM_DUE).bind(i64::from(limit)).bind(millis(lease)).fetch_all(&self.claims).await?;
         rows.iter().map(claim_from_row).collect()
     }
 
