@@ -191,7 +191,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKPOST_POOLED_DATABASE_URL")]
     pub pooled_database_url: Option<String>,
 
-    /// Most database connections this process opens.
+    /// Most database connections in this process's pool. Without a pooler, a
+    /// delivering process opens up to two more for its claims (they are
+    /// planned with `enable_seqscan` off: see `store::postgres::claims_pool`).
     #[arg(long, env = "HOOKPOST_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 
