@@ -192,8 +192,9 @@ pub struct ServeArgs {
     pub pooled_database_url: Option<String>,
 
     /// Most database connections in this process's pool. Without a pooler, a
-    /// delivering process opens up to two more for its claims (they are
-    /// planned with `enable_seqscan` off: see `store::postgres::claims_pool`).
+    /// delivering process has a pool of up to three more for its claims (one
+    /// in use as a rule; planned with `enable_seqscan` off: see
+    /// `store::postgres::claims_pool`).
     #[arg(long, env = "HOOKPOST_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 

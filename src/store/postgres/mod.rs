@@ -50,9 +50,11 @@ pub mod sql {
     /// off for its own transaction, set in the statement so that it costs no
     /// round trip). A lease is not something to keep: a claim lost in a
     /// database crash leaves its deliveries unclaimed, so they are sent again
-    /// (at-least-once, as after any crash), and the attempt's record, which
-    /// does wait for its flush, is later in the WAL than the claim, so a
-    /// durable record implies a durable claim. Under Dispatch load the flush
+    /// (at-least-once, as after any crash); the attempt made under the lost
+    /// lease is still recorded, as a late attempt (kept, not the log's latest,
+    /// counted toward max_retries). The attempt's record, which does wait for
+    /// its flush, is later in the WAL than the claim, so a durable record
+    /// implies a durable claim. Under Dispatch load the flush
     /// wait was most of a claim's time; the claimer, one round at a time,
     /// was what kept delivery behind acceptance (docs/PERFORMANCE.md).
     macro_rules! claimed_with {
@@ -398,12 +400,14 @@ pub struct PostgresStore {
 /// draining at 1,000/s instead of 9,000/s (`tests/api/plans.rs`,
 /// docs/PERFORMANCE.md). Custom plans each time cost more than the claim
 /// itself. The claimer runs one statement at a time, so its own small pool
-/// also keeps it from waiting behind Dispatch for a connection. Behind a
+/// also keeps it from waiting behind Dispatch for a connection: one
+/// connection in use as a rule, kept warm between statements (three is the
+/// smallest pool that keeps one: see `warm::RESERVED`). Behind a
 /// transaction pooler, statements are never prepared (planned for their
 /// parameters each time) and the claims share the main pool.
 fn claims_pool(options: &PgConnectOptions, acquire_timeout: Duration) -> Db {
     let pool = PgPoolOptions::new()
-        .max_connections(2)
+        .max_connections(3)
         .acquire_timeout(acquire_timeout)
         .test_before_acquire(false)
         .connect_lazy_with(claim_connect_options(options));
