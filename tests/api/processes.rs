@@ -324,7 +324,11 @@ async fn reading_large_logs_costs_memory_in_proportion_to_what_is_sent() {
 
     // The per-call route answers every log of the call (50 MB), streamed a
     // chunk at a time: the server's growth is bounded by a few chunks (2 MiB
-    // of bodies each, plus allocator slack), whatever the call's size.
+    // of bodies each, plus allocator slack), whatever the call's size. How
+    // many chunks are alive at once depends on how the test's reader and the
+    // server share the cores: 5-21 MiB alone, 26 MiB once under the whole
+    // suite's load (24 MiB was the bound then). 32 MiB is still well under
+    // the 50 MB sent, and far from a response held whole.
     let (growth, sent) = peak_growth(server.child.id(), async {
         let body = get(format!("{base}/api/v1/calls/7/webhook-logs")).await;
         let logs: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
@@ -334,7 +338,7 @@ async fn reading_large_logs_costs_memory_in_proportion_to_what_is_sent() {
     .await;
     eprintln!("per-call route: {sent} bytes sent, peak growth {growth} bytes");
     assert!(sent > 50_000_000);
-    assert!(growth < 24 << 20, "streaming {sent} bytes grew the server by {growth} bytes");
+    assert!(growth < 32 << 20, "streaming {sent} bytes grew the server by {growth} bytes");
     drop(client);
     server.terminate().await;
 }
