@@ -33,21 +33,23 @@ const GROWING: [&str; 5] =
 /// scan, or an index scan without an index condition (a walk over the whole
 /// index, filtering). A bitmap heap scan is judged by its bitmap index scans.
 fn whole_table_scans(plan: &str) -> Vec<String> {
+    let on_growing = |target: &str| GROWING.iter().any(|t| target.starts_with(t));
     let lines: Vec<&str> = plan.lines().collect();
     let mut wrong = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let node = line.trim().trim_start_matches("->").trim();
-        let on_growing = |target: &str| GROWING.iter().any(|t| target.starts_with(t));
         let target = if let Some(rest) = node.split_once(" on ").map(|(_, r)| r) {
             rest.split_whitespace().next().unwrap_or_default()
         } else {
             continue;
         };
-        let probe = node.starts_with("Index Scan") || node.starts_with("Index Only Scan");
-        let bitmap = node.starts_with("Bitmap Index Scan");
-        if node.starts_with("Seq Scan") && on_growing(target) {
+        if !on_growing(target) {
+            continue;
+        }
+        let probe = ["Index Scan", "Index Only Scan", "Bitmap Index Scan"].iter().any(|k| node.starts_with(k));
+        if node.starts_with("Seq Scan") {
             wrong.push(node.to_owned());
-        } else if (probe && on_growing(target)) || (bitmap && on_growing(target)) {
+        } else if probe {
             // The node's own lines run until the next node.
             let keyed = lines[i + 1..]
                 .iter()

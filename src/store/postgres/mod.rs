@@ -54,9 +54,9 @@ pub mod sql {
     /// lease is still recorded, as a late attempt (kept, not the log's latest,
     /// counted toward max_retries). The attempt's record, which does wait for
     /// its flush, is later in the WAL than the claim, so a durable record
-    /// implies a durable claim. Under Dispatch load the flush
-    /// wait was most of a claim's time; the claimer, one round at a time,
-    /// was what kept delivery behind acceptance (docs/PERFORMANCE.md).
+    /// implies a durable claim. Under Dispatch load the flush wait was most
+    /// of a claim's time; the claimer, one round at a time, was what kept
+    /// delivery behind acceptance (docs/PERFORMANCE.md).
     macro_rules! claimed_with {
         () => {
             "RETURNING r.id, r.created_at, r.request_id, r.lease_id, r.webhook_url, r.webhook_type, \
@@ -388,8 +388,8 @@ pub struct PostgresStore {
 }
 
 /// Connections of their own for the claim statements, on which the planner
-/// never picks a whole-table scan where an index would do
-/// (`enable_seqscan` off; any plan is still possible).
+/// picks a whole-table scan only where no index would do (`enable_seqscan`
+/// off).
 ///
 /// A prepared statement keeps the generic plan it settles on after five runs
 /// for the life of its connection, and every connection plans again when a
@@ -406,12 +406,18 @@ pub struct PostgresStore {
 /// transaction pooler, statements are never prepared (planned for their
 /// parameters each time) and the claims share the main pool.
 fn claims_pool(options: &PgConnectOptions, acquire_timeout: Duration) -> Db {
-    let pool = PgPoolOptions::new()
-        .max_connections(3)
+    Db::new(pool_builder(3, acquire_timeout).connect_lazy_with(claim_connect_options(options)), false)
+}
+
+/// The store's pools (the main one and the claims'): at most
+/// `max_connections`, callers waiting at most `acquire_timeout` for one.
+fn pool_builder(max_connections: u32, acquire_timeout: Duration) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
+        // No ping before each use: a round trip on every query. A broken
+        // connection fails its query as UNAVAILABLE and leaves the pool.
         .test_before_acquire(false)
-        .connect_lazy_with(claim_connect_options(options));
-    Db::new(pool, false)
 }
 
 /// How the claims' connections are opened (see [`claims_pool`]), given the
@@ -451,12 +457,7 @@ impl PostgresStore {
                 .extra_float_digits(None),
             None => options.clone(),
         };
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(acquire_timeout)
-            // No ping before each use: a round trip on every query. A broken
-            // connection fails its query as UNAVAILABLE and leaves the pool.
-            .test_before_acquire(false)
+        let pool = pool_builder(max_connections, acquire_timeout)
             .connect_with(pool_options)
             .await
             .context("connecting to Postgres")?;
