@@ -375,9 +375,10 @@ async fn sample_queue(store: Arc<dyn Store>, metrics: Arc<Metrics>, token: Cance
                 .map_or(0.0, |t| (chrono::Utc::now() - t).to_std().map_or(0.0, |d| d.as_secs_f64()));
             metrics.oldest_pending_age.set(age);
         }
-        let (in_use, idle) = store.pool_usage();
-        metrics.db_pool.get_or_create(&PoolLabels { state: "in_use" }).set(i64::from(in_use));
-        metrics.db_pool.get_or_create(&PoolLabels { state: "idle" }).set(i64::from(idle));
+        for p in store.pool_usage() {
+            metrics.db_pool.get_or_create(&PoolLabels { pool: p.pool, state: "in_use" }).set(i64::from(p.in_use));
+            metrics.db_pool.get_or_create(&PoolLabels { pool: p.pool, state: "idle" }).set(i64::from(p.idle));
+        }
         for r in store.read_replicas() {
             metrics.read_replica_up.get_or_create(&ReplicaLabels { replica: r.label }).set(i64::from(r.up));
         }

@@ -60,6 +60,8 @@ pub struct ReplicaLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
+    /// Which of the store's pools (see `store::PoolUsage`).
+    pub pool: &'static str,
     pub state: &'static str,
 }
 
@@ -141,7 +143,7 @@ impl Metrics {
             "REST latency, by route template",
             m.http_duration.clone(),
         );
-        r.register("hookpost_db_pool_connections", "Database pool connections, by state", m.db_pool.clone());
+        r.register("hookpost_db_pool_connections", "Database pool connections, by pool and state", m.db_pool.clone());
         r.register(
             "hookpost_read_replica_up",
             "1 while a read replica answers and serves log reads, 0 while reads go to the primary instead",

@@ -174,6 +174,16 @@ pub struct ReplicaState {
     pub up: bool,
 }
 
+/// One connection pool's connections, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Which pool: `main`, `claims` or `session` on Postgres; `read` or
+    /// `write` on SQLite.
+    pub pool: &'static str,
+    pub in_use: u32,
+    pub idle: u32,
+}
+
 /// The delivery queue at a glance, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -283,9 +293,9 @@ pub trait Store: EndpointStore + RecoveryStore + TailStore + StatsStore + Send +
     /// Pending deliveries and the creation time of the oldest one.
     async fn queue_stats(&self) -> Result<QueueStats>;
 
-    /// Connections of the store's pool: (in use, idle).
-    fn pool_usage(&self) -> (u32, u32) {
-        (0, 0)
+    /// Connections of each of the store's pools.
+    fn pool_usage(&self) -> Vec<PoolUsage> {
+        Vec::new()
     }
 
     async fn insert_api_key(&self, key: &NewApiKey) -> Result<()>;

@@ -215,31 +215,12 @@ impl RecoveryStore for PostgresStore {
         let ids: Vec<i64> = claims.iter().map(|c| c.log_id).collect();
         let leases: Vec<Uuid> = claims.iter().map(|c| c.lease_id).collect();
         let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.created_at).collect();
-        // The endpoint is read again here, its row locked FOR SHARE: a
-        // resume that committed since the claim releases the delivery
-        // instead (due now), and one still running waits for this to commit
-        // and then releases what it held. Holding on the claim's stale view
-        // could strand a delivery held on an active endpoint.
-        sqlx::query(
-            "WITH c AS (SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[]) \
-               AS c(id, lease_id, created_at)), \
-             still AS (SELECT e.endpoint_id FROM endpoints e WHERE (e.paused OR e.disabled) AND e.endpoint_id IN \
-               (SELECT r.endpoint_id FROM webhook_requests r JOIN c ON r.id = c.id AND r.created_at = c.created_at) \
-               FOR SHARE), \
-             upd AS (UPDATE webhook_requests r SET \
-               status = CASE WHEN r.endpoint_id IN (SELECT endpoint_id FROM still) THEN 'held' ELSE 'pending' END, \
-               next_attempt_at = CASE WHEN r.endpoint_id IN (SELECT endpoint_id FROM still) THEN NULL ELSE now() END, \
-               lease_id = NULL, updated_at = now() \
-             FROM c WHERE r.id = c.id AND r.created_at = c.created_at AND r.lease_id = c.lease_id \
-               AND r.status = 'pending' RETURNING r.id, r.created_at, r.status) \
-             INSERT INTO delivery_events (log_id, request_created_at, status, reason) \
-             SELECT id, created_at, 'held', 'held' FROM upd WHERE status = 'held'",
-        )
-        .bind(&ids)
-        .bind(&leases)
-        .bind(&created)
-        .execute(self.db())
-        .await?;
+        sqlx::query(super::postgres::sql::HOLD)
+            .bind(&ids)
+            .bind(&leases)
+            .bind(&created)
+            .execute(self.claims_db())
+            .await?;
         Ok(())
     }
 

@@ -763,9 +763,14 @@ impl Store for SqliteStore {
         })
     }
 
-    fn pool_usage(&self) -> (u32, u32) {
-        let idle = super::idle_connections(&self.read) + super::idle_connections(&self.write);
-        ((self.read.size() + self.write.size()).saturating_sub(idle), idle)
+    fn pool_usage(&self) -> Vec<super::PoolUsage> {
+        [("read", &self.read), ("write", &self.write)]
+            .into_iter()
+            .map(|(pool, p)| {
+                let idle = super::idle_connections(p);
+                super::PoolUsage { pool, in_use: p.size().saturating_sub(idle), idle }
+            })
+            .collect()
     }
 
     async fn insert_api_key(&self, key: &NewApiKey) -> Result<()> {

@@ -338,7 +338,68 @@ async fn logs_by_key_come_once_each_with_their_latest_attempt(backend: Backend) 
     assert!(b_now.last_attempt.is_none(), "no attempt yet: {b_now:?}");
 }
 
+/// A claim given back early: held when its endpoint was paused since the
+/// claim, else due again (at once, or after the pause asked for); and only
+/// under the lease it was claimed with.
+async fn claims_are_held_or_released_under_their_own_lease(backend: Backend) {
+    use hookpost::domain::{DeliveryPolicy, EndpointSpec};
+    use hookpost::store::NewEndpoint;
+    let store = store(backend).await;
+    let org = Uuid::new_v4();
+    let mut endpoints = Vec::new();
+    for _ in 0..2 {
+        let spec = EndpointSpec {
+            url: "http://127.0.0.1:9/hook".into(),
+            description: String::new(),
+            event_types: Vec::new(),
+            disabled: false,
+            headers: Default::default(),
+            policy: DeliveryPolicy::default(),
+        };
+        let e = NewEndpoint {
+            endpoint_id: Uuid::new_v4(),
+            organization_id: org,
+            workspace_id: None,
+            spec,
+            secret: vec![7; 32],
+            public_key: None,
+        };
+        endpoints.push(store.insert_endpoint(&e, 10).await.unwrap().endpoint_id);
+    }
+    let (paused, active) = (endpoints[0], endpoints[1]);
+    let to = |endpoint| hookpost::domain::NewDelivery { endpoint_id: Some(endpoint), ..delivery(org, |_| {}) };
+    let on_paused = store.insert_delivery(&to(paused)).await.unwrap();
+    let on_active = store.insert_delivery(&to(active)).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let claims = store.claim_due(10, lease).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    store.set_paused(org, paused, true).await.unwrap().unwrap();
+
+    store.hold(&claims).await.unwrap();
+    let status = |id| {
+        let store = store.clone();
+        async move { store.log_details(id, None, ReadFrom::Primary).await.unwrap().unwrap().0.status }
+    };
+    assert_eq!(status(on_paused.request_id).await, ExecutionStatus::Held);
+    assert_eq!(status(on_active.request_id).await, ExecutionStatus::Pending);
+    // The active endpoint's delivery is due again at once; the held one is not.
+    let again = store.claim_due(10, lease).await.unwrap();
+    assert_eq!(again.iter().map(|c| c.request_id).collect::<Vec<_>>(), [on_active.request_id]);
+
+    // The first claim's lease is over: giving it back changes nothing.
+    store.release(&claims, Duration::ZERO).await.unwrap();
+    store.hold(&claims).await.unwrap();
+    assert!(store.claim_due(10, lease).await.unwrap().is_empty(), "still leased to the second claim");
+    assert_eq!(status(on_paused.request_id).await, ExecutionStatus::Held);
+    // Given back under its own lease, due after the pause asked for.
+    store.release(&again, Duration::from_secs(3600)).await.unwrap();
+    assert!(store.claim_due(10, lease).await.unwrap().is_empty(), "not due for an hour");
+    let (log, _) = store.log_details(on_active.request_id, None, ReadFrom::Primary).await.unwrap().unwrap();
+    assert!(log.next_attempt_at.unwrap() > Utc::now() + chrono::TimeDelta::minutes(59));
+}
+
 on_both_stores!(
+    claims_are_held_or_released_under_their_own_lease,
     logs_by_key_come_once_each_with_their_latest_attempt,
     a_late_and_a_current_attempt_recorded_together_both_land,
     a_late_attempt_neither_becomes_the_latest_nor_changes_the_status,

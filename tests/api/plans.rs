@@ -142,9 +142,24 @@ async fn assert_keyed_plans(pool: &sqlx::PgPool) {
         // has had no index of its own since the engine claims per queue.
         ("due queues", "text, int4", sql::DUE_QUEUES, "'', 64".to_owned()),
         ("logs by key (live tail)", "int8[], timestamptz[]", sql::LOGS_BY_ID, format!("'{{1,2}}', '{{{now},{now}}}'")),
+        // Rare (a delivery that belongs to another replica, an endpoint
+        // paused since the claim), so a connection may run them for the
+        // first time when its day's partition is large.
+        (
+            "release",
+            "int8[], uuid[], float8, timestamptz[]",
+            sql::RELEASE,
+            format!("'{{1,2}}', '{{{u},{u}}}', 500, '{{{now},{now}}}'", u = uuid::Uuid::nil()),
+        ),
+        (
+            "hold",
+            "int8[], uuid[], timestamptz[]",
+            sql::HOLD,
+            format!("'{{1,2}}', '{{{u},{u}}}', '{{{now},{now}}}'", u = uuid::Uuid::nil()),
+        ),
     ];
-    // The claim statements run on connections of their own, opened as the
-    // store opens them (see `claims_pool`).
+    // The statements that take and give back claims run on connections of
+    // their own, opened as the store opens them (see `claims_pool`).
     let claims = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect_with(claim_connect_options(&pool.connect_options()))
@@ -152,7 +167,10 @@ async fn assert_keyed_plans(pool: &sqlx::PgPool) {
         .unwrap();
     let mut wrong = Vec::new();
     for (name, types, statement, args) in cases {
-        let on = if [sql::CLAIM_FROM, sql::DUE_QUEUES].contains(&statement) { &claims } else { pool };
+        let on = match [sql::CLAIM_FROM, sql::DUE_QUEUES, sql::RELEASE, sql::HOLD].contains(&statement) {
+            true => &claims,
+            false => pool,
+        };
         let plan = generic_plan(on, types, statement, &args).await;
         let scans = whole_table_scans(&plan);
         if !scans.is_empty() || !plan.contains("Index") {

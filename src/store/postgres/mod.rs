@@ -12,7 +12,7 @@ use uuid::Uuid;
 use std::sync::Arc;
 
 use super::batch::InsertBatcher;
-use super::{CallCursor, CallLogFilter, LogBatch, NewAttempt, QueueStats, Store, take_within_budget};
+use super::{CallCursor, CallLogFilter, LogBatch, NewAttempt, PoolUsage, QueueStats, Store, take_within_budget};
 use crate::auth::{ApiKeyRecord, KeyKind, NewApiKey};
 use crate::domain::{
     AttemptRecord, ClaimedDelivery, Cursor, Dispatched, DueQueue, ExecutionStatus, LogFilter, LogRecord, NewDelivery,
@@ -226,6 +226,54 @@ pub mod sql {
                    ",
         claimed_with!()
     );
+
+    /// Gives claimed deliveries back, due again after $3 milliseconds.
+    ///
+    /// Rare (a delivery this replica may not send), so a connection may run
+    /// it for the first time when the day's partition is large, with a plan
+    /// made while it was small. So it is shaped as the claims are: each row
+    /// is found by a `LATERAL … LIMIT 1` probe on its key (the limit keeps
+    /// the status test out of the probe, where it made the index of pending
+    /// rows look cheaper than the key) and locked, and the update takes the
+    /// locked rows by `id = ANY(…)`; and it runs on the claims' connections
+    /// (see `claims_pool`). (A join of the table with the claimed pairs,
+    /// filtered by status, was planned as a walk over every pending row.)
+    pub const RELEASE: &str = "WITH picked AS ( \
+           SELECT r.id, r.created_at \
+           FROM unnest($1::bigint[], $2::uuid[], $4::timestamptz[]) AS c(id, lease_id, created_at) \
+           CROSS JOIN LATERAL (SELECT r.id, r.created_at, r.lease_id, r.status FROM webhook_requests r \
+             WHERE r.id = c.id AND r.created_at = c.created_at LIMIT 1 FOR UPDATE) r \
+           WHERE r.lease_id = c.lease_id AND r.status = 'pending') \
+         UPDATE webhook_requests r \
+         SET next_attempt_at = now() + make_interval(secs => $3::float8 / 1000), lease_id = NULL \
+         WHERE r.id = ANY(ARRAY(SELECT id FROM picked)) \
+           AND r.created_at = ANY(ARRAY(SELECT created_at FROM picked))";
+
+    /// Holds claimed deliveries whose endpoint is paused or disabled, and
+    /// gives back, due now, those whose endpoint was resumed since the claim.
+    /// The endpoint is read again here, its row locked FOR SHARE: a resume
+    /// that committed since the claim releases the delivery instead, and one
+    /// still running waits for this to commit and then releases what it
+    /// held. Holding on the claim's stale view could strand a delivery held
+    /// on an active endpoint. Rare, and shaped and run as [`RELEASE`] is.
+    pub const HOLD: &str = "WITH picked AS MATERIALIZED ( \
+           SELECT r.id, r.created_at, r.endpoint_id \
+           FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[]) AS c(id, lease_id, created_at) \
+           CROSS JOIN LATERAL (SELECT r.id, r.created_at, r.lease_id, r.status, r.endpoint_id \
+             FROM webhook_requests r WHERE r.id = c.id AND r.created_at = c.created_at LIMIT 1 FOR UPDATE) r \
+           WHERE r.lease_id = c.lease_id AND r.status = 'pending'), \
+         still AS (SELECT e.endpoint_id FROM (SELECT DISTINCT endpoint_id FROM picked) p \
+           CROSS JOIN LATERAL (SELECT e.endpoint_id FROM endpoints e \
+             WHERE e.endpoint_id = p.endpoint_id AND (e.paused OR e.disabled) FOR SHARE) e), \
+         upd AS (UPDATE webhook_requests r SET \
+           status = CASE WHEN r.endpoint_id IN (SELECT endpoint_id FROM still) THEN 'held' ELSE 'pending' END, \
+           next_attempt_at = CASE WHEN r.endpoint_id IN (SELECT endpoint_id FROM still) THEN NULL ELSE now() END, \
+           lease_id = NULL, updated_at = now() \
+         WHERE r.id = ANY(ARRAY(SELECT id FROM picked)) \
+           AND r.created_at = ANY(ARRAY(SELECT created_at FROM picked)) \
+         RETURNING r.id, r.created_at, r.status) \
+         INSERT INTO delivery_events (log_id, request_created_at, status, reason) \
+         SELECT id, created_at, 'held', 'held' FROM upd WHERE status = 'held'";
 
     /// Records one attempt and the request's new state, one statement. A
     /// claim records at most one attempt: if this lease's attempt is already
@@ -488,6 +536,12 @@ impl PostgresStore {
     /// The pool (behind the pooler, if any) as an executor.
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// The claims' connections (see [`claims_pool`]): for the statements
+    /// that take or give back claims.
+    pub(crate) fn claims_db(&self) -> &Db {
+        &self.claims
     }
 
     /// Runs a log read on a read replica when one answers, else here.
@@ -987,19 +1041,7 @@ impl Store for PostgresStore {
         let ids: Vec<i64> = claims.iter().map(|c| c.log_id).collect();
         let leases: Vec<Uuid> = claims.iter().map(|c| c.lease_id).collect();
         let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.created_at).collect();
-        sqlx::query(
-            "UPDATE webhook_requests r SET next_attempt_at = now() + make_interval(secs => $3::float8 / 1000), \
-               lease_id = NULL \
-             FROM unnest($1::bigint[], $2::uuid[], $4::timestamptz[]) AS c(id, lease_id, created_at) \
-             WHERE r.id = c.id AND r.created_at = c.created_at AND r.lease_id = c.lease_id \
-               AND r.status = 'pending'",
-        )
-        .bind(&ids)
-        .bind(&leases)
-        .bind(millis(after))
-        .bind(&created)
-        .execute(&self.db)
-        .await?;
+        sqlx::query(sql::RELEASE).bind(&ids).bind(&leases).bind(millis(after)).bind(&created).execute(&self.db).await?;
         Ok(())
     }
 
@@ -1042,8 +1084,19 @@ impl Store for PostgresStore {
         self.purge_days(older_than, dry_run).await
     }
 
-    fn pool_usage(&self) -> (u32, u32) {
-        self.db.usage()
+    fn pool_usage(&self) -> Vec<PoolUsage> {
+        let usage = |pool, (in_use, idle)| PoolUsage { pool, in_use, idle };
+        let mut out = vec![usage("main", self.db.usage())];
+        match self.db.pooled() {
+            // Behind a pooler the claims share the main pool, and sessions
+            // (LISTEN, the migrator's lock) have connections of their own.
+            true => {
+                let idle = super::idle_connections(&self.direct);
+                out.push(usage("session", (self.direct.size().saturating_sub(idle), idle)));
+            }
+            false => out.push(usage("claims", self.claims.usage())),
+        }
+        out
     }
 
     async fn queue_stats(&self) -> Result<QueueStats> {

@@ -58,6 +58,11 @@ impl Db {
         &self.pool
     }
 
+    /// Whether a transaction pooler stands between this pool and Postgres.
+    pub fn pooled(&self) -> bool {
+        self.pooled
+    }
+
     /// The pool's connections: (in use, idle), the warm ones counted idle.
     pub fn usage(&self) -> (u32, u32) {
         let size = self.pool.size();
