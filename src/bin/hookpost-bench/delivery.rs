@@ -425,11 +425,83 @@ pub struct Watch {
     pub events: u64,
 }
 
+/// What a benchmark watcher reads of each event: the attempt's start and
+/// response time, for the latency. prost skips the rest (the log, the
+/// attempt's other fields) without building it: the watchers share the two
+/// cores with the server they measure, and decoding whole events cost them
+/// about a tenth of a core at 4,000 deliveries/s to 10 watchers.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WatchedEvent {
+    #[prost(message, optional, tag = "3")]
+    attempt: Option<WatchedAttempt>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WatchedAttempt {
+    #[prost(message, optional, tag = "4")]
+    created_at: Option<pbjson_types::Timestamp>,
+    #[prost(int64, tag = "8")]
+    response_time_ms: i64,
+}
+
+/// Opens `watchers` WatchWebhookLogs streams on `org`; each collects its
+/// events' latencies until `stop`.
+async fn open_watchers(
+    app: &Hookpost,
+    org: &str,
+    watchers: usize,
+    stop: &CancellationToken,
+) -> anyhow::Result<JoinSet<Vec<f64>>> {
+    use futures_util::StreamExt;
+    let mut tasks = JoinSet::new();
+    for _ in 0..watchers {
+        let channel = tonic::transport::Channel::from_shared(app.base_url())?.connect().await?;
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await?;
+        let mut req =
+            tonic::Request::new(pb::WatchWebhookLogsRequest { organization_id: org.to_owned(), ..Default::default() });
+        req.metadata_mut().insert("authorization", format!("Bearer {}", app.key).parse()?);
+        let path = axum::http::uri::PathAndQuery::from_static("/hookpost.v1.WebhookService/WatchWebhookLogs");
+        let codec = tonic_prost::ProstCodec::<pb::WatchWebhookLogsRequest, WatchedEvent>::default();
+        let mut stream = grpc.server_streaming(req, path, codec).await?.into_inner();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return lat,
+                    m = stream.next() => match m {
+                        Some(Ok(e)) => {
+                            let now = chrono::Utc::now();
+                            if let Some(a) = e.attempt
+                                && let Some(t) = a.created_at
+                                && let Ok(at) = chrono::DateTime::<chrono::Utc>::try_from(t)
+                            {
+                                let done = at + chrono::TimeDelta::milliseconds(a.response_time_ms);
+                                lat.push((now - done).num_microseconds().unwrap_or(0) as f64 / 1e6);
+                            }
+                        }
+                        _ => return lat,
+                    },
+                }
+            }
+        });
+    }
+    Ok(tasks)
+}
+
+/// Timed rounds of the watch scenario (bare and watched phases each).
+const WATCH_ROUNDS: usize = 3;
+
 /// Delivery at full speed (`n` webhooks to one endpoint, dispatch
-/// concurrency `concurrency`), first without watchers, then with `watchers`
-/// open WatchWebhookLogs streams on the organization; each run twice,
-/// alternating. Latency is measured from the end of each attempt (its start
-/// plus its response time, as recorded) to the event's arrival.
+/// concurrency `concurrency`), without watchers and with `watchers` open
+/// WatchWebhookLogs streams on the organization, [`WATCH_ROUNDS`] times,
+/// after one untimed run. Timed, the new process's first run was about 8 %
+/// slower than the same run again (two runs without watchers), so the bare
+/// phase, always first, flattered the watchers; and the phases alternate
+/// which goes first, so that drift within the run counts against neither.
+/// Latency is measured from the end of each attempt (its start plus its
+/// response time, as recorded) to the event's arrival.
 pub async fn watch(
     admin: &str,
     db_name: &str,
@@ -438,7 +510,6 @@ pub async fn watch(
     concurrency: usize,
     dir: &Path,
 ) -> anyhow::Result<Watch> {
-    use futures_util::StreamExt;
     let db = create_database(admin, db_name).await?;
     let sink = Sink::start(dir, "sink-watch", &[]).await?;
     let app = Hookpost::start(&db, dir, "watch", &["--max-watch-streams-per-key", "64"]).await?;
@@ -446,69 +517,72 @@ pub async fn watch(
     let endpoint = create_endpoint(&app, &org, sink.url("w"), None).await?;
     let (mut bare, mut watched, mut latencies, mut events) = (Vec::new(), Vec::new(), Vec::new(), 0u64);
     let mut seen = 0u64;
-    for _ in 0..2 {
-        let to_one = to_endpoints(org.clone(), Some(endpoint.clone()));
-        bare.push(dispatch_and_drain(&app, &sink, concurrency, n, 1, to_one, &mut seen).await?);
-
-        let stop = tokio_util::sync::CancellationToken::new();
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..watchers {
-            let mut client = hookpost::client::connect(app.base_url(), &app.key).await?;
-            let req = pb::WatchWebhookLogsRequest { organization_id: org.clone(), ..Default::default() };
-            let mut stream = client.watch_webhook_logs(req).await?.into_inner();
-            let stop = stop.clone();
-            tasks.spawn(async move {
-                let mut lat = Vec::new();
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return lat,
-                        m = stream.next() => match m {
-                            Some(Ok(e)) => {
-                                let now = chrono::Utc::now();
-                                if let Some(a) = e.attempt
-                                    && let Some(t) = a.created_at
-                                    && let Ok(at) = chrono::DateTime::<chrono::Utc>::try_from(t)
-                                {
-                                    let done = at + chrono::TimeDelta::milliseconds(a.response_time_ms);
-                                    lat.push((now - done).num_microseconds().unwrap_or(0) as f64 / 1e6);
-                                }
-                            }
-                            _ => return lat,
-                        },
-                    }
+    let to_one = || to_endpoints(org.clone(), Some(endpoint.clone()));
+    dispatch_and_drain(&app, &sink, concurrency, n, 1, to_one(), &mut seen).await?;
+    let pool = PgPool::connect(&db).await?;
+    // CPU per delivery (µs) of the server, Postgres and this process (the
+    // dispatcher and the watchers), per phase.
+    let (mut cpu_bare, mut cpu_watched) = (Vec::new(), Vec::new());
+    let me = std::process::id();
+    let cpu_per_delivery = |a: &CpuSnapshot, a_me: f64| {
+        let (server, pg) = CpuSnapshot::take(app.proc.pid).since(a);
+        let per = |secs: f64| secs * 1e6 / n as f64;
+        [per(server), per(pg), per(cpu_secs(me) - a_me)]
+    };
+    for round in 0..WATCH_ROUNDS {
+        for with_watchers in [round % 2 == 1, round % 2 == 0] {
+            let (cpu0, me0) = (CpuSnapshot::take(app.proc.pid), cpu_secs(me));
+            if !with_watchers {
+                bare.push(dispatch_and_drain(&app, &sink, concurrency, n, 1, to_one(), &mut seen).await?);
+                cpu_bare.push(cpu_per_delivery(&cpu0, me0));
+                continue;
+            }
+            let stop = CancellationToken::new();
+            let mut tasks = open_watchers(&app, &org, watchers, &stop).await?;
+            watched.push(dispatch_and_drain(&app, &sink, concurrency, n, 1, to_one(), &mut seen).await?);
+            cpu_watched.push(cpu_per_delivery(&cpu0, me0));
+            // Let the tails catch up with the last attempts before counting.
+            let want = (n * watchers) as u64;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if Instant::now() > deadline {
+                    break;
                 }
-            });
-        }
-        let to_one = to_endpoints(org.clone(), Some(endpoint.clone()));
-        watched.push(dispatch_and_drain(&app, &sink, concurrency, n, 1, to_one, &mut seen).await?);
-        // Let the tails catch up with the last attempts before counting.
-        let want = (n * watchers) as u64;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if Instant::now() > deadline {
-                break;
+                let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_requests WHERE status = 'pending'")
+                    .fetch_one(&pool)
+                    .await?;
+                if pending == 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
             }
-            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_requests WHERE status = 'pending'")
-                .fetch_one(&PgPool::connect(&db).await?)
-                .await?;
-            if pending == 0 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                break;
+            stop.cancel();
+            let mut got = 0u64;
+            while let Some(lat) = tasks.join_next().await {
+                let lat = lat?;
+                got += lat.len() as u64;
+                latencies.extend(lat);
             }
-        }
-        stop.cancel();
-        let mut got = 0u64;
-        while let Some(lat) = tasks.join_next().await {
-            let lat = lat?;
-            got += lat.len() as u64;
-            latencies.extend(lat);
-        }
-        events += got;
-        if got < want {
-            eprintln!("watch: {got} events of {want} expected arrived");
+            events += got;
+            if got < want {
+                eprintln!("watch: {got} events of {want} expected arrived");
+            }
         }
     }
+    eprintln!("watch: deliveries/s by round, without watchers {bare:.0?}, with {watched:.0?}");
+    let med = |v: &[[f64; 3]], i: usize| median(&v.iter().map(|c| c[i]).collect::<Vec<_>>());
+    eprintln!(
+        "watch: CPU per delivery (server / Postgres / bench process), without watchers {:.0} / {:.0} / {:.0} µs, \
+         with {:.0} / {:.0} / {:.0} µs",
+        med(&cpu_bare, 0),
+        med(&cpu_bare, 1),
+        med(&cpu_bare, 2),
+        med(&cpu_watched, 0),
+        med(&cpu_watched, 1),
+        med(&cpu_watched, 2)
+    );
+    pool.close().await;
     app.stop().await;
     sink.proc.stop().await;
     drop_database(admin, db_name).await;
