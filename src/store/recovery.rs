@@ -215,12 +215,11 @@ impl RecoveryStore for PostgresStore {
         let ids: Vec<i64> = claims.iter().map(|c| c.log_id).collect();
         let leases: Vec<Uuid> = claims.iter().map(|c| c.lease_id).collect();
         let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.created_at).collect();
-        sqlx::query(super::postgres::sql::HOLD)
-            .bind(&ids)
-            .bind(&leases)
-            .bind(&created)
-            .execute(self.claims_db())
-            .await?;
+        // Planned as the claims are (see `sql::SEQSCAN_OFF`).
+        let mut tx = self.db().begin().await?;
+        sqlx::query(super::postgres::sql::SEQSCAN_OFF).execute(tx.ex()).await?;
+        sqlx::query(super::postgres::sql::HOLD).bind(&ids).bind(&leases).bind(&created).execute(tx.ex()).await?;
+        tx.commit().await?;
         Ok(())
     }
 

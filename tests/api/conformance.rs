@@ -339,7 +339,7 @@ async fn logs_by_key_come_once_each_with_their_latest_attempt(backend: Backend) 
 }
 
 /// A claim given back early: held when its endpoint was paused since the
-/// claim, else due again (at once, or after the pause asked for); and only
+/// claim, else due again (at once, or after the delay asked for); and only
 /// under the lease it was claimed with.
 async fn claims_are_held_or_released_under_their_own_lease(backend: Backend) {
     use hookpost::domain::{DeliveryPolicy, EndpointSpec};
@@ -391,7 +391,7 @@ async fn claims_are_held_or_released_under_their_own_lease(backend: Backend) {
     store.hold(&claims).await.unwrap();
     assert!(store.claim_due(10, lease).await.unwrap().is_empty(), "still leased to the second claim");
     assert_eq!(status(on_paused.request_id).await, ExecutionStatus::Held);
-    // Given back under its own lease, due after the pause asked for.
+    // Given back under its own lease, due after the delay asked for.
     store.release(&again, Duration::from_secs(3600)).await.unwrap();
     assert!(store.claim_due(10, lease).await.unwrap().is_empty(), "not due for an hour");
     let (log, _) = store.log_details(on_active.request_id, None, ReadFrom::Primary).await.unwrap().unwrap();

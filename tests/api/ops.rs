@@ -243,8 +243,8 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     {
         assert!(after.samples.iter().any(|s| s.metric == gauge), "{gauge} missing");
     }
-    // Every pool that opens connections is counted, the claims' own too
-    // (the main pool's count alone left out up to three per process).
+    // The claims' own pool is counted beside the main one (the main pool's
+    // count alone left out up to three connections per process).
     let pools = match app.db.is_some() {
         true => ["main", "claims"],
         false => ["read", "write"],

@@ -13,15 +13,20 @@ use hookpost::store::postgres::{claim_connect_options, sql};
 use crate::helpers::spawn_app_with;
 
 /// The generic plan of `statement` (its parameters typed `types`), run with
-/// `args`, in the worst case: planned on empty tables.
-async fn generic_plan(pool: &sqlx::PgPool, types: &str, statement: &str, args: &str) -> String {
+/// `args`, in the worst case: planned on empty tables; in a transaction that
+/// first runs `setup` (the store's own settings for that statement).
+async fn generic_plan(pool: &sqlx::PgPool, setup: &str, types: &str, statement: &str, args: &str) -> String {
     let mut conn = pool.acquire().await.unwrap();
-    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut *conn).await.unwrap();
+    if !setup.is_empty() {
+        sqlx::raw_sql(setup).execute(&mut *conn).await.unwrap();
+    }
+    sqlx::raw_sql("SET LOCAL plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
     sqlx::raw_sql(&format!("PREPARE s({types}) AS {statement}")).execute(&mut *conn).await.unwrap();
     // EXPLAIN without ANALYZE: the statement is planned, not run.
     let lines: Vec<String> =
         sqlx::query_scalar(&format!("EXPLAIN (COSTS OFF) EXECUTE s({args})")).fetch_all(&mut *conn).await.unwrap();
-    sqlx::raw_sql("DEALLOCATE s; RESET plan_cache_mode").execute(&mut *conn).await.unwrap();
+    sqlx::raw_sql("DEALLOCATE s; COMMIT").execute(&mut *conn).await.unwrap();
     lines.join("\n")
 }
 
@@ -158,8 +163,10 @@ async fn assert_keyed_plans(pool: &sqlx::PgPool) {
             format!("'{{1,2}}', '{{{u},{u}}}', '{{{now},{now}}}'", u = uuid::Uuid::nil()),
         ),
     ];
-    // The statements that take and give back claims run on connections of
-    // their own, opened as the store opens them (see `claims_pool`).
+    // The claims run on connections of their own, opened as the store opens
+    // them (see `claims_pool`); the statements that give claims back or hold
+    // them run on the main pool with the store's setting in their
+    // transaction (`sql::SEQSCAN_OFF`).
     let claims = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect_with(claim_connect_options(&pool.connect_options()))
@@ -167,11 +174,12 @@ async fn assert_keyed_plans(pool: &sqlx::PgPool) {
         .unwrap();
     let mut wrong = Vec::new();
     for (name, types, statement, args) in cases {
-        let on = match [sql::CLAIM_FROM, sql::DUE_QUEUES, sql::RELEASE, sql::HOLD].contains(&statement) {
-            true => &claims,
-            false => pool,
+        let (on, setup) = match statement {
+            s if [sql::CLAIM_FROM, sql::DUE_QUEUES].contains(&s) => (&claims, ""),
+            s if [sql::RELEASE, sql::HOLD].contains(&s) => (pool, sql::SEQSCAN_OFF),
+            _ => (pool, ""),
         };
-        let plan = generic_plan(on, types, statement, &args).await;
+        let plan = generic_plan(on, setup, types, statement, &args).await;
         let scans = whole_table_scans(&plan);
         if !scans.is_empty() || !plan.contains("Index") {
             wrong.push(format!("{name}: whole-table scans {scans:?} (or no index probe at all) in\n{plan}"));

@@ -490,8 +490,9 @@ async fn open_watchers(
     Ok(tasks)
 }
 
-/// Timed rounds of the watch scenario (bare and watched phases each).
-const WATCH_ROUNDS: usize = 3;
+/// Timed rounds of the watch scenario (bare and watched phases each): even,
+/// so that each phase goes first as often as the other.
+const WATCH_ROUNDS: usize = 4;
 
 /// Delivery at full speed (`n` webhooks to one endpoint, dispatch
 /// concurrency `concurrency`), without watchers and with `watchers` open
@@ -520,8 +521,26 @@ pub async fn watch(
     let to_one = || to_endpoints(org.clone(), Some(endpoint.clone()));
     dispatch_and_drain(&app, &sink, concurrency, n, 1, to_one(), &mut seen).await?;
     let pool = PgPool::connect(&db).await?;
+    // Every phase ends the same way: nothing pending, then a second for the
+    // tails to catch up with the last attempts (and for a phase's last
+    // records to land before the next phase starts).
+    let settle = || async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_requests WHERE status = 'pending'")
+                .fetch_one(&pool)
+                .await?;
+            if pending == 0 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        anyhow::Ok(())
+    };
     // CPU per delivery (µs) of the server, Postgres and this process (the
-    // dispatcher and the watchers), per phase.
+    // dispatcher and the watchers), per phase, through its settling: the
+    // tails' catching up is the watchers' cost too.
     let (mut cpu_bare, mut cpu_watched) = (Vec::new(), Vec::new());
     let me = std::process::id();
     let cpu_per_delivery = |a: &CpuSnapshot, a_me: f64| {
@@ -534,30 +553,17 @@ pub async fn watch(
             let (cpu0, me0) = (CpuSnapshot::take(app.proc.pid), cpu_secs(me));
             if !with_watchers {
                 bare.push(dispatch_and_drain(&app, &sink, concurrency, n, 1, to_one(), &mut seen).await?);
+                settle().await?;
                 cpu_bare.push(cpu_per_delivery(&cpu0, me0));
                 continue;
             }
             let stop = CancellationToken::new();
             let mut tasks = open_watchers(&app, &org, watchers, &stop).await?;
             watched.push(dispatch_and_drain(&app, &sink, concurrency, n, 1, to_one(), &mut seen).await?);
+            settle().await?;
             cpu_watched.push(cpu_per_delivery(&cpu0, me0));
-            // Let the tails catch up with the last attempts before counting.
-            let want = (n * watchers) as u64;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if Instant::now() > deadline {
-                    break;
-                }
-                let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_requests WHERE status = 'pending'")
-                    .fetch_one(&pool)
-                    .await?;
-                if pending == 0 {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    break;
-                }
-            }
             stop.cancel();
+            let want = (n * watchers) as u64;
             let mut got = 0u64;
             while let Some(lat) = tasks.join_next().await {
                 let lat = lat?;

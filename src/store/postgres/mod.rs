@@ -234,20 +234,33 @@ pub mod sql {
     /// made while it was small. So it is shaped as the claims are: each row
     /// is found by a `LATERAL … LIMIT 1` probe on its key (the limit keeps
     /// the status test out of the probe, where it made the index of pending
-    /// rows look cheaper than the key) and locked, and the update takes the
-    /// locked rows by `id = ANY(…)`; and it runs on the claims' connections
-    /// (see `claims_pool`). (A join of the table with the claimed pairs,
+    /// rows look cheaper than the key) and locked, in ID order as the
+    /// records lock theirs, and the update takes the locked rows by
+    /// `id = ANY(…)`; and it is planned with `enable_seqscan` off (see
+    /// [`SEQSCAN_OFF`]). (A join of the table with the claimed pairs,
     /// filtered by status, was planned as a walk over every pending row.)
     pub const RELEASE: &str = "WITH picked AS ( \
            SELECT r.id, r.created_at \
-           FROM unnest($1::bigint[], $2::uuid[], $4::timestamptz[]) AS c(id, lease_id, created_at) \
+           FROM (SELECT * FROM unnest($1::bigint[], $2::uuid[], $4::timestamptz[]) AS c(id, lease_id, created_at) \
+             ORDER BY id) c \
            CROSS JOIN LATERAL (SELECT r.id, r.created_at, r.lease_id, r.status FROM webhook_requests r \
-             WHERE r.id = c.id AND r.created_at = c.created_at LIMIT 1 FOR UPDATE) r \
+             WHERE r.id = c.id AND r.created_at = c.created_at LIMIT 1 FOR NO KEY UPDATE) r \
            WHERE r.lease_id = c.lease_id AND r.status = 'pending') \
          UPDATE webhook_requests r \
          SET next_attempt_at = now() + make_interval(secs => $3::float8 / 1000), lease_id = NULL \
          WHERE r.id = ANY(ARRAY(SELECT id FROM picked)) \
            AND r.created_at = ANY(ARRAY(SELECT created_at FROM picked))";
+
+    /// Set in the transaction of the rare statements that give claims back
+    /// or hold them ([`RELEASE`], [`HOLD`]), before they run, so that they
+    /// are planned as the claims are on their own connections (see
+    /// `claims_pool`): on a partition of a few hundred rows, the update of
+    /// the rows found by key was otherwise planned as a scan of the
+    /// partition, a plan the connection keeps. They run on the main pool:
+    /// the claims' three connections are the claimer's, and a release per
+    /// delivery (a replica that cannot open a delivery's secret) or a hold
+    /// waiting on an endpoint's lock must not take them from it.
+    pub const SEQSCAN_OFF: &str = "SET LOCAL enable_seqscan = off";
 
     /// Holds claimed deliveries whose endpoint is paused or disabled, and
     /// gives back, due now, those whose endpoint was resumed since the claim.
@@ -255,12 +268,13 @@ pub mod sql {
     /// that committed since the claim releases the delivery instead, and one
     /// still running waits for this to commit and then releases what it
     /// held. Holding on the claim's stale view could strand a delivery held
-    /// on an active endpoint. Rare, and shaped and run as [`RELEASE`] is.
+    /// on an active endpoint. Rare, and shaped and planned as [`RELEASE`] is.
     pub const HOLD: &str = "WITH picked AS MATERIALIZED ( \
            SELECT r.id, r.created_at, r.endpoint_id \
-           FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[]) AS c(id, lease_id, created_at) \
+           FROM (SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[]) AS c(id, lease_id, created_at) \
+             ORDER BY id) c \
            CROSS JOIN LATERAL (SELECT r.id, r.created_at, r.lease_id, r.status, r.endpoint_id \
-             FROM webhook_requests r WHERE r.id = c.id AND r.created_at = c.created_at LIMIT 1 FOR UPDATE) r \
+             FROM webhook_requests r WHERE r.id = c.id AND r.created_at = c.created_at LIMIT 1 FOR NO KEY UPDATE) r \
            WHERE r.lease_id = c.lease_id AND r.status = 'pending'), \
          still AS (SELECT e.endpoint_id FROM (SELECT DISTINCT endpoint_id FROM picked) p \
            CROSS JOIN LATERAL (SELECT e.endpoint_id FROM endpoints e \
@@ -536,12 +550,6 @@ impl PostgresStore {
     /// The pool (behind the pooler, if any) as an executor.
     pub fn db(&self) -> &Db {
         &self.db
-    }
-
-    /// The claims' connections (see [`claims_pool`]): for the statements
-    /// that take or give back claims.
-    pub(crate) fn claims_db(&self) -> &Db {
-        &self.claims
     }
 
     /// Runs a log read on a read replica when one answers, else here.
@@ -1041,7 +1049,10 @@ impl Store for PostgresStore {
         let ids: Vec<i64> = claims.iter().map(|c| c.log_id).collect();
         let leases: Vec<Uuid> = claims.iter().map(|c| c.lease_id).collect();
         let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.created_at).collect();
-        sqlx::query(sql::RELEASE).bind(&ids).bind(&leases).bind(millis(after)).bind(&created).execute(&self.db).await?;
+        let mut tx = self.db.begin().await?;
+        sqlx::query(sql::SEQSCAN_OFF).execute(tx.ex()).await?;
+        sqlx::query(sql::RELEASE).bind(&ids).bind(&leases).bind(millis(after)).bind(&created).execute(tx.ex()).await?;
+        tx.commit().await?;
         Ok(())
     }
 
