@@ -391,6 +391,8 @@ async fn claims_are_held_or_released_under_their_own_lease(backend: Backend) {
     store.hold(&claims).await.unwrap();
     assert!(store.claim_due(10, lease).await.unwrap().is_empty(), "still leased to the second claim");
     assert_eq!(status(on_paused.request_id).await, ExecutionStatus::Held);
+    let (held, _) = store.log_details(on_paused.request_id, None, ReadFrom::Primary).await.unwrap().unwrap();
+    assert_eq!(held.next_attempt_at, None, "a held delivery has no due time, even after a stale release");
     // Given back under its own lease, due after the delay asked for.
     store.release(&again, Duration::from_secs(3600)).await.unwrap();
     assert!(store.claim_due(10, lease).await.unwrap().is_empty(), "not due for an hour");
