@@ -345,6 +345,12 @@ pub(crate) fn idle_connections<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> u32
     idle_reading(pool.size(), pool.num_idle())
 }
 
+/// A sqlx pool's connections: (in use, idle).
+pub(crate) fn connections<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> (u32, u32) {
+    let idle = idle_connections(pool);
+    (pool.size().saturating_sub(idle), idle)
+}
+
 fn idle_reading(size: u32, reading: usize) -> u32 {
     u32::try_from(reading).ok().filter(|&n| n <= size).unwrap_or(0)
 }

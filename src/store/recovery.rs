@@ -209,18 +209,7 @@ impl RecoveryStore for PostgresStore {
     }
 
     async fn hold(&self, claims: &[ClaimedDelivery]) -> Result<()> {
-        if claims.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<i64> = claims.iter().map(|c| c.log_id).collect();
-        let leases: Vec<Uuid> = claims.iter().map(|c| c.lease_id).collect();
-        let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.created_at).collect();
-        // Planned as the claims are (see `sql::SEQSCAN_OFF`).
-        let mut tx = self.db().begin().await?;
-        sqlx::query(super::postgres::sql::SEQSCAN_OFF).execute(tx.ex()).await?;
-        sqlx::query(super::postgres::sql::HOLD).bind(&ids).bind(&leases).bind(&created).execute(tx.ex()).await?;
-        tx.commit().await?;
-        Ok(())
+        self.give_back(super::postgres::sql::HOLD, claims, None).await
     }
 
     async fn release_held(&self, endpoint_id: Uuid) -> Result<u64> {

@@ -767,8 +767,8 @@ impl Store for SqliteStore {
         [("read", &self.read), ("write", &self.write)]
             .into_iter()
             .map(|(pool, p)| {
-                let idle = super::idle_connections(p);
-                super::PoolUsage { pool, in_use: p.size().saturating_sub(idle), idle }
+                let (in_use, idle) = super::connections(p);
+                super::PoolUsage { pool, in_use, idle }
             })
             .collect()
     }

@@ -152,9 +152,9 @@ async fn assert_keyed_plans(pool: &sqlx::PgPool) {
         // first time when its day's partition is large.
         (
             "release",
-            "int8[], uuid[], float8, timestamptz[]",
+            "int8[], uuid[], timestamptz[], float8",
             sql::RELEASE,
-            format!("'{{1,2}}', '{{{u},{u}}}', 500, '{{{now},{now}}}'", u = uuid::Uuid::nil()),
+            format!("'{{1,2}}', '{{{u},{u}}}', '{{{now},{now}}}', 500", u = uuid::Uuid::nil()),
         ),
         (
             "hold",

@@ -551,17 +551,21 @@ pub async fn watch(
     for round in 0..WATCH_ROUNDS {
         for with_watchers in [round % 2 == 1, round % 2 == 0] {
             let (cpu0, me0) = (CpuSnapshot::take(app.proc.pid), cpu_secs(me));
-            if !with_watchers {
-                bare.push(dispatch_and_drain(&app, &sink, concurrency, n, 1, to_one(), &mut seen).await?);
-                settle().await?;
-                cpu_bare.push(cpu_per_delivery(&cpu0, me0));
-                continue;
-            }
             let stop = CancellationToken::new();
-            let mut tasks = open_watchers(&app, &org, watchers, &stop).await?;
-            watched.push(dispatch_and_drain(&app, &sink, concurrency, n, 1, to_one(), &mut seen).await?);
+            let tasks = match with_watchers {
+                true => Some(open_watchers(&app, &org, watchers, &stop).await?),
+                false => None,
+            };
+            let rate = dispatch_and_drain(&app, &sink, concurrency, n, 1, to_one(), &mut seen).await?;
             settle().await?;
-            cpu_watched.push(cpu_per_delivery(&cpu0, me0));
+            let cpu = cpu_per_delivery(&cpu0, me0);
+            let Some(mut tasks) = tasks else {
+                bare.push(rate);
+                cpu_bare.push(cpu);
+                continue;
+            };
+            watched.push(rate);
+            cpu_watched.push(cpu);
             stop.cancel();
             let want = (n * watchers) as u64;
             let mut got = 0u64;

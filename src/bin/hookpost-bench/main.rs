@@ -263,18 +263,11 @@ async fn main() -> anyhow::Result<()> {
             // The seeding's WAL (and the earlier scenarios' dirty pages) is
             // written out now, not by a checkpoint during the samples.
             checkpoint(&db).await;
-            // hookpost, pgbench, pgbench, hookpost: neither side always
-            // goes first after the seeding.
-            let (mut h, mut b) = (Vec::new(), Vec::new());
-            for hookpost_first in [true, false] {
-                if hookpost_first {
-                    h.extend(grpc_list_latencies(&app, &s, samples / 2, None).await?);
-                }
-                b.extend(pgbench_list_latencies(&db, &s, (samples / 2) as u64, &tmp)?);
-                if !hookpost_first {
-                    h.extend(grpc_list_latencies(&app, &s, samples / 2, None).await?);
-                }
-            }
+            let (h, b) = alternating(
+                || grpc_list_latencies(&app, &s, samples / 2, None),
+                || pgbench_list_latencies(&db, &s, (samples / 2) as u64, &tmp),
+            )
+            .await?;
             let label = format!("{}k rows", size / 1000);
             p50_by_size.push(median(&h));
             if run("list") {
@@ -315,21 +308,14 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
                 if run("details") {
-                    // hookpost, pgbench, pgbench, hookpost, as the listing,
-                    // so that whatever the earlier scenarios leave running
-                    // falls on both sides alike (hookpost went first in both
+                    // Alternating, as the listing (hookpost went first in both
                     // pairs when one full run measured 1.47, against
                     // 1.15-1.21 alone; docs/PERFORMANCE.md).
-                    let (mut h, mut b) = (Vec::new(), Vec::new());
-                    for hookpost_first in [true, false] {
-                        if hookpost_first {
-                            h.extend(grpc_details_latencies(&app, &pool, samples / 2).await?);
-                        }
-                        b.extend(pgbench_details_latencies(&db, &s, (samples / 2) as u64, &tmp)?);
-                        if !hookpost_first {
-                            h.extend(grpc_details_latencies(&app, &pool, samples / 2).await?);
-                        }
-                    }
+                    let (h, b) = alternating(
+                        || grpc_details_latencies(&app, &pool, samples / 2),
+                        || pgbench_details_latencies(&db, &s, (samples / 2) as u64, &tmp),
+                    )
+                    .await?;
                     rows.push(Row::new(
                         "details_p50",
                         ms(median(&h)),
@@ -340,16 +326,11 @@ async fn main() -> anyhow::Result<()> {
                     // What any call costs before it does anything: the
                     // listing's and the details' ratios cannot go below
                     // (floor + pgbench) / pgbench.
-                    let (mut h, mut b) = (Vec::new(), Vec::new());
-                    for hookpost_first in [true, false] {
-                        if hookpost_first {
-                            h.extend(grpc_floor_latencies(&app, samples / 2).await?);
-                        }
-                        b.extend(pgbench_floor_latencies(&db, (samples / 2) as u64, &tmp)?);
-                        if !hookpost_first {
-                            h.extend(grpc_floor_latencies(&app, samples / 2).await?);
-                        }
-                    }
+                    let (h, b) = alternating(
+                        || grpc_floor_latencies(&app, samples / 2),
+                        || pgbench_floor_latencies(&db, (samples / 2) as u64, &tmp),
+                    )
+                    .await?;
                     rows.push(Row::new(
                         "call_floor_p50",
                         ms(median(&h)),

@@ -232,6 +232,24 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     s[((s.len() - 1) as f64 * p).round() as usize]
 }
 
+/// hookpost's samples and its baseline's, half of each at a time, in the
+/// order hookpost, baseline, baseline, hookpost: whatever runs in the
+/// background (a checkpoint, an earlier scenario's leftovers) falls on
+/// neither side more than the other.
+pub async fn alternating<F>(
+    mut hookpost: impl FnMut() -> F,
+    mut baseline: impl FnMut() -> anyhow::Result<Vec<f64>>,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)>
+where
+    F: std::future::Future<Output = anyhow::Result<Vec<f64>>>,
+{
+    let mut h = hookpost().await?;
+    let mut b = baseline()?;
+    b.extend(baseline()?);
+    h.extend(hookpost().await?);
+    Ok((h, b))
+}
+
 pub fn median(v: &[f64]) -> f64 {
     percentile(v, 0.5)
 }

@@ -227,7 +227,7 @@ pub mod sql {
         claimed_with!()
     );
 
-    /// Gives claimed deliveries back, due again after $3 milliseconds.
+    /// Gives claimed deliveries back, due again after $4 milliseconds.
     ///
     /// Rare (a delivery this replica may not send), so a connection may run
     /// it for the first time when the day's partition is large, with a plan
@@ -241,13 +241,13 @@ pub mod sql {
     /// filtered by status, was planned as a walk over every pending row.)
     pub const RELEASE: &str = "WITH picked AS ( \
            SELECT r.id, r.created_at \
-           FROM (SELECT * FROM unnest($1::bigint[], $2::uuid[], $4::timestamptz[]) AS c(id, lease_id, created_at) \
+           FROM (SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[]) AS c(id, lease_id, created_at) \
              ORDER BY id) c \
            CROSS JOIN LATERAL (SELECT r.id, r.created_at, r.lease_id, r.status FROM webhook_requests r \
              WHERE r.id = c.id AND r.created_at = c.created_at LIMIT 1 FOR NO KEY UPDATE) r \
            WHERE r.lease_id = c.lease_id AND r.status = 'pending') \
          UPDATE webhook_requests r \
-         SET next_attempt_at = now() + make_interval(secs => $3::float8 / 1000), lease_id = NULL \
+         SET next_attempt_at = now() + make_interval(secs => $4::float8 / 1000), lease_id = NULL \
          WHERE r.id = ANY(ARRAY(SELECT id FROM picked)) \
            AND r.created_at = ANY(ARRAY(SELECT created_at FROM picked))";
 
@@ -550,6 +550,32 @@ impl PostgresStore {
     /// The pool (behind the pooler, if any) as an executor.
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// Runs [`sql::RELEASE`] or [`sql::HOLD`] on `claims` (their keys and
+    /// leases as $1 to $3; `after`, in milliseconds, as $4), in a
+    /// transaction planned as the claims are (see [`sql::SEQSCAN_OFF`]).
+    pub(crate) async fn give_back(
+        &self,
+        statement: &'static str,
+        claims: &[ClaimedDelivery],
+        after: Option<Duration>,
+    ) -> Result<()> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = claims.iter().map(|c| c.log_id).collect();
+        let leases: Vec<Uuid> = claims.iter().map(|c| c.lease_id).collect();
+        let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.created_at).collect();
+        let mut query = sqlx::query(statement).bind(&ids).bind(&leases).bind(&created);
+        if let Some(after) = after {
+            query = query.bind(millis(after));
+        }
+        let mut tx = self.db.begin().await?;
+        sqlx::query(sql::SEQSCAN_OFF).execute(tx.ex()).await?;
+        query.execute(tx.ex()).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Runs a log read on a read replica when one answers, else here.
@@ -1043,17 +1069,7 @@ impl Store for PostgresStore {
     }
 
     async fn release(&self, claims: &[ClaimedDelivery], after: Duration) -> Result<()> {
-        if claims.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<i64> = claims.iter().map(|c| c.log_id).collect();
-        let leases: Vec<Uuid> = claims.iter().map(|c| c.lease_id).collect();
-        let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.created_at).collect();
-        let mut tx = self.db.begin().await?;
-        sqlx::query(sql::SEQSCAN_OFF).execute(tx.ex()).await?;
-        sqlx::query(sql::RELEASE).bind(&ids).bind(&leases).bind(millis(after)).bind(&created).execute(tx.ex()).await?;
-        tx.commit().await?;
-        Ok(())
+        self.give_back(sql::RELEASE, claims, Some(after)).await
     }
 
     async fn ping(&self) -> Result<()> {
@@ -1101,10 +1117,7 @@ impl Store for PostgresStore {
         match self.db.pooled() {
             // Behind a pooler the claims share the main pool, and sessions
             // (LISTEN, the migrator's lock) have connections of their own.
-            true => {
-                let idle = super::idle_connections(&self.direct);
-                out.push(usage("session", (self.direct.size().saturating_sub(idle), idle)));
-            }
+            true => out.push(usage("session", super::connections(&self.direct))),
             false => out.push(usage("claims", self.claims.usage())),
         }
         out
