@@ -43,6 +43,11 @@ BUSY_BODY = b"x" * (12 * 1024)  # longer than the 10 KiB kept: response_truncate
 class Receiver(http.server.BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 (http.server's naming)
         self.rfile.read(int(self.headers["content-length"]))
+        # Answered within a millisecond, an attempt's response_time_ms is 0,
+        # which proto3 JSON leaves out: the fields this test covers would be
+        # missing (it failed so once on a fast machine). A few milliseconds
+        # make every attempt's time non-zero.
+        time.sleep(0.005)
         if self.path == "/busy":
             # A retryable failure whose retry is far away: the webhook stays
             # pending, with next_attempt_at set, for the rest of the test.
