@@ -203,6 +203,16 @@ impl AttemptRecord {
     pub fn strip_bodies(&mut self) {
         self.response_body.clear();
     }
+
+    /// A copy in the BASIC view, made without copying the response body.
+    pub fn basic_copy(&self) -> Self {
+        Self {
+            response_body: String::new(),
+            error_category: self.error_category.clone(),
+            error_message: self.error_message.clone(),
+            ..*self
+        }
+    }
 }
 
 impl LogRecord {
@@ -213,6 +223,18 @@ impl LogRecord {
         self.metadata = None;
         if let Some(a) = &mut self.last_attempt {
             a.strip_bodies();
+        }
+    }
+
+    /// A copy in the BASIC view, made without copying the bodies.
+    pub fn basic_copy(&self) -> Self {
+        Self {
+            webhook_url: self.webhook_url.clone(),
+            webhook_type: self.webhook_type.clone(),
+            body: String::new(),
+            metadata: None,
+            last_attempt: self.last_attempt.as_ref().map(AttemptRecord::basic_copy),
+            ..*self
         }
     }
 }
@@ -306,4 +328,55 @@ pub struct PurgeReport {
     pub left_attached: Vec<String>,
     /// Nothing was done: another process holds the maintenance turn.
     pub skipped: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_basic_copy_is_the_record_with_its_bodies_stripped() {
+        let at = Utc::now();
+        let attempt = AttemptRecord {
+            attempt_number: 2,
+            attempted_at: at,
+            success: false,
+            status_code: Some(503),
+            response_body: "busy".into(),
+            response_truncated: true,
+            response_time_ms: 12,
+            error_category: Some("http_5xx".into()),
+            error_message: Some("503 Service Unavailable".into()),
+            manual: true,
+        };
+        let log = LogRecord {
+            log_id: 7,
+            request_id: Uuid::new_v4(),
+            message_id: Uuid::new_v4(),
+            organization_id: Uuid::new_v4(),
+            workspace_id: Some(Uuid::new_v4()),
+            subscription_id: None,
+            call_id: Some(3),
+            assistant_id: Some(4),
+            webhook_url: "http://127.0.0.1:9/hook".into(),
+            webhook_type: "call_ended".into(),
+            body: r#"{"a":1}"#.into(),
+            metadata: Some(serde_json::json!({"m": true})),
+            status: ExecutionStatus::Pending,
+            attempt_count: 2,
+            max_retries: 5,
+            next_attempt_at: Some(at),
+            expires_at: None,
+            endpoint_id: Some(Uuid::new_v4()),
+            created_at: at,
+            updated_at: at,
+            last_attempt: Some(attempt.clone()),
+        };
+        let mut stripped = log.clone();
+        stripped.strip_bodies();
+        assert_eq!(log.basic_copy(), stripped);
+        let mut stripped = attempt.clone();
+        stripped.strip_bodies();
+        assert_eq!(attempt.basic_copy(), stripped);
+    }
 }

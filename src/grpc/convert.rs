@@ -340,18 +340,11 @@ impl TryFrom<pb::WatchWebhookLogsRequest> for crate::service::WatchQuery {
 }
 
 /// One watch event in proto form (the bodies left out when `basic`).
-pub fn watch_event_to_proto(e: crate::service::WatchEvent, basic: bool) -> pb::WatchWebhookLogsResponse {
-    let mut log = e.log;
-    if basic {
-        log.strip_bodies();
-    }
-    let (kind, attempt, reason) = match e.change {
-        crate::store::TailChange::Attempt(mut a) => {
-            if basic {
-                a.strip_bodies();
-            }
-            ("attempt", Some(attempt_to_proto(a, &log.body)), String::new())
-        }
+pub fn watch_event_to_proto(mut e: crate::service::WatchEvent, basic: bool) -> pb::WatchWebhookLogsResponse {
+    let (at, resume_token) = (e.at, std::mem::take(&mut e.resume_token));
+    let (log, change) = e.into_view(basic);
+    let (kind, attempt, reason) = match change {
+        crate::store::TailChange::Attempt(a) => ("attempt", Some(attempt_to_proto(a, &log.body)), String::new()),
         crate::store::TailChange::Status { reason, .. } => ("status", None, reason),
     };
     pb::WatchWebhookLogsResponse {
@@ -359,8 +352,8 @@ pub fn watch_event_to_proto(e: crate::service::WatchEvent, basic: bool) -> pb::W
         log: Some(log.into()),
         attempt,
         reason,
-        event_time: Some(e.at.into()),
-        resume_token: e.resume_token,
+        event_time: Some(at.into()),
+        resume_token,
     }
 }
 

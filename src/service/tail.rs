@@ -9,6 +9,12 @@
 //! broadcast) first reads from the store itself, then joins the broadcast,
 //! dropping what it has already sent: each source (attempts, status
 //! changes) is in order in both, so positions tell what is new.
+//!
+//! An event's log and change are read once and shared, by the hub's
+//! buffer and by every watcher's queue: a watcher copies them only as it
+//! sends them, and in the BASIC view without their bodies. Copied into
+//! each queue, a 256 KiB payload cost every watcher its own copy per event
+//! (up to 64 queued), on top of the hub's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,20 +45,20 @@ const MIN_GAP: Duration = Duration::from_millis(20);
 async fn send(
     tx: &tokio::sync::mpsc::Sender<Result<WatchEvent>>,
     filter: &LogFilter,
-    batch: &[(crate::store::TailEvent, Option<LogRecord>)],
+    batch: &[Observed],
     position: &mut TailPosition,
     shutdown: &CancellationToken,
 ) -> bool {
-    for (e, log) in batch {
+    for e in batch {
         if !after(e, position) {
             continue;
         }
-        match e.change {
+        match *e.change {
             TailChange::Attempt(_) => position.attempt = e.position.attempt,
             TailChange::Status { .. } => position.event = e.position.event,
         }
         // A delivery purged since, or outside the filter.
-        let Some(log) = log.as_ref().filter(|l| matches(filter, l)) else { continue };
+        let Some(log) = e.log.as_ref().filter(|l| matches(filter, l)) else { continue };
         let event = WatchEvent { log: log.clone(), change: e.change.clone(), at: e.at, resume_token: position.token() };
         // A client that stops reading must not hold shutdown up.
         tokio::select! {
@@ -70,13 +76,30 @@ pub struct WatchQuery {
     pub resume_token: String,
 }
 
-/// One event of a watch: the delivery as it is now and what happened.
+/// One event of a watch: the delivery as it is now and what happened,
+/// shared with the other watchers it is sent to.
 #[derive(Debug, Clone)]
 pub struct WatchEvent {
-    pub log: LogRecord,
-    pub change: TailChange,
+    pub log: Arc<LogRecord>,
+    pub change: Arc<TailChange>,
     pub at: DateTime<Utc>,
     pub resume_token: String,
+}
+
+impl WatchEvent {
+    /// The log and the change as this watcher sends them: copies, without
+    /// the request and response bodies when `basic` (and then without
+    /// copying them either).
+    pub fn into_view(self, basic: bool) -> (LogRecord, TailChange) {
+        if !basic {
+            return (Arc::unwrap_or_clone(self.log), Arc::unwrap_or_clone(self.change));
+        }
+        let change = match &*self.change {
+            TailChange::Attempt(a) => TailChange::Attempt(a.basic_copy()),
+            status @ TailChange::Status { .. } => status.clone(),
+        };
+        (self.log.basic_copy(), change)
+    }
 }
 
 /// The watchers of this process: their count per API key, their wake-up,
@@ -90,7 +113,15 @@ pub struct Watchers {
 }
 
 /// One tail event with its delivery's log as it was read (None: purged).
-type Batch = Arc<Vec<(crate::store::TailEvent, Option<LogRecord>)>>;
+struct Observed {
+    change: Arc<TailChange>,
+    at: DateTime<Utc>,
+    /// The tail's position right after this event.
+    position: TailPosition,
+    log: Option<Arc<LogRecord>>,
+}
+
+type Batch = Arc<Vec<Observed>>;
 
 /// The process's one reader of the tail.
 struct Hub {
@@ -106,8 +137,8 @@ struct Hub {
 const HUB_BUFFER: usize = 16;
 
 /// Whether `e` comes after `p` in its own source.
-fn after(e: &crate::store::TailEvent, p: &TailPosition) -> bool {
-    match e.change {
+fn after(e: &Observed, p: &TailPosition) -> bool {
+    match *e.change {
         TailChange::Attempt(_) => e.position.attempt > p.attempt,
         TailChange::Status { .. } => e.position.event > p.event,
     }
@@ -242,7 +273,7 @@ impl WebhookService {
     }
 
     /// The next events after `position`, each with its log.
-    async fn read_tail(&self, position: TailPosition) -> Result<Vec<(crate::store::TailEvent, Option<LogRecord>)>> {
+    async fn read_tail(&self, position: TailPosition) -> Result<Vec<Observed>> {
         let events = self.store.tail(position, BATCH).await?;
         if events.is_empty() {
             return Ok(Vec::new());
@@ -251,12 +282,15 @@ impl WebhookService {
         ids.sort();
         ids.dedup();
         let logs = self.store.logs_by_id(&ids).await?;
-        let logs: HashMap<i64, LogRecord> = logs.into_iter().map(|l| (l.log_id, l)).collect();
+        // A delivery with several events in the batch shares one log.
+        let logs: HashMap<i64, Arc<LogRecord>> = logs.into_iter().map(|l| (l.log_id, Arc::new(l))).collect();
         Ok(events
             .into_iter()
-            .map(|e| {
-                let log = logs.get(&e.log_id).cloned();
-                (e, log)
+            .map(|e| Observed {
+                log: logs.get(&e.log_id).cloned(),
+                change: Arc::new(e.change),
+                at: e.at,
+                position: e.position,
             })
             .collect())
     }
@@ -302,7 +336,7 @@ impl WebhookService {
                     Ok(batch) => {
                         failures = 0;
                         full = batch.len() >= BATCH as usize;
-                        if let Some((last, _)) = batch.last() {
+                        if let Some(last) = batch.last() {
                             let mut position = hub.position.lock().expect("hub poisoned");
                             *position = last.position;
                             let _ = hub.sender.send(Arc::new(batch));

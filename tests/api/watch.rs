@@ -275,6 +275,49 @@ async fn views(backend: Backend) {
     assert!(body["log"].get("payload").is_none() && body["attempts"][0].get("requestBody").is_none(), "{body}");
 }
 
+/// Two watchers share each event's log: the BASIC one gets it without
+/// bodies, the FULL one, watching at the same time, with all of them.
+async fn watch_views(backend: Backend) {
+    let app = spawn_app_on_backend(backend, |_| {}).await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::ok()]);
+    let org = Uuid::new_v4();
+    let view = |view: pb::LogView| pb::WatchWebhookLogsRequest { view: view.into(), ..of_org(org) };
+    let mut basic = watch(&app, view(pb::LogView::Basic)).await;
+    let mut full = watch(&app, view(pb::LogView::Full)).await;
+    let sent = app.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap();
+    let (b, f) = (next(&mut basic).await, next(&mut full).await);
+    let (b_log, f_log) = (b.log.unwrap(), f.log.unwrap());
+    assert_eq!(
+        (b_log.request_id.as_str(), f_log.request_id.as_str()),
+        (sent.request_id.as_str(), sent.request_id.as_str())
+    );
+    assert_eq!(b.resume_token, f.resume_token);
+    let (b_attempt, f_attempt) = (b.attempt.unwrap(), f.attempt.unwrap());
+    assert!(b_log.payload.is_none() && b_log.response_body.as_deref().unwrap_or_default().is_empty());
+    assert!(b_attempt.request_body.is_empty() && b_attempt.response_body.is_empty());
+    assert!(f_log.payload.is_some());
+    assert_eq!(f_log.response_body.as_deref(), Some(r#"{"received": true}"#));
+    assert!(!f_attempt.request_body.is_empty());
+    assert_eq!(f_attempt.response_body, r#"{"received": true}"#);
+    // Everything but the bodies is the same in both views.
+    assert_eq!((b_log.execution_status, b_log.attempt_count), (f_log.execution_status, f_log.attempt_count));
+    assert_eq!(
+        (b_attempt.attempt_number, b_attempt.http_status_code),
+        (f_attempt.attempt_number, f_attempt.http_status_code)
+    );
+}
+
+#[tokio::test]
+async fn watchers_in_both_views_share_events_on_postgres() {
+    watch_views(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn watchers_in_both_views_share_events_on_sqlite() {
+    watch_views(Backend::Sqlite).await;
+}
+
 #[tokio::test]
 async fn basic_views_leave_the_bodies_out_on_postgres() {
     views(Backend::Postgres).await;

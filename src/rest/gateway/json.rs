@@ -120,42 +120,39 @@ impl Serialize for GetLogDetailsResponse {
     }
 }
 
-/// `hookpost.v1.WebhookLog`.
 /// `hookpost.v1.WatchWebhookLogsResponse` (bodies left out when `basic`).
 pub struct WatchEvent {
-    event: crate::service::WatchEvent,
+    log: LogRecord,
+    change: crate::store::TailChange,
+    at: DateTime<Utc>,
+    resume_token: String,
 }
 
 impl WatchEvent {
     pub fn new(mut event: crate::service::WatchEvent, basic: bool) -> Self {
-        if basic {
-            event.log.strip_bodies();
-            if let crate::store::TailChange::Attempt(a) = &mut event.change {
-                a.strip_bodies();
-            }
-        }
-        Self { event }
+        let (at, resume_token) = (event.at, std::mem::take(&mut event.resume_token));
+        let (log, change) = event.into_view(basic);
+        Self { log, change, at, resume_token }
     }
 }
 
 impl Serialize for WatchEvent {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let e = &self.event;
         let mut m = s.serialize_map(None)?;
-        match &e.change {
+        match &self.change {
             crate::store::TailChange::Attempt(a) => {
                 m.serialize_entry("kind", "attempt")?;
-                m.serialize_entry("log", &WebhookLog(&e.log))?;
-                m.serialize_entry("attempt", &Attempt(a, &e.log.body))?;
+                m.serialize_entry("log", &WebhookLog(&self.log))?;
+                m.serialize_entry("attempt", &Attempt(a, &self.log.body))?;
             }
             crate::store::TailChange::Status { reason, .. } => {
                 m.serialize_entry("kind", "status")?;
-                m.serialize_entry("log", &WebhookLog(&e.log))?;
+                m.serialize_entry("log", &WebhookLog(&self.log))?;
                 m.serialize_entry("reason", reason)?;
             }
         }
-        m.serialize_entry("eventTime", &timestamp(e.at))?;
-        m.serialize_entry("resumeToken", &e.resume_token)?;
+        m.serialize_entry("eventTime", &timestamp(self.at))?;
+        m.serialize_entry("resumeToken", &self.resume_token)?;
         m.end()
     }
 }
