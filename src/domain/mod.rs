@@ -204,7 +204,9 @@ impl AttemptRecord {
         self.response_body.clear();
     }
 
-    /// A copy in the BASIC view, made without copying the response body.
+    /// A copy in the BASIC view, made without copying the response body:
+    /// equal to a clone after `strip_bodies` (a unit test checks it), so a
+    /// new body field is cleared in both.
     pub fn basic_copy(&self) -> Self {
         Self {
             response_body: String::new(),
@@ -226,7 +228,9 @@ impl LogRecord {
         }
     }
 
-    /// A copy in the BASIC view, made without copying the bodies.
+    /// A copy in the BASIC view, made without copying the bodies: equal to
+    /// a clone after `strip_bodies` (a unit test checks it), so a new body
+    /// field is cleared in both.
     pub fn basic_copy(&self) -> Self {
         Self {
             webhook_url: self.webhook_url.clone(),

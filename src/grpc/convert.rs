@@ -340,9 +340,11 @@ impl TryFrom<pb::WatchWebhookLogsRequest> for crate::service::WatchQuery {
 }
 
 /// One watch event in proto form (the bodies left out when `basic`).
-pub fn watch_event_to_proto(mut e: crate::service::WatchEvent, basic: bool) -> pb::WatchWebhookLogsResponse {
-    let (at, resume_token) = (e.at, std::mem::take(&mut e.resume_token));
-    let (log, change) = e.into_view(basic);
+pub fn watch_event_to_proto(e: crate::service::WatchEvent, basic: bool) -> pb::WatchWebhookLogsResponse {
+    let e = if basic { e.into_basic() } else { e };
+    // The message owns its fields: a BASIC copy is this watcher's own and
+    // moves; a FULL event is shared with the other watchers and is copied.
+    let (log, change) = (std::sync::Arc::unwrap_or_clone(e.log), std::sync::Arc::unwrap_or_clone(e.change));
     let (kind, attempt, reason) = match change {
         crate::store::TailChange::Attempt(a) => ("attempt", Some(attempt_to_proto(a, &log.body)), String::new()),
         crate::store::TailChange::Status { reason, .. } => ("status", None, reason),
@@ -352,8 +354,8 @@ pub fn watch_event_to_proto(mut e: crate::service::WatchEvent, basic: bool) -> p
         log: Some(log.into()),
         attempt,
         reason,
-        event_time: Some(at.into()),
-        resume_token,
+        event_time: Some(e.at.into()),
+        resume_token: e.resume_token,
     }
 }
 

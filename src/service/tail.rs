@@ -87,18 +87,15 @@ pub struct WatchEvent {
 }
 
 impl WatchEvent {
-    /// The log and the change as this watcher sends them: copies, without
-    /// the request and response bodies when `basic` (and then without
-    /// copying them either).
-    pub fn into_view(self, basic: bool) -> (LogRecord, TailChange) {
-        if !basic {
-            return (Arc::unwrap_or_clone(self.log), Arc::unwrap_or_clone(self.change));
-        }
+    /// The event in the BASIC view: this watcher's own copies of the log
+    /// and the change, without the request and response bodies, made
+    /// without copying the bodies.
+    pub fn into_basic(self) -> Self {
         let change = match &*self.change {
             TailChange::Attempt(a) => TailChange::Attempt(a.basic_copy()),
             status @ TailChange::Status { .. } => status.clone(),
         };
-        (self.log.basic_copy(), change)
+        Self { log: Arc::new(self.log.basic_copy()), change: Arc::new(change), ..self }
     }
 }
 

@@ -121,38 +121,33 @@ impl Serialize for GetLogDetailsResponse {
 }
 
 /// `hookpost.v1.WatchWebhookLogsResponse` (bodies left out when `basic`).
-pub struct WatchEvent {
-    log: LogRecord,
-    change: crate::store::TailChange,
-    at: DateTime<Utc>,
-    resume_token: String,
-}
+/// Serialized from the shared event itself: a FULL event is not copied.
+pub struct WatchEvent(crate::service::WatchEvent);
 
 impl WatchEvent {
-    pub fn new(mut event: crate::service::WatchEvent, basic: bool) -> Self {
-        let (at, resume_token) = (event.at, std::mem::take(&mut event.resume_token));
-        let (log, change) = event.into_view(basic);
-        Self { log, change, at, resume_token }
+    pub fn new(event: crate::service::WatchEvent, basic: bool) -> Self {
+        Self(if basic { event.into_basic() } else { event })
     }
 }
 
 impl Serialize for WatchEvent {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let e = &self.0;
         let mut m = s.serialize_map(None)?;
-        match &self.change {
+        match &*e.change {
             crate::store::TailChange::Attempt(a) => {
                 m.serialize_entry("kind", "attempt")?;
-                m.serialize_entry("log", &WebhookLog(&self.log))?;
-                m.serialize_entry("attempt", &Attempt(a, &self.log.body))?;
+                m.serialize_entry("log", &WebhookLog(&e.log))?;
+                m.serialize_entry("attempt", &Attempt(a, &e.log.body))?;
             }
             crate::store::TailChange::Status { reason, .. } => {
                 m.serialize_entry("kind", "status")?;
-                m.serialize_entry("log", &WebhookLog(&self.log))?;
+                m.serialize_entry("log", &WebhookLog(&e.log))?;
                 m.serialize_entry("reason", reason)?;
             }
         }
-        m.serialize_entry("eventTime", &timestamp(self.at))?;
-        m.serialize_entry("resumeToken", &self.resume_token)?;
+        m.serialize_entry("eventTime", &timestamp(e.at))?;
+        m.serialize_entry("resumeToken", &e.resume_token)?;
         m.end()
     }
 }

@@ -12,7 +12,7 @@
 //! (the sorted input drives a nested loop, whose inner side locks one row per
 //! outer row, in the outer's order), so two batches never deadlock; each
 //! lookup is a keyed probe whatever the planner thinks of the tables' sizes
-//! (see `claimed_with!` in the parent module). An earlier try recorded a
+//! (see `claimed_with!` in `super::sql`). An earlier try recorded a
 //! batch as single-row statements in one transaction, run one after the
 //! other; it halved throughput and was reverted (05d863d).
 

@@ -23,8 +23,8 @@ fn to_u32(v: i32) -> u32 {
 /// attempts' columns are then read with `try_get_unchecked`: checking each
 /// value's type against the Rust type's list of compatible Postgres types
 /// was another twelfth. Their types are not checked, so the SELECTs these
-/// decode (`LOG_SELECT`, `LIST_PAGE`, `LOGS_BY_ID`, `ATTEMPT_COLUMNS` here
-/// and in the tail) must keep the column types the Rust fields have: int8
+/// decode (`LOG_SELECT`, `LIST_PAGE`, `LOGS_BY_ID`, and `ATTEMPT_COLUMNS` in
+/// this store and in the tail) must keep the column types the Rust fields have: int8
 /// for i64, int4 for i32, timestamptz (not timestamp) for times, jsonb for
 /// the metadata.
 macro_rules! column_positions {
