@@ -162,6 +162,12 @@ async fn main() -> anyhow::Result<()> {
                  single-row, {pgbb:.0} rows/s batched by {batch} (interleaved, {} x {} s each)",
                 got.deliveries_per_s, dispatched.dispatch_per_s, slices.0, slices.1
             );
+            let [(dp, dg, db), (_, sg, sb), (_, bg, bb)] = dispatched.cpu.map(|c| c.per_unit());
+            eprintln!(
+                "round {round} CPU: Dispatch {dp:.0} µs in this process (server and load generator) + {dg:.0} µs in \
+                 Postgres, machine {db:.0} % busy; pgbench single-row {sg:.0} µs of Postgres per row, {sb:.0} % busy; \
+                 batched {bg:.0} µs per row, {bb:.0} % busy"
+            );
             pb.push(pgbb);
             batches.push(dispatched.rows_per_commit);
             d.push(got.deliveries_per_s);

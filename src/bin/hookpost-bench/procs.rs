@@ -300,13 +300,20 @@ fn hookpost_binary() -> anyhow::Result<PathBuf> {
 
 /// utime + stime of a process, in seconds (0 when it is gone).
 pub fn cpu_secs(pid: u32) -> f64 {
+    stat_cpu_secs(pid, false)
+}
+
+/// The same, plus the CPU of its children that have exited and been
+/// waited for (cutime + cstime).
+fn stat_cpu_secs(pid: u32, with_children: bool) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
     // The fields after the command name, which is in parentheses.
     let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); utime is field 14, stime 15.
-    let ticks: f64 =
-        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // rest starts at field 3 (state); utime is field 14, stime 15, cutime
+    // 16, cstime 17.
+    let fields = if with_children { 11..15 } else { 11..13 };
+    let ticks: f64 = fields.map(|i| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)).sum();
     ticks / clock_ticks()
 }
 
@@ -323,8 +330,10 @@ fn clock_ticks() -> f64 {
 }
 
 /// CPU seconds of one process and of every postgres process, per pid, so a
-/// later snapshot can be subtracted (a pid missing from the earlier one
-/// counts whole: a backend started during the run).
+/// later snapshot can be subtracted. A postgres process's figure includes
+/// its children that have exited: so the postmaster's holds every backend
+/// that ended (pgbench's, at the end of each run), which would otherwise
+/// vanish from the sum with its pid.
 pub struct CpuSnapshot {
     hookpost: f64,
     postgres: HashMap<u32, f64>,
@@ -338,19 +347,79 @@ impl CpuSnapshot {
                 let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
                 let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                 if comm.trim() == "postgres" {
-                    postgres.insert(pid, cpu_secs(pid));
+                    postgres.insert(pid, stat_cpu_secs(pid, true));
                 }
             }
         }
         Self { hookpost: cpu_secs(hookpost_pid), postgres }
     }
 
-    /// (hookpost, postgres) CPU seconds from `earlier` to `self`. Backends
-    /// that exited in between are lost (hookpost keeps its pool's
-    /// connections); other clients of the same cluster count in (noise).
+    /// (hookpost, postgres) CPU seconds from `earlier` to `self`: all of
+    /// Postgres then against all of it now. A backend that started in
+    /// between counts whole; one that ended counts in the postmaster's
+    /// children, less what it had used by `earlier`. Other clients of the
+    /// same cluster count in (noise).
     pub fn since(&self, earlier: &CpuSnapshot) -> (f64, f64) {
-        let pg = self.postgres.iter().map(|(pid, now)| now - earlier.postgres.get(pid).copied().unwrap_or(0.0)).sum();
-        (self.hookpost - earlier.hookpost, pg)
+        let pg = self.postgres.values().sum::<f64>() - earlier.postgres.values().sum::<f64>();
+        (self.hookpost - earlier.hookpost, pg.max(0.0))
+    }
+}
+
+/// Busy and total CPU ticks of the whole machine (`/proc/stat`; idle and
+/// iowait count as not busy).
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let total = ticks.iter().sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (total - idle.min(total), total)
+}
+
+/// Where one kind of phase spends its CPU, summed over its slices: this
+/// process (in the Dispatch round: the server and the load generator),
+/// every postgres process, and the machine's busy share, per unit of work
+/// (a Dispatch, a row). Item 5 of issue 14 is a question of CPU on two
+/// shared cores, and this is the arithmetic behind it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PhaseCpu {
+    process_secs: f64,
+    postgres_secs: f64,
+    busy_ticks: u64,
+    total_ticks: u64,
+    units: f64,
+}
+
+/// A phase being measured: started before it, stopped after it.
+pub struct CpuMeter {
+    cpu: CpuSnapshot,
+    ticks: (u64, u64),
+}
+
+impl CpuMeter {
+    pub fn start() -> Self {
+        Self { cpu: CpuSnapshot::take(std::process::id()), ticks: machine_ticks() }
+    }
+
+    /// Adds the phase, which did `units` of work, to `into`.
+    pub fn stop(self, into: &mut PhaseCpu, units: f64) {
+        let (process, postgres) = CpuSnapshot::take(std::process::id()).since(&self.cpu);
+        let (busy, total) = machine_ticks();
+        into.process_secs += process;
+        into.postgres_secs += postgres;
+        into.busy_ticks += busy.saturating_sub(self.ticks.0);
+        into.total_ticks += total.saturating_sub(self.ticks.1);
+        into.units += units;
+    }
+}
+
+impl PhaseCpu {
+    /// This process's and Postgres's CPU per unit (µs), and the machine's
+    /// busy share (%).
+    pub fn per_unit(&self) -> (f64, f64, f64) {
+        let per = |secs: f64| secs * 1e6 / self.units.max(1.0);
+        let busy = 100.0 * self.busy_ticks as f64 / self.total_ticks.max(1) as f64;
+        (per(self.process_secs), per(self.postgres_secs), busy)
     }
 }
 

@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use crate::procs::{CpuMeter, PhaseCpu};
 use crate::support::*;
 
 /// HTTP/2 connections a gRPC load generator opens (BENCH_GRPC_CONNECTIONS,
@@ -300,6 +301,10 @@ pub struct DispatchRound {
     /// pgbench's batched statement at hookpost's batch size, rows/s.
     pub batched_per_s: f64,
     pub batch: usize,
+    /// CPU of the Dispatch slices, per Dispatch; of pgbench's single-row
+    /// and batched slices, per row (pgbench's own CPU is not counted, only
+    /// in the machine's busy share; its connection setup is).
+    pub cpu: [PhaseCpu; 3],
 }
 
 /// Times Dispatch on an API-only replica against its two pgbench baselines,
@@ -344,9 +349,12 @@ pub async fn dispatch_round(
     let workers = hookpost::store::DISPATCH_WORKERS as u32;
     let (mut rates, mut single, mut batched, mut syncs, mut commits) = (vec![], vec![], vec![], 0, 0);
     let mut batch = 1;
+    let mut cpu = [PhaseCpu::default(); 3];
+    let secs = slice_secs as f64;
     checkpoint(db_url).await;
     for _ in 0..slices {
         let (s0, c0) = wal_syncs_and_commits(&pool).await?;
+        let meter = CpuMeter::start();
         rates.push(match tonic {
             // The old load generator has no time bound: 10,000 per second
             // asked for, about what it reaches on this kind of machine.
@@ -355,11 +363,16 @@ pub async fn dispatch_round(
                 grpc_dispatch_lean(&api, url, usize::MAX, concurrency, Some(Duration::from_secs(slice_secs))).await?
             }
         });
+        meter.stop(&mut cpu[0], rates.last().copied().unwrap_or(0.0) * secs);
         let (s1, c1) = wal_syncs_and_commits(&pool).await?;
         (syncs, commits) = (syncs + s1 - s0, commits + c1 - c0);
         batch = rows_per_commit().await?.round().clamp(1.0, 64.0) as usize;
+        let meter = CpuMeter::start();
         single.push(pgbench_dispatch(pgbench_db, pool_size, slice_secs, dir)?);
+        meter.stop(&mut cpu[1], single.last().copied().unwrap_or(0.0) * secs);
+        let meter = CpuMeter::start();
         batched.push(pgbench_dispatch_batched(pgbench_db, workers, batch, slice_secs, dir)?);
+        meter.stop(&mut cpu[2], batched.last().copied().unwrap_or(0.0) * secs);
     }
     let rows_per_commit = rows_per_commit().await?;
     api.shutdown().await?;
@@ -375,6 +388,7 @@ pub async fn dispatch_round(
         single_row_per_s: mean(&single),
         batched_per_s: mean(&batched),
         batch,
+        cpu,
     })
 }
 
