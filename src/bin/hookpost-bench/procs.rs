@@ -300,21 +300,21 @@ fn hookpost_binary() -> anyhow::Result<PathBuf> {
 
 /// utime + stime of a process, in seconds (0 when it is gone).
 pub fn cpu_secs(pid: u32) -> f64 {
-    stat_cpu_secs(pid, false)
+    stat_times(pid).map_or(0.0, |(own, _)| own)
 }
 
-/// The same, plus the CPU of its children that have exited and been
-/// waited for (cutime + cstime).
-fn stat_cpu_secs(pid: u32, with_children: bool) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+/// A process's own CPU (utime + stime) and that of its children that have
+/// exited and been waited for (cutime + cstime), in seconds; None when it
+/// is gone.
+fn stat_times(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command name, which is in parentheses.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state); utime is field 14, stime 15, cutime
     // 16, cstime 17.
-    let fields = if with_children { 11..15 } else { 11..13 };
-    let ticks: f64 = fields.map(|i| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)).sum();
-    ticks / clock_ticks()
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / clock_ticks();
+    Some((ticks(11) + ticks(12), ticks(13) + ticks(14)))
 }
 
 fn clock_ticks() -> f64 {
@@ -341,17 +341,38 @@ pub struct CpuSnapshot {
 
 impl CpuSnapshot {
     pub fn take(hookpost_pid: u32) -> Self {
+        let hookpost = cpu_secs(hookpost_pid);
+        // A backend reaped after the postmaster's entry was read but before
+        // its own would be in neither (pgbench's backends end just as a
+        // phase does): read again until no postgres process's children
+        // changed during the read.
+        let mut postgres = Self::postgres();
+        for _ in 0..10 {
+            let children = |p: &HashMap<u32, (f64, f64)>| p.values().map(|(_, c)| c).sum::<f64>();
+            let again: f64 = postgres.keys().filter_map(|pid| stat_times(*pid)).map(|(_, c)| c).sum();
+            if again == children(&postgres) {
+                break;
+            }
+            postgres = Self::postgres();
+        }
+        Self { hookpost, postgres: postgres.into_iter().map(|(pid, (own, children))| (pid, own + children)).collect() }
+    }
+
+    /// Every postgres process's (own, children's) CPU seconds.
+    fn postgres() -> HashMap<u32, (f64, f64)> {
         let mut postgres = HashMap::new();
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for e in dir.flatten() {
                 let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
                 let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                if comm.trim() == "postgres" {
-                    postgres.insert(pid, stat_cpu_secs(pid, true));
+                if comm.trim() == "postgres"
+                    && let Some(times) = stat_times(pid)
+                {
+                    postgres.insert(pid, times);
                 }
             }
         }
-        Self { hookpost: cpu_secs(hookpost_pid), postgres }
+        postgres
     }
 
     /// (hookpost, postgres) CPU seconds from `earlier` to `self`: all of
@@ -361,19 +382,21 @@ impl CpuSnapshot {
     /// same cluster count in (noise).
     pub fn since(&self, earlier: &CpuSnapshot) -> (f64, f64) {
         let pg = self.postgres.values().sum::<f64>() - earlier.postgres.values().sum::<f64>();
-        (self.hookpost - earlier.hookpost, pg.max(0.0))
+        (self.hookpost - earlier.hookpost, pg)
     }
 }
 
-/// Busy and total CPU ticks of the whole machine (`/proc/stat`; idle and
-/// iowait count as not busy).
+/// Busy and total CPU ticks of the whole machine (`/proc/stat`: user,
+/// nice, system, idle, iowait, irq, softirq, steal, then guest and
+/// guest_nice, which user and nice already hold). Busy is what ran here:
+/// not idle, iowait, or steal (time the hypervisor gave to another guest).
 fn machine_ticks() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let ticks: Vec<u64> =
         stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    let total = ticks.iter().sum();
-    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
-    (total - idle.min(total), total)
+    let at = |i: usize| ticks.get(i).copied().unwrap_or(0);
+    let total: u64 = (0..8).map(at).sum();
+    (at(0) + at(1) + at(2) + at(5) + at(6), total)
 }
 
 /// Where one kind of phase spends its CPU, summed over its slices: this
@@ -394,11 +417,17 @@ pub struct PhaseCpu {
 pub struct CpuMeter {
     cpu: CpuSnapshot,
     ticks: (u64, u64),
+    started: Instant,
 }
 
 impl CpuMeter {
     pub fn start() -> Self {
-        Self { cpu: CpuSnapshot::take(std::process::id()), ticks: machine_ticks() }
+        Self { cpu: CpuSnapshot::take(std::process::id()), ticks: machine_ticks(), started: Instant::now() }
+    }
+
+    /// Seconds since the meter started.
+    pub fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
     }
 
     /// Adds the phase, which did `units` of work, to `into`.

@@ -363,12 +363,16 @@ pub async fn dispatch_round(
                 grpc_dispatch_lean(&api, url, usize::MAX, concurrency, Some(Duration::from_secs(slice_secs))).await?
             }
         });
-        meter.stop(&mut cpu[0], rates.last().copied().unwrap_or(0.0) * secs);
+        // Both load generators return Dispatches per second of their own
+        // span (the tonic one sends a fixed number, however long it takes).
+        let span = meter.elapsed();
+        meter.stop(&mut cpu[0], rates.last().copied().unwrap_or(0.0) * span);
         let (s1, c1) = wal_syncs_and_commits(&pool).await?;
         (syncs, commits) = (syncs + s1 - s0, commits + c1 - c0);
         batch = rows_per_commit().await?.round().clamp(1.0, 64.0) as usize;
         let meter = CpuMeter::start();
         single.push(pgbench_dispatch(pgbench_db, pool_size, slice_secs, dir)?);
+        // pgbench's rate leaves out its connection setup: per its own span.
         meter.stop(&mut cpu[1], single.last().copied().unwrap_or(0.0) * secs);
         let meter = CpuMeter::start();
         batched.push(pgbench_dispatch_batched(pgbench_db, workers, batch, slice_secs, dir)?);
