@@ -92,10 +92,11 @@ impl WatchEvent {
     /// without copying the bodies.
     pub fn into_basic(self) -> Self {
         let change = match &*self.change {
-            TailChange::Attempt(a) => TailChange::Attempt(a.basic_copy()),
-            status @ TailChange::Status { .. } => status.clone(),
+            TailChange::Attempt(a) => Arc::new(TailChange::Attempt(a.basic_copy())),
+            // A status change has no body: it stays shared.
+            TailChange::Status { .. } => self.change.clone(),
         };
-        Self { log: Arc::new(self.log.basic_copy()), change: Arc::new(change), ..self }
+        Self { log: Arc::new(self.log.basic_copy()), change, ..self }
     }
 }
 

@@ -348,9 +348,9 @@ impl CpuSnapshot {
         // changed during the read.
         let mut postgres = Self::postgres();
         for _ in 0..10 {
-            let children = |p: &HashMap<u32, (f64, f64)>| p.values().map(|(_, c)| c).sum::<f64>();
+            let children: f64 = postgres.values().map(|(_, c)| c).sum();
             let again: f64 = postgres.keys().filter_map(|pid| stat_times(*pid)).map(|(_, c)| c).sum();
-            if again == children(&postgres) {
+            if again == children {
                 break;
             }
             postgres = Self::postgres();
