@@ -147,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
         databases.extend([format!("{tag}_deliver"), format!("{tag}_pgbench")]);
         let (mut d, mut disp, mut wal, mut conns, mut r, mut s, mut p) =
             (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-        let (mut pb, mut batches) = (vec![], vec![]);
+        let (mut pb, mut batches, mut ceilings) = (vec![], vec![], vec![]);
         for round in 1..=rounds {
             let bare = reqwest_loop(&receiver.url, n, a.concurrency).await?;
             checkpoint(&db).await;
@@ -162,12 +162,20 @@ async fn main() -> anyhow::Result<()> {
                  single-row, {pgbb:.0} rows/s batched by {batch} (interleaved, {} x {} s each)",
                 got.deliveries_per_s, dispatched.dispatch_per_s, slices.0, slices.1
             );
-            let [(dp, dg, db), (_, sg, sb), (_, bg, bb)] = dispatched.cpu.map(|c| c.per_unit());
+            let [(dp, dg, db), (_, sg, sb), (_, bg, bb), (fp, _, fb)] = dispatched.cpu.map(|c| c.per_unit());
             eprintln!(
                 "round {round} CPU: Dispatch {dp:.0} µs in this process (server and load generator) + {dg:.0} µs in \
                  Postgres, machine {db:.0} % busy; pgbench single-row {sg:.0} µs of Postgres per row, {sb:.0} % busy; \
-                 batched {bg:.0} µs per row, {bb:.0} % busy"
+                 batched {bg:.0} µs per row, {bb:.0} % busy; gRPC floor {fp:.0} µs per call, {fb:.0} % busy"
             );
+            let floor = dispatched.floor_per_s;
+            eprintln!(
+                "round {round} ceiling: an empty call to a bare tonic server {floor:.0}/s; with the batched row, \
+                 1/(1/F+1/S) = {:.0}/s, {:.2} of batched",
+                1.0 / (1.0 / floor + 1.0 / pgbb),
+                1.0 / (1.0 / floor + 1.0 / pgbb) / pgbb
+            );
+            ceilings.push(1.0 / (1.0 / floor + 1.0 / pgbb));
             pb.push(pgbb);
             batches.push(dispatched.rows_per_commit);
             d.push(got.deliveries_per_s);
@@ -205,6 +213,14 @@ async fn main() -> anyhow::Result<()> {
                 median(&batches),
                 hookpost::store::DISPATCH_WORKERS
             ),
+        ));
+        rows.push(Row::new(
+            "dispatch_vs_ceiling",
+            median(&disp),
+            median(&ceilings),
+            "requests/s",
+            "1/(1/F+1/S): F empty health Checks/s to a bare tonic server from the same load generator, S the \
+             batched row above; what any gRPC server could reach here beside Postgres",
         ));
         rows.push(Row::new(
             "deliver",

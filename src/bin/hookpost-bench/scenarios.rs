@@ -78,26 +78,9 @@ pub async fn grpc_dispatch_lean(
     within: Option<Duration>,
 ) -> anyhow::Result<f64> {
     use prost::Message;
-    let connections = grpc_connections();
-    let mut senders = Vec::new();
-    for _ in 0..connections.max(1) {
-        let tcp = tokio::net::TcpStream::connect(app.addr).await?;
-        tcp.set_nodelay(true)?;
-        // Writes coalesced as the server's are (and as grpc-go's client
-        // does): one system call for the requests of one scheduler round.
-        let tcp = hookpost::transport::coalesce::Coalesce::new(tcp);
-        let (send, conn) = h2::client::handshake(tcp).await?;
-        tokio::spawn(conn);
-        senders.push(send);
-    }
     let payload = hookpost::grpc::json_to_struct(payload_1k());
-    let uri = format!("{}/hookpost.v1.WebhookService/Dispatch", app.base_url());
-    let bearer = format!("Bearer {}", app.key);
-    let (next, done) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let start = Instant::now();
-    let end = within.map(|w| start + w);
-    let mut tasks = JoinSet::new();
-    for i in 0..concurrency {
+    let mut messages = Vec::new();
+    for _ in 0..concurrency {
         let req = pb::DispatchRequest {
             organization_id: Uuid::new_v4().to_string(),
             webhook_url: url.to_string(),
@@ -105,44 +88,95 @@ pub async fn grpc_dispatch_lean(
             payload: Some(payload.clone()),
             ..Default::default()
         };
-        // A gRPC message: uncompressed flag, big-endian length, the bytes.
-        let mut frame = vec![0u8];
-        frame.extend_from_slice(&u32::try_from(req.encoded_len())?.to_be_bytes());
-        req.encode(&mut frame)?;
-        let frame = bytes::Bytes::from(frame);
-        let (mut send, next, done, uri, bearer) =
-            (senders[i % senders.len()].clone(), next.clone(), done.clone(), uri.clone(), bearer.clone());
-        tasks.spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < n as u64 && end.is_none_or(|end| Instant::now() < end) {
-                let req = axum::http::Request::post(uri.as_str())
-                    .header("content-type", "application/grpc")
-                    .header("te", "trailers")
-                    .header("authorization", bearer.as_str())
-                    .body(())?;
-                send = send.ready().await?;
-                let (response, mut body) = send.send_request(req, false)?;
-                body.send_data(frame.clone(), true)?;
-                let (head, mut recv) = response.await?.into_parts();
-                while let Some(data) = recv.data().await {
-                    let data = data?;
-                    recv.flow_control().release_capacity(data.len())?;
-                }
-                // grpc-status comes in the trailers, or in the head of a
-                // trailers-only (error) answer.
-                let trailers = recv.trailers().await?;
-                let status = trailers.as_ref().and_then(|t| t.get("grpc-status")).or(head.headers.get("grpc-status"));
-                if status.is_none_or(|s| s != "0") {
-                    bail!("Dispatch failed: {head:?} {trailers:?}");
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            anyhow::Ok(())
-        });
+        messages.push(req.encode_to_vec());
     }
-    while let Some(r) = tasks.join_next().await {
-        r??;
+    let call = LeanCall { addr: app.addr, path: "/hookpost.v1.WebhookService/Dispatch", bearer: Some(&app.key) };
+    call.run(messages, n, within).await
+}
+
+/// The floor under any unary gRPC call here: an empty health Check to a
+/// tonic server with nothing else in it (no store, no key, no middleware),
+/// from the same lean load generator as [`grpc_dispatch_lean`], for
+/// `within`; returns calls/s. Dispatch does this much and more, on the same
+/// two cores as Postgres.
+pub async fn grpc_floor(addr: std::net::SocketAddr, concurrency: usize, within: Duration) -> anyhow::Result<f64> {
+    let call = LeanCall { addr, path: "/grpc.health.v1.Health/Check", bearer: None };
+    // An empty HealthCheckRequest (every service) encodes to no bytes.
+    call.run(vec![Vec::new(); concurrency], usize::MAX, Some(within)).await
+}
+
+/// One unary gRPC method called over raw `h2`, one task per message.
+struct LeanCall<'a> {
+    addr: std::net::SocketAddr,
+    path: &'a str,
+    bearer: Option<&'a str>,
+}
+
+impl LeanCall<'_> {
+    /// Each task sends its message again and again until `n` calls in all
+    /// or `within`; returns calls/s.
+    async fn run(&self, messages: Vec<Vec<u8>>, n: usize, within: Option<Duration>) -> anyhow::Result<f64> {
+        let connections = grpc_connections();
+        let mut senders = Vec::new();
+        for _ in 0..connections.max(1) {
+            let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+            tcp.set_nodelay(true)?;
+            // Writes coalesced as the server's are (and as grpc-go's client
+            // does): one system call for the requests of one scheduler round.
+            let tcp = hookpost::transport::coalesce::Coalesce::new(tcp);
+            let (send, conn) = h2::client::handshake(tcp).await?;
+            tokio::spawn(conn);
+            senders.push(send);
+        }
+        let uri = format!("http://{}{}", self.addr, self.path);
+        let bearer = self.bearer.map(|key| format!("Bearer {key}"));
+        let (next, done) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let start = Instant::now();
+        let end = within.map(|w| start + w);
+        let mut tasks = JoinSet::new();
+        for (i, message) in messages.into_iter().enumerate() {
+            // A gRPC message: uncompressed flag, big-endian length, the bytes.
+            let mut frame = vec![0u8];
+            frame.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+            frame.extend_from_slice(&message);
+            let frame = bytes::Bytes::from(frame);
+            let (mut send, next, done, uri, bearer) =
+                (senders[i % senders.len()].clone(), next.clone(), done.clone(), uri.clone(), bearer.clone());
+            tasks.spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < n as u64 && end.is_none_or(|end| Instant::now() < end) {
+                    let mut req = axum::http::Request::post(uri.as_str())
+                        .header("content-type", "application/grpc")
+                        .header("te", "trailers");
+                    if let Some(bearer) = &bearer {
+                        req = req.header("authorization", bearer.as_str());
+                    }
+                    let req = req.body(())?;
+                    send = send.ready().await?;
+                    let (response, mut body) = send.send_request(req, false)?;
+                    body.send_data(frame.clone(), true)?;
+                    let (head, mut recv) = response.await?.into_parts();
+                    while let Some(data) = recv.data().await {
+                        let data = data?;
+                        recv.flow_control().release_capacity(data.len())?;
+                    }
+                    // grpc-status comes in the trailers, or in the head of a
+                    // trailers-only (error) answer.
+                    let trailers = recv.trailers().await?;
+                    let status =
+                        trailers.as_ref().and_then(|t| t.get("grpc-status")).or(head.headers.get("grpc-status"));
+                    if status.is_none_or(|s| s != "0") {
+                        bail!("call failed: {head:?} {trailers:?}");
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+        Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
 /// The same dispatches as JSON over the REST gateway route.
@@ -303,14 +337,19 @@ pub struct DispatchRound {
     pub batch: usize,
     /// CPU of the Dispatch slices, per Dispatch; of pgbench's single-row
     /// and batched slices, per row (pgbench's own CPU is not counted, only
-    /// in the machine's busy share; its connection setup is).
-    pub cpu: [PhaseCpu; 3],
+    /// in the machine's busy share; its connection setup is); of the floor
+    /// slices, per call.
+    pub cpu: [PhaseCpu; 4],
+    /// Empty health Checks to a bare tonic server, calls/s, from the same
+    /// load generator at the same concurrency (see [`grpc_floor`]).
+    pub floor_per_s: f64,
 }
 
 /// Times Dispatch on an API-only replica against its two pgbench baselines,
 /// interleaved: `slices` times, `slice_secs` of Dispatch, then as long of
-/// pgbench's single-row statement, then of its batched one at the batch
-/// size hookpost reached so far. This machine's speed drifts by a fifth
+/// the gRPC floor (an empty call to a bare tonic server), of pgbench's
+/// single-row statement, and of its batched one at the batch size hookpost
+/// reached so far. This machine's speed drifts by a fifth
 /// within a minute (pgbench alone, 5 s runs back to back: 19k to 28k rows/s),
 /// and phases of 10 s each, run one after the other, put that drift into
 /// the ratio. Dispatch starts after 1,000 untimed (connections opened,
@@ -349,7 +388,8 @@ pub async fn dispatch_round(
     let workers = hookpost::store::DISPATCH_WORKERS as u32;
     let (mut rates, mut single, mut batched, mut syncs, mut commits) = (vec![], vec![], vec![], 0, 0);
     let mut batch = 1;
-    let mut cpu = [PhaseCpu::default(); 3];
+    let mut cpu = [PhaseCpu::default(); 4];
+    let (bare, mut floor) = (BareGrpc::start().await?, vec![]);
     let secs = slice_secs as f64;
     checkpoint(db_url).await;
     for _ in 0..slices {
@@ -371,6 +411,10 @@ pub async fn dispatch_round(
         (syncs, commits) = (syncs + s1 - s0, commits + c1 - c0);
         batch = rows_per_commit().await?.round().clamp(1.0, 64.0) as usize;
         let meter = CpuMeter::start();
+        floor.push(grpc_floor(bare.addr, concurrency, Duration::from_secs(slice_secs)).await?);
+        let span = meter.elapsed();
+        meter.stop(&mut cpu[3], floor.last().copied().unwrap_or(0.0) * span);
+        let meter = CpuMeter::start();
         single.push(pgbench_dispatch(pgbench_db, pool_size, slice_secs, dir)?);
         // pgbench's rate leaves out its connection setup: per its own span.
         meter.stop(&mut cpu[1], single.last().copied().unwrap_or(0.0) * secs);
@@ -380,6 +424,7 @@ pub async fn dispatch_round(
     }
     let rows_per_commit = rows_per_commit().await?;
     api.shutdown().await?;
+    bare.shutdown().await?;
     sqlx::query("TRUNCATE webhook_attempts, webhook_requests, webhook_messages").execute(&pool).await?;
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     Ok(DispatchRound {
@@ -393,6 +438,7 @@ pub async fn dispatch_round(
         batched_per_s: mean(&batched),
         batch,
         cpu,
+        floor_per_s: mean(&floor),
     })
 }
 

@@ -128,6 +128,34 @@ impl RunningApp {
     }
 }
 
+/// A tonic server with the health service alone, served by tonic's own
+/// transport with its defaults: the gRPC floor the Dispatch round compares
+/// with. Runs until `stop` is cancelled.
+pub struct BareGrpc {
+    pub addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl BareGrpc {
+    pub async fn start() -> anyhow::Result<Self> {
+        let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse()?)?.with_nodelay(Some(true));
+        let addr = incoming.local_addr()?;
+        let (_, health) = tonic_health::server::health_reporter();
+        let stop = CancellationToken::new();
+        let stopped = stop.clone().cancelled_owned();
+        let handle = tokio::spawn(
+            tonic::transport::Server::builder().add_service(health).serve_with_incoming_shutdown(incoming, stopped),
+        );
+        Ok(Self { addr, stop, handle })
+    }
+
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        Ok(self.handle.await??)
+    }
+}
+
 pub async fn service_key(db_url: &str) -> anyhow::Result<String> {
     let store = PostgresStore::connect(db_url, 1, Duration::from_secs(10)).await?;
     let key = hookpost::auth::generate(hookpost::auth::KeyKind::Service);
