@@ -320,7 +320,8 @@ pub fn strip_details(d: &mut LogDetails) {
 impl TryFrom<pb::WatchWebhookLogsRequest> for crate::service::WatchQuery {
     type Error = Error;
 
-    /// The filters are ListWebhookLogs's, checked by the same conversion.
+    /// The filters are ListWebhookLogs's, checked by the same conversion;
+    /// the view says whether events carry bodies.
     fn try_from(r: pb::WatchWebhookLogsRequest) -> Result<Self> {
         let list = pb::ListWebhookLogsRequest {
             organization_id: r.organization_id,
@@ -335,7 +336,9 @@ impl TryFrom<pb::WatchWebhookLogsRequest> for crate::service::WatchQuery {
             ..Default::default()
         };
         let filter = ListQuery::try_from(list)?.filter;
-        Ok(crate::service::WatchQuery { filter, resume_token: r.resume_token })
+        // BASIC unless FULL is asked for (AIP-157: the method's default).
+        let bodies = if basic_view(r.view, true) { crate::store::Bodies::Without } else { crate::store::Bodies::With };
+        Ok(crate::service::WatchQuery { filter, resume_token: r.resume_token, bodies })
     }
 }
 

@@ -74,8 +74,8 @@ impl WebhookServiceRpc for GrpcApi {
         use futures_util::StreamExt;
         self.observed("WatchWebhookLogs", async {
             let who = self.caller(&request).await?;
-            let basic = convert::basic_view(request.get_ref().view, true);
             let query = crate::service::WatchQuery::try_from(request.into_inner())?;
+            let basic = query.bodies == crate::store::Bodies::Without;
             let events = self.service.watch(&who, query).await?;
             let stream = events.map(move |e| match e {
                 Ok(e) => Ok(convert::watch_event_to_proto(e, basic)),

@@ -10,13 +10,19 @@
 //! dropping what it has already sent: each source (attempts, status
 //! changes) is in order in both, so positions tell what is new.
 //!
+//! While no watcher asks for the FULL view, the hub reads without bodies
+//! (the payload, its metadata, the responses), as BASIC shows them; a
+//! read with bodies stops its logs at a byte budget. A FULL watcher that
+//! joins while a read without them is under way reads that batch again.
+//!
 //! An event's log and change are read once and shared, by the hub's
 //! buffer and by every watcher's queue: a watcher copies them only as it
 //! sends them, and in the BASIC view without their bodies. Copied into
 //! each queue, a 256 KiB payload cost every watcher its own copy per event
 //! (up to 64 queued), on top of the hub's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,11 +33,11 @@ use futures_util::Stream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{WebhookService, check_filter};
+use super::{MAX_PAGE_BYTES, WebhookService, check_filter};
 use crate::auth::Principal;
 use crate::domain::{LogFilter, LogRecord};
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::{TailChange, TailPosition};
+use crate::store::{Bodies, TailChange, TailPosition, log_bytes};
 
 /// How often a watcher looks for what other replicas recorded.
 const POLL: Duration = Duration::from_millis(200);
@@ -39,6 +45,13 @@ const POLL: Duration = Duration::from_millis(200);
 const BATCH: u32 = 500;
 /// Shortest time between two reads of the tail by the hub.
 const MIN_GAP: Duration = Duration::from_millis(20);
+/// Bytes of logs one read with bodies holds at most, give or take one
+/// look's logs (and at least one log): 500 logs with 256 KiB payloads
+/// would be 125 MiB. The read's attempts carry their kept responses
+/// besides, 10 KiB at most each.
+const READ_BYTES: usize = MAX_PAGE_BYTES;
+/// Logs a read with bodies looks up first, before their size is known.
+const FIRST_LOOK: usize = 8;
 
 /// Sends the events of `batch` after `position` that `filter` selects,
 /// moving `position` past every one of them; false once the client left.
@@ -74,6 +87,8 @@ pub struct WatchQuery {
     pub filter: LogFilter,
     /// Continue right after this event; empty: from now.
     pub resume_token: String,
+    /// The FULL view's bodies, or none (BASIC): events come without them.
+    pub bodies: Bodies,
 }
 
 /// One event of a watch: the delivery as it is now and what happened,
@@ -119,7 +134,19 @@ struct Observed {
     log: Option<Arc<LogRecord>>,
 }
 
-type Batch = Arc<Vec<Observed>>;
+/// Events read from the tail in one look, and whether more were there.
+struct TailRead {
+    events: Vec<Observed>,
+    more: bool,
+}
+
+/// What the hub broadcasts: one look's events, read with or without bodies.
+struct HubBatch {
+    events: Vec<Observed>,
+    bodies: Bodies,
+}
+
+type Batch = Arc<HubBatch>;
 
 /// The process's one reader of the tail.
 struct Hub {
@@ -128,6 +155,27 @@ struct Hub {
     /// this lock, so that a watcher reading it after subscribing knows that
     /// every later batch comes after it.
     position: Mutex<TailPosition>,
+    /// Watchers that want bodies. While there are none, the hub reads
+    /// without them. A FULL watcher counts itself before it subscribes, so
+    /// only a read already under way can reach it without bodies, and such
+    /// a batch it reads again from the store.
+    full: AtomicUsize,
+}
+
+/// A FULL watcher, counted by its hub until dropped.
+struct FullWatcher(Arc<Hub>);
+
+impl FullWatcher {
+    fn new(hub: Arc<Hub>) -> Self {
+        hub.full.fetch_add(1, Ordering::SeqCst);
+        Self(hub)
+    }
+}
+
+impl Drop for FullWatcher {
+    fn drop(&mut self) {
+        self.0.full.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Batches the broadcast holds for a slow watcher before it falls behind
@@ -212,6 +260,10 @@ impl WebhookService {
         };
         let slot = self.open_slot(who)?;
         let hub = self.hub().await?;
+        let bodies = q.bodies;
+        // Counted before it subscribes: every read the hub starts after
+        // this carries bodies.
+        let full = (bodies == Bodies::With && !nothing).then(|| FullWatcher::new(hub.clone()));
         // Subscribe before reading the hub's position: every batch sent
         // after that read is in the subscription.
         let mut batches = hub.sender.subscribe();
@@ -221,7 +273,7 @@ impl WebhookService {
         let service = self.clone();
         let filter = q.filter;
         tokio::spawn(async move {
-            let _slot = slot;
+            let (_slot, _full) = (slot, full);
             let shutdown = service.watchers.shutdown.clone();
             if nothing {
                 // Never reads the broadcast: must not hold its batches.
@@ -236,13 +288,12 @@ impl WebhookService {
             let mut catch_up = from.is_some();
             loop {
                 if catch_up {
-                    match service.read_tail(position).await {
-                        Ok(batch) => {
-                            let full = batch.len() >= BATCH as usize;
-                            if !send(&tx, &filter, &batch, &mut position, &shutdown).await {
+                    match service.read_tail(position, bodies).await {
+                        Ok(read) => {
+                            if !send(&tx, &filter, &read.events, &mut position, &shutdown).await {
                                 return;
                             }
-                            catch_up = full && !shutdown.is_cancelled();
+                            catch_up = read.more && !shutdown.is_cancelled();
                         }
                         Err(err) => {
                             let _ = tx.send(Err(err)).await;
@@ -255,8 +306,11 @@ impl WebhookService {
                     _ = shutdown.cancelled() => return,
                     _ = tx.closed() => return,
                     batch = batches.recv() => match batch {
+                        // Read before this watcher was counted: its events
+                        // are read again, with their bodies.
+                        Ok(batch) if batch.bodies == Bodies::Without && bodies == Bodies::With => catch_up = true,
                         Ok(batch) => {
-                            if !send(&tx, &filter, &batch, &mut position, &shutdown).await {
+                            if !send(&tx, &filter, &batch.events, &mut position, &shutdown).await {
                                 return;
                             }
                         }
@@ -270,27 +324,55 @@ impl WebhookService {
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 
-    /// The next events after `position`, each with its log.
-    async fn read_tail(&self, position: TailPosition) -> Result<Vec<Observed>> {
-        let events = self.store.tail(position, BATCH).await?;
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut ids: Vec<(i64, DateTime<Utc>)> = events.iter().map(|e| (e.log_id, e.created_at)).collect();
-        ids.sort();
-        ids.dedup();
-        let logs = self.store.logs_by_id(&ids).await?;
+    /// The next events after `position`, each with its log. With bodies,
+    /// the logs are looked up in the events' order until they reach
+    /// [`READ_BYTES`], and the events whose logs were not looked up are
+    /// left for the next read.
+    async fn read_tail(&self, position: TailPosition, bodies: Bodies) -> Result<TailRead> {
+        let events = self.store.tail(position, BATCH, bodies).await?;
+        let full = events.len() >= BATCH as usize;
+        // Each delivery once, in the order of its first event.
+        let mut seen = HashSet::new();
+        let keys: Vec<(i64, DateTime<Utc>)> =
+            events.iter().filter(|e| seen.insert(e.log_id)).map(|e| (e.log_id, e.created_at)).collect();
         // A delivery with several events in the batch shares one log.
-        let logs: HashMap<i64, Arc<LogRecord>> = logs.into_iter().map(|l| (l.log_id, Arc::new(l))).collect();
-        Ok(events
+        let mut logs: HashMap<i64, Arc<LogRecord>> = HashMap::with_capacity(keys.len());
+        let mut looked = 0;
+        match bodies {
+            Bodies::Without => {
+                logs.extend(self.store.logs_by_id(&keys, bodies).await?.into_iter().map(|l| (l.log_id, Arc::new(l))));
+                looked = keys.len();
+            }
+            Bodies::With => {
+                let mut bytes = 0;
+                while looked < keys.len() && bytes < READ_BYTES {
+                    // As many as the logs so far say fit in what is left.
+                    let ask = match looked {
+                        0 => FIRST_LOOK,
+                        _ => ((READ_BYTES - bytes) / (bytes / looked).max(1)).max(1),
+                    };
+                    let look = &keys[looked..keys.len().min(looked + ask)];
+                    for l in self.store.logs_by_id(look, bodies).await? {
+                        bytes += log_bytes(&l);
+                        logs.insert(l.log_id, Arc::new(l));
+                    }
+                    looked += look.len();
+                }
+            }
+        }
+        let looked: HashSet<i64> = keys[..looked].iter().map(|k| k.0).collect();
+        let total = events.len();
+        let events: Vec<Observed> = events
             .into_iter()
+            .take_while(|e| looked.contains(&e.log_id))
             .map(|e| Observed {
                 log: logs.get(&e.log_id).cloned(),
                 change: Arc::new(e.change),
                 at: e.at,
                 position: e.position,
             })
-            .collect())
+            .collect();
+        Ok(TailRead { more: full || events.len() < total, events })
     }
 
     /// The process's hub, started by the first watcher.
@@ -301,7 +383,7 @@ impl WebhookService {
             .get_or_try_init(|| async {
                 let start = self.store.tail_now().await?;
                 let (sender, _) = broadcast::channel(HUB_BUFFER);
-                let hub = Arc::new(Hub { sender, position: Mutex::new(start) });
+                let hub = Arc::new(Hub { sender, position: Mutex::new(start), full: AtomicUsize::new(0) });
                 tokio::spawn(self.clone().run_hub(hub.clone()));
                 Ok::<_, Error>(hub)
             })
@@ -330,14 +412,15 @@ impl WebhookService {
                 }
             } else {
                 let at = *hub.position.lock().expect("hub poisoned");
-                match self.read_tail(at).await {
-                    Ok(batch) => {
+                let bodies = if hub.full.load(Ordering::SeqCst) > 0 { Bodies::With } else { Bodies::Without };
+                match self.read_tail(at, bodies).await {
+                    Ok(read) => {
                         failures = 0;
-                        full = batch.len() >= BATCH as usize;
-                        if let Some(last) = batch.last() {
+                        full = read.more;
+                        if let Some(last) = read.events.last() {
                             let mut position = hub.position.lock().expect("hub poisoned");
                             *position = last.position;
-                            let _ = hub.sender.send(Arc::new(batch));
+                            let _ = hub.sender.send(Arc::new(HubBatch { events: read.events, bodies }));
                         }
                     }
                     Err(err) => {

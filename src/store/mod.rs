@@ -20,7 +20,7 @@ pub use postgres::PostgresStore;
 pub use recovery::{Operation, RecoverFilter, RecoveryStore, Redelivered};
 pub use sqlite::SqliteStore;
 pub use stats::{BucketRow, EndpointQueue, StatsStore, StatsWindow};
-pub use tail::{TailChange, TailEvent, TailPosition, TailStore};
+pub use tail::{Bodies, TailChange, TailEvent, TailPosition, TailStore};
 
 /// Opens and migrates the store a URL names: `postgres://` (or `postgresql://`)
 /// for Postgres, `sqlite://path` for the embedded store. Returns it with a

@@ -46,19 +46,39 @@ pub struct SqliteStore {
     migrate_options: SqliteConnectOptions,
 }
 
-pub(crate) const LOG_SELECT: &str = "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
-     r.endpoint_id, COALESCE(r.message_id, r.request_id) AS message_id, \
-     r.call_id, m.assistant_id, r.webhook_url, r.webhook_type, m.body, m.metadata, r.status, r.attempt_count, \
-     r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, r.expires_at, \
-     a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, a.response_truncated, \
-     a.response_time_ms, a.error_category, a.error_message, a.manual \
-     FROM webhook_requests r \
-     JOIN webhook_messages m ON m.message_id = r.message_id \
-     LEFT JOIN webhook_attempts a ON a.request_pk = r.id AND a.attempt_number = \
-       (SELECT max(la.attempt_number) FROM webhook_attempts la WHERE la.request_pk = r.id AND la.held)";
+/// Logs with these message bodies and this latest response body, to be
+/// followed by a WHERE on the delivery (`r`).
+macro_rules! log_select {
+    ($message_bodies:literal, $response_body:literal) => {
+        concat!(
+            "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
+             r.endpoint_id, COALESCE(r.message_id, r.request_id) AS message_id, \
+             r.call_id, m.assistant_id, r.webhook_url, r.webhook_type, ",
+            $message_bodies,
+            ", r.status, r.attempt_count, \
+             r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, r.expires_at, \
+             a.attempt_number, a.attempted_at, a.success, a.status_code, ",
+            $response_body,
+            ", a.response_truncated, \
+             a.response_time_ms, a.error_category, a.error_message, a.manual \
+             FROM webhook_requests r \
+             JOIN webhook_messages m ON m.message_id = r.message_id \
+             LEFT JOIN webhook_attempts a ON a.request_pk = r.id AND a.attempt_number = \
+               (SELECT max(la.attempt_number) FROM webhook_attempts la WHERE la.request_pk = r.id AND la.held)"
+        )
+    };
+}
+
+pub(crate) const LOG_SELECT: &str = log_select!("m.body, m.metadata", "a.response_body");
+/// [`LOG_SELECT`] in the BASIC view: the bodies as empty as
+/// `LogRecord::strip_bodies` leaves them, never read.
+pub(crate) const LOG_SELECT_BASIC: &str = log_select!("'' AS body, NULL AS metadata", "'' AS response_body");
 
 pub(crate) const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
      response_truncated, response_time_ms, error_category, error_message, manual";
+/// [`ATTEMPT_COLUMNS`] in the BASIC view: the response body left unread.
+pub(crate) const ATTEMPT_COLUMNS_BASIC: &str = "attempt_number, attempted_at, success, status_code, \
+     '' AS response_body, response_truncated, response_time_ms, error_category, error_message, manual";
 
 pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()

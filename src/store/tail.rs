@@ -58,6 +58,17 @@ pub enum TailChange {
     Status { status: ExecutionStatus, reason: String },
 }
 
+/// Whether a read of the tail carries the bodies (the payload, its
+/// metadata, the responses) for a FULL watcher, or leaves them empty, as
+/// the BASIC view shows them, without reading them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bodies {
+    With,
+    /// The watch's default view (BASIC).
+    #[default]
+    Without,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TailEvent {
     /// The delivery (log ID and creation time, its key in the store).
@@ -75,11 +86,11 @@ pub trait TailStore: Send + Sync {
     async fn tail_now(&self) -> Result<TailPosition>;
 
     /// Up to `limit` events of each source after `after`, in order.
-    async fn tail(&self, after: TailPosition, limit: u32) -> Result<Vec<TailEvent>>;
+    async fn tail(&self, after: TailPosition, limit: u32, bodies: Bodies) -> Result<Vec<TailEvent>>;
 
     /// The logs of these deliveries (log ID, creation time), as they are now,
     /// each once however often it is named; none for a key that matches none.
-    async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)]) -> Result<Vec<LogRecord>>;
+    async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)], bodies: Bodies) -> Result<Vec<LogRecord>>;
 }
 
 /// One row of a source, before it gets its position.
@@ -141,11 +152,11 @@ impl TailStore for PostgresStore {
         Ok(TailPosition { attempt: (h - 1, i64::MAX), event: (h - 1, i64::MAX) })
     }
 
-    async fn tail(&self, after: TailPosition, limit: u32) -> Result<Vec<TailEvent>> {
-        self.read_tail(|pool| tail_on(pool, after, limit)).await
+    async fn tail(&self, after: TailPosition, limit: u32, bodies: Bodies) -> Result<Vec<TailEvent>> {
+        self.read_tail(|pool| tail_on(pool, after, limit, bodies)).await
     }
 
-    async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)]) -> Result<Vec<LogRecord>> {
+    async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)], bodies: Bodies) -> Result<Vec<LogRecord>> {
         // On the primary, even with replicas: a log read on a server that
         // lags more than the one the events came from could be older than
         // its event (a watcher filtering by status would miss the change).
@@ -154,8 +165,11 @@ impl TailStore for PostgresStore {
             return Ok(Vec::new());
         }
         let (logs, created): (Vec<i64>, Vec<DateTime<Utc>>) = ids.iter().copied().unzip();
-        let rows =
-            sqlx::query(super::postgres::sql::LOGS_BY_ID).bind(&logs).bind(&created).fetch_all(self.db()).await?;
+        let sql = match bodies {
+            Bodies::With => super::postgres::sql::LOGS_BY_ID,
+            Bodies::Without => super::postgres::sql::LOGS_BY_ID_BASIC,
+        };
+        let rows = sqlx::query(sql).bind(&logs).bind(&created).fetch_all(self.db()).await?;
         super::postgres::logs_from_rows(&rows)
     }
 }
@@ -166,12 +180,15 @@ async fn horizon(pool: super::postgres::Db) -> Result<i64> {
     Ok(sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetch_one(&pool).await?)
 }
 
-async fn tail_on(pool: super::postgres::Db, after: TailPosition, limit: u32) -> Result<Vec<TailEvent>> {
+async fn tail_on(pool: super::postgres::Db, after: TailPosition, limit: u32, bodies: Bodies) -> Result<Vec<TailEvent>> {
     let h = horizon(pool.clone()).await?;
+    let columns = match bodies {
+        Bodies::With => super::postgres::ATTEMPT_COLUMNS,
+        Bodies::Without => super::postgres::ATTEMPT_COLUMNS_BASIC,
+    };
     let rows = sqlx::query(&format!(
-        "SELECT xid, id, request_pk, request_created_at, {} FROM webhook_attempts \
-         WHERE xid < $3 AND (xid, id) > ($1, $2) ORDER BY xid, id LIMIT {limit}",
-        super::postgres::ATTEMPT_COLUMNS
+        "SELECT xid, id, request_pk, request_created_at, {columns} FROM webhook_attempts \
+         WHERE xid < $3 AND (xid, id) > ($1, $2) ORDER BY xid, id LIMIT {limit}"
     ))
     .bind(after.attempt.0)
     .bind(after.attempt.1)
@@ -225,12 +242,15 @@ impl TailStore for SqliteStore {
         Ok(TailPosition { attempt: (0, row.try_get("a")?), event: (0, row.try_get("e")?) })
     }
 
-    async fn tail(&self, after: TailPosition, limit: u32) -> Result<Vec<TailEvent>> {
+    async fn tail(&self, after: TailPosition, limit: u32, bodies: Bodies) -> Result<Vec<TailEvent>> {
         use super::sqlite::time;
+        let columns = match bodies {
+            Bodies::With => super::sqlite::ATTEMPT_COLUMNS,
+            Bodies::Without => super::sqlite::ATTEMPT_COLUMNS_BASIC,
+        };
         let rows = sqlx::query(&format!(
-            "SELECT a.id, a.request_pk, r.created_at AS request_created_at, {} FROM webhook_attempts a \
-             JOIN webhook_requests r ON r.id = a.request_pk WHERE a.id > ? ORDER BY a.id LIMIT {limit}",
-            super::sqlite::ATTEMPT_COLUMNS
+            "SELECT a.id, a.request_pk, r.created_at AS request_created_at, {columns} FROM webhook_attempts a \
+             JOIN webhook_requests r ON r.id = a.request_pk WHERE a.id > ? ORDER BY a.id LIMIT {limit}"
         ))
         .bind(after.attempt.1)
         .fetch_all(self.reader())
@@ -270,11 +290,14 @@ impl TailStore for SqliteStore {
         Ok(merge(after, attempts, events))
     }
 
-    async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)]) -> Result<Vec<LogRecord>> {
+    async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)], bodies: Bodies) -> Result<Vec<LogRecord>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut q: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(super::sqlite::LOG_SELECT);
+        let mut q: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(match bodies {
+            Bodies::With => super::sqlite::LOG_SELECT,
+            Bodies::Without => super::sqlite::LOG_SELECT_BASIC,
+        });
         q.push(" WHERE r.id IN (");
         let mut list = q.separated(", ");
         for (id, _) in ids {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use hookpost::domain::{Cursor, ExecutionStatus, LogFilter, NextStep};
-use hookpost::store::{NewAttempt, ReadFrom, Store};
+use hookpost::store::{Bodies, NewAttempt, ReadFrom, Store};
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -190,7 +190,7 @@ async fn purge_removes_settled_logs_and_never_pending_ones(backend: Backend) {
     // (On Postgres, rows show once no older transaction runs on the server.)
     let seen = eventually(Duration::from_secs(20), "the tail to show every row", || {
         let store = store.clone();
-        async move { Some(store.tail(start, 100).await.unwrap()).filter(|e| e.len() >= 5) }
+        async move { Some(store.tail(start, 100, Bodies::With).await.unwrap()).filter(|e| e.len() >= 5) }
     })
     .await;
     assert_eq!(seen.len(), 5, "4 attempts and 1 status change");
@@ -203,7 +203,7 @@ async fn purge_removes_settled_logs_and_never_pending_ones(backend: Backend) {
     let done = store.purge(cutoff, false).await.unwrap();
     assert_eq!((done.requests, done.attempts), (3, 4));
     assert!(all_pages(store.as_ref(), &LogFilter::default(), 10).await.is_empty());
-    assert!(store.tail(start, 100).await.unwrap().is_empty(), "the tail's rows go with their logs");
+    assert!(store.tail(start, 100, Bodies::With).await.unwrap().is_empty(), "the tail's rows go with their logs");
 
     // A pending delivery is never purged.
     store.prepare().await.unwrap();
@@ -325,7 +325,7 @@ async fn logs_by_key_come_once_each_with_their_latest_attempt(backend: Backend) 
     let (b, _) = store.log_details(waiting.request_id, None, ReadFrom::Primary).await.unwrap().unwrap();
     let nobody = (a.log_id + b.log_id + 1000, a.created_at);
 
-    let logs = store.logs_by_id(&[key(&a), key(&b), key(&a), nobody]).await.unwrap();
+    let logs = store.logs_by_id(&[key(&a), key(&b), key(&a), nobody], Bodies::With).await.unwrap();
     let mut ids: Vec<Uuid> = logs.iter().map(|l| l.request_id).collect();
     ids.sort();
     let mut want = vec![tried.request_id, waiting.request_id];
@@ -336,6 +336,33 @@ async fn logs_by_key_come_once_each_with_their_latest_attempt(backend: Backend) 
     assert_eq!(a_now.last_attempt.as_ref().map(|t| t.status_code), Some(Some(500)));
     let b_now = logs.iter().find(|l| l.request_id == waiting.request_id).unwrap();
     assert!(b_now.last_attempt.is_none(), "no attempt yet: {b_now:?}");
+    assert!(!a_now.body.is_empty() && a_now.last_attempt.as_ref().unwrap().response_body == "ok");
+
+    // Without bodies: the same logs as the BASIC view shows them.
+    let mut basic = store.logs_by_id(&[key(&a), key(&b), nobody], Bodies::Without).await.unwrap();
+    let mut want: Vec<_> = logs.iter().map(|l| l.basic_copy()).collect();
+    basic.sort_by_key(|l| l.log_id);
+    want.sort_by_key(|l| l.log_id);
+    assert_eq!(basic, want);
+    // And the tail's attempts without their response bodies.
+    let start = hookpost::store::TailPosition { attempt: (0, 0), event: (0, 0) };
+    let tail = |bodies| {
+        let store = store.clone();
+        async move { Some(store.tail(start, 100, bodies).await.unwrap()).filter(|e| !e.is_empty()) }
+    };
+    let with = eventually(Duration::from_secs(20), "the attempt in the tail", || tail(Bodies::With)).await;
+    let without = store.tail(start, 100, Bodies::Without).await.unwrap();
+    let stripped: Vec<_> = with
+        .into_iter()
+        .map(|mut e| {
+            if let hookpost::store::TailChange::Attempt(a) = &mut e.change {
+                assert_eq!(a.response_body, "ok");
+                a.strip_bodies();
+            }
+            e
+        })
+        .collect();
+    assert_eq!(without, stripped);
 }
 
 /// A claim given back early: held when its endpoint was paused since the

@@ -147,6 +147,12 @@ async fn assert_keyed_plans(pool: &sqlx::PgPool) {
         // has had no index of its own since the engine claims per queue.
         ("due queues", "text, int4", sql::DUE_QUEUES, "'', 64".to_owned()),
         ("logs by key (live tail)", "int8[], timestamptz[]", sql::LOGS_BY_ID, format!("'{{1,2}}', '{{{now},{now}}}'")),
+        (
+            "logs by key without bodies (live tail, BASIC)",
+            "int8[], timestamptz[]",
+            sql::LOGS_BY_ID_BASIC,
+            format!("'{{1,2}}', '{{{now},{now}}}'"),
+        ),
         // Rare (a delivery that belongs to another replica, an endpoint
         // paused since the claim), so a connection may run them for the
         // first time when its day's partition is large.

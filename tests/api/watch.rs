@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use hookpost::auth::KeyKind;
 use hookpost::proto::v1 as pb;
+use hookpost::store::Bodies;
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -113,13 +114,13 @@ async fn attempts_committed_out_of_order_both_reach_the_watcher() {
     late.commit().await.unwrap();
     // The later transaction is committed, the earlier one is not: the tail
     // holds the later row back rather than pass the earlier one by.
-    assert!(store.tail(start, 100).await.unwrap().is_empty());
+    assert!(store.tail(start, 100, Bodies::With).await.unwrap().is_empty());
     early.commit().await.unwrap();
     // Both appear once no older transaction runs (the horizon is the
     // server's: other tests' transactions can hold it back a moment).
     let both = eventually(SETTLE, "both rows to pass the horizon", || {
         let store = store.clone();
-        async move { Some(store.tail(start, 100).await.unwrap()).filter(|e| e.len() >= 2) }
+        async move { Some(store.tail(start, 100, Bodies::With).await.unwrap()).filter(|e| e.len() >= 2) }
     })
     .await;
     assert_eq!(both.len(), 2, "{both:?}");
@@ -393,4 +394,46 @@ async fn cors_is_off_by_default_and_allows_only_configured_origins() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["access-control-allow-origin"], "http://localhost:3000");
+}
+
+/// A FULL watcher catching up over large payloads: one read's logs stop at
+/// a byte budget (2 MiB) and the rest come with the next reads, every event
+/// once, every payload whole.
+#[tokio::test]
+async fn a_full_watch_over_large_payloads_gets_every_event_once_and_whole() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let org = Uuid::new_v4();
+    // A resume token from before the large deliveries.
+    let mut events = watch(&app, of_org(org)).await;
+    app.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap();
+    let token = next(&mut events).await.resume_token;
+    drop(events);
+
+    let blob = "x".repeat(200 * 1024);
+    let mut sent = Vec::new();
+    for n in 0..12 {
+        let mut req = dispatch_to(&receiver.url(), org);
+        let payload = serde_json::json!({ "n": n, "blob": blob });
+        req.payload = Some(hookpost::grpc::json_to_struct(payload.as_object().unwrap().clone()));
+        sent.push(app.dispatch(req).await.unwrap().request_id);
+    }
+    for id in &sent {
+        app.settled(id, SETTLE).await;
+    }
+    // 12 logs of 200 KiB: more than one read's budget.
+    let full = pb::WatchWebhookLogsRequest { resume_token: token, view: pb::LogView::Full.into(), ..of_org(org) };
+    let mut events = watch(&app, full).await;
+    let mut got = Vec::new();
+    for _ in 0..sent.len() {
+        let e = next(&mut events).await;
+        assert_eq!(attempt_number(&e), 1);
+        let log = e.log.unwrap();
+        let payload = hookpost::grpc::struct_to_json(log.payload.expect("FULL: the payload")).unwrap();
+        assert_eq!(payload["blob"].as_str().map(str::len), Some(blob.len()), "{}", log.request_id);
+        got.push(log.request_id);
+    }
+    got.sort();
+    sent.sort();
+    assert_eq!(got, sent, "each delivery's attempt once");
 }

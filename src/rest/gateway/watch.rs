@@ -61,8 +61,8 @@ pub async fn watch(
             message.resume_token = last.to_owned();
         }
     }
-    let basic = crate::grpc::basic_view(message.view, true);
     let query = WatchQuery::try_from(message).map_err(|e| RestError::status(e).json_named())?;
+    let basic = query.bodies == crate::store::Bodies::Without;
     let events = state.service.watch(&who, query).await.map_err(|e| RestError::status(e).json_named())?;
     if sse {
         let stream = events.map(move |e| {

@@ -187,6 +187,9 @@ pub fn claim_connect_options(options: &PgConnectOptions) -> PgConnectOptions {
 
 pub(crate) const ATTEMPT_COLUMNS: &str = "attempt_number, attempted_at, success, status_code, response_body, \
      response_truncated, response_time_ms, error_category, error_message, manual";
+/// [`ATTEMPT_COLUMNS`] in the BASIC view: the response body left unread.
+pub(crate) const ATTEMPT_COLUMNS_BASIC: &str = "attempt_number, attempted_at, success, status_code, \
+     ''::text AS response_body, response_truncated, response_time_ms, error_category, error_message, manual";
 
 impl PostgresStore {
     /// Connects with a pool of at most `max_connections`, without migrating.

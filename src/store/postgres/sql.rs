@@ -59,15 +59,24 @@ macro_rules! claimed_with {
 }
 
 /// The columns of a log: the delivery (`r`), its message (`m`) and its
-/// latest attempt (`a`).
+/// latest attempt (`a`); given the message's body columns and the
+/// attempt's, a log in the BASIC view (see `LOGS_BY_ID_BASIC`).
 macro_rules! log_columns {
     () => {
-        "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
-         r.endpoint_id, r.message_id, \
-         r.call_id, m.assistant_id, r.webhook_url, r.webhook_type, m.body, m.metadata, r.status, \
-         r.attempt_count, r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, r.expires_at, \
-         a.attempt_number, a.attempted_at, a.success, a.status_code, a.response_body, \
-         a.response_truncated, a.response_time_ms, a.error_category, a.error_message, a.manual "
+        log_columns!("m.body, m.metadata", "a.response_body")
+    };
+    ($message_bodies:literal, $response_body:literal) => {
+        concat!(
+            "SELECT r.id, r.request_id, r.organization_id, r.workspace_id, r.subscription_id, \
+             r.endpoint_id, r.message_id, \
+             r.call_id, m.assistant_id, r.webhook_url, r.webhook_type, ",
+            $message_bodies,
+            ", r.status, \
+             r.attempt_count, r.max_retries, r.next_attempt_at, r.created_at, r.updated_at, r.expires_at, \
+             a.attempt_number, a.attempted_at, a.success, a.status_code, ",
+            $response_body,
+            ", a.response_truncated, a.response_time_ms, a.error_category, a.error_message, a.manual "
+        )
     };
 }
 /// A delivery's latest recorded attempt, by its key.
@@ -87,19 +96,38 @@ pub const LOG_SELECT: &str = concat!(
     latest_attempt!()
 );
 
+/// A lookup of logs by key (see [`LOGS_BY_ID`]) with these columns, and
+/// these of the message.
+macro_rules! logs_by_id {
+    ([$($columns:tt)*], $message_columns:literal) => {
+        concat!(
+            $($columns)*,
+            "FROM (SELECT DISTINCT * FROM unnest($1::int8[], $2::timestamptz[])) AS k(id, created_at) \
+             CROSS JOIN LATERAL (SELECT * FROM webhook_requests r \
+               WHERE r.id = k.id AND r.created_at = k.created_at LIMIT 1) r \
+             CROSS JOIN LATERAL (SELECT ",
+            $message_columns,
+            " FROM webhook_messages m \
+               WHERE m.message_id = r.message_id AND m.created_at = r.created_at LIMIT 1) m ",
+            latest_attempt!()
+        )
+    };
+}
+
 /// The logs of the deliveries keyed ($1 IDs, $2 their creation times),
 /// each found by its key, once however often it is named. Not `WHERE
 /// (r.id, r.created_at) IN (…)`: on tables never analyzed, Postgres
 /// planned that as a parallel hash join over every delivery and message,
 /// read on every look of the live tail.
-pub const LOGS_BY_ID: &str = concat!(
-    log_columns!(),
-    "FROM (SELECT DISTINCT * FROM unnest($1::int8[], $2::timestamptz[])) AS k(id, created_at) \
-     CROSS JOIN LATERAL (SELECT * FROM webhook_requests r \
-       WHERE r.id = k.id AND r.created_at = k.created_at LIMIT 1) r \
-     CROSS JOIN LATERAL (SELECT m.assistant_id, m.body, m.metadata FROM webhook_messages m \
-       WHERE m.message_id = r.message_id AND m.created_at = r.created_at LIMIT 1) m ",
-    latest_attempt!()
+pub const LOGS_BY_ID: &str = logs_by_id!([log_columns!()], "m.assistant_id, m.body, m.metadata");
+
+/// [`LOGS_BY_ID`] in the BASIC view: the bodies (payload, metadata, the
+/// latest response) as empty as `LogRecord::strip_bodies` leaves them,
+/// never read from the tables. The live tail reads so while no watcher
+/// asks for FULL: a batch of 500 logs with 256 KiB payloads is 128 MiB.
+pub const LOGS_BY_ID_BASIC: &str = logs_by_id!(
+    [log_columns!("''::text AS body, NULL::jsonb AS metadata", "''::text AS response_body")],
+    "m.assistant_id"
 );
 
 /// A page of the log listing, in two steps: the deliveries (`r`) with
