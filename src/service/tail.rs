@@ -37,7 +37,7 @@ use super::{MAX_PAGE_BYTES, WebhookService, check_filter};
 use crate::auth::Principal;
 use crate::domain::{LogFilter, LogRecord};
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::{Bodies, TailChange, TailPosition, log_bytes};
+use crate::store::{Bodies, TailChange, TailPosition};
 
 /// How often a watcher looks for what other replicas recorded.
 const POLL: Duration = Duration::from_millis(200);
@@ -45,13 +45,14 @@ const POLL: Duration = Duration::from_millis(200);
 const BATCH: u32 = 500;
 /// Shortest time between two reads of the tail by the hub.
 const MIN_GAP: Duration = Duration::from_millis(20);
-/// Bytes of logs one read with bodies holds at most, give or take one
-/// look's logs (and at least one log): 500 logs with 256 KiB payloads
-/// would be 125 MiB. The read's attempts carry their kept responses
-/// besides, 10 KiB at most each.
+/// Bytes of logs one read with bodies holds at most, give or take one log
+/// and the logs' metadata (at least one log): 500 logs with 256 KiB
+/// payloads would be 125 MiB.
 const READ_BYTES: usize = MAX_PAGE_BYTES;
-/// Logs a read with bodies looks up first, before their size is known.
-const FIRST_LOOK: usize = 8;
+/// Events per source per look with bodies: each attempt carries its kept
+/// response (10 KiB at most), and a look cut at [`READ_BYTES`] reads the
+/// events after the cut again in the next.
+const BATCH_WITH_BODIES: u32 = 100;
 
 /// Sends the events of `batch` after `position` that `filter` selects,
 /// moving `position` past every one of them; false once the client left.
@@ -156,9 +157,10 @@ struct Hub {
     /// every later batch comes after it.
     position: Mutex<TailPosition>,
     /// Watchers that want bodies. While there are none, the hub reads
-    /// without them. A FULL watcher counts itself before it subscribes, so
-    /// only a read already under way can reach it without bodies, and such
-    /// a batch it reads again from the store.
+    /// without them. A FULL watcher reads any batch that comes without
+    /// bodies again from the store (that is what makes sure it gets them);
+    /// it counts itself here before it subscribes, so that only a read
+    /// already under way can reach it so.
     full: AtomicUsize,
 }
 
@@ -325,42 +327,30 @@ impl WebhookService {
     }
 
     /// The next events after `position`, each with its log. With bodies,
-    /// the logs are looked up in the events' order until they reach
-    /// [`READ_BYTES`], and the events whose logs were not looked up are
-    /// left for the next read.
+    /// the logs are read in the events' order until they reach
+    /// [`READ_BYTES`], and the events whose logs were not read are left for
+    /// the next read.
     async fn read_tail(&self, position: TailPosition, bodies: Bodies) -> Result<TailRead> {
-        let events = self.store.tail(position, BATCH, bodies).await?;
-        let full = events.len() >= BATCH as usize;
+        let (limit, max_bytes) = match bodies {
+            Bodies::With => (BATCH_WITH_BODIES, READ_BYTES),
+            Bodies::Without => (BATCH, usize::MAX),
+        };
+        let events = self.store.tail(position, limit, bodies).await?;
+        let full = events.len() >= limit as usize;
         // Each delivery once, in the order of its first event.
         let mut seen = HashSet::new();
         let keys: Vec<(i64, DateTime<Utc>)> =
             events.iter().filter(|e| seen.insert(e.log_id)).map(|e| (e.log_id, e.created_at)).collect();
-        // A delivery with several events in the batch shares one log.
-        let mut logs: HashMap<i64, Arc<LogRecord>> = HashMap::with_capacity(keys.len());
-        let mut looked = 0;
-        match bodies {
-            Bodies::Without => {
-                logs.extend(self.store.logs_by_id(&keys, bodies).await?.into_iter().map(|l| (l.log_id, Arc::new(l))));
-                looked = keys.len();
-            }
-            Bodies::With => {
-                let mut bytes = 0;
-                while looked < keys.len() && bytes < READ_BYTES {
-                    // As many as the logs so far say fit in what is left.
-                    let ask = match looked {
-                        0 => FIRST_LOOK,
-                        _ => ((READ_BYTES - bytes) / (bytes / looked).max(1)).max(1),
-                    };
-                    let look = &keys[looked..keys.len().min(looked + ask)];
-                    for l in self.store.logs_by_id(look, bodies).await? {
-                        bytes += log_bytes(&l);
-                        logs.insert(l.log_id, Arc::new(l));
-                    }
-                    looked += look.len();
-                }
-            }
-        }
+        let read = self.store.logs_by_id(&keys, bodies, max_bytes).await?;
+        // Looked up: every key, or, cut at the budget, those up to the last
+        // log read (a key after it may be a purged delivery or one not read).
+        let looked = match (read.more, read.logs.last()) {
+            (true, Some(last)) => keys.iter().position(|k| k.0 == last.log_id).map_or(0, |i| i + 1),
+            _ => keys.len(),
+        };
         let looked: HashSet<i64> = keys[..looked].iter().map(|k| k.0).collect();
+        // A delivery with several events in the batch shares one log.
+        let logs: HashMap<i64, Arc<LogRecord>> = read.logs.into_iter().map(|l| (l.log_id, Arc::new(l))).collect();
         let total = events.len();
         let events: Vec<Observed> = events
             .into_iter()

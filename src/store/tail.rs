@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row};
 
-use super::{PostgresStore, SqliteStore};
-use crate::domain::{AttemptRecord, ExecutionStatus, LogRecord};
+use super::{LogBatch, PostgresStore, SqliteStore, take_within_budget};
+use crate::domain::{AttemptRecord, ExecutionStatus};
 use crate::error::{Error, Result};
 
 /// After which attempt and which status change a tail continues: the last
@@ -89,8 +89,12 @@ pub trait TailStore: Send + Sync {
     async fn tail(&self, after: TailPosition, limit: u32, bodies: Bodies) -> Result<Vec<TailEvent>>;
 
     /// The logs of these deliveries (log ID, creation time), as they are now,
-    /// each once however often it is named; none for a key that matches none.
-    async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)], bodies: Bodies) -> Result<Vec<LogRecord>>;
+    /// in the order first named, each once however often it is named; none
+    /// for a key that matches none. Stops once the logs read reach
+    /// `max_bytes` (as [`super::log_bytes`] counts; at least one log), and
+    /// then says there is `more`: only the keys up to the last log
+    /// returned were looked up.
+    async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)], bodies: Bodies, max_bytes: usize) -> Result<LogBatch>;
 }
 
 /// One row of a source, before it gets its position.
@@ -156,21 +160,21 @@ impl TailStore for PostgresStore {
         self.read_tail(|pool| tail_on(pool, after, limit, bodies)).await
     }
 
-    async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)], bodies: Bodies) -> Result<Vec<LogRecord>> {
+    async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)], bodies: Bodies, max_bytes: usize) -> Result<LogBatch> {
         // On the primary, even with replicas: a log read on a server that
         // lags more than the one the events came from could be older than
         // its event (a watcher filtering by status would miss the change).
         // The primary is never behind any replica.
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(LogBatch::default());
         }
         let (logs, created): (Vec<i64>, Vec<DateTime<Utc>>) = ids.iter().copied().unzip();
         let sql = match bodies {
             Bodies::With => super::postgres::sql::LOGS_BY_ID,
             Bodies::Without => super::postgres::sql::LOGS_BY_ID_BASIC,
         };
-        let rows = sqlx::query(sql).bind(&logs).bind(&created).fetch_all(self.db()).await?;
-        super::postgres::logs_from_rows(&rows)
+        let rows = sqlx::query(sql).bind(&logs).bind(&created).fetch(self.db());
+        take_within_budget(rows, u32::MAX, max_bytes, super::postgres::log_decoder()).await
     }
 }
 
@@ -290,9 +294,9 @@ impl TailStore for SqliteStore {
         Ok(merge(after, attempts, events))
     }
 
-    async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)], bodies: Bodies) -> Result<Vec<LogRecord>> {
+    async fn logs_by_id(&self, ids: &[(i64, DateTime<Utc>)], bodies: Bodies, max_bytes: usize) -> Result<LogBatch> {
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(LogBatch::default());
         }
         let mut q: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(match bodies {
             Bodies::With => super::sqlite::LOG_SELECT,
@@ -303,9 +307,13 @@ impl TailStore for SqliteStore {
         for (id, _) in ids {
             list.push_bind(*id);
         }
-        q.push(")");
-        let rows = q.build().fetch_all(self.reader()).await?;
-        rows.iter().map(super::sqlite::log_from_row).collect()
+        // In the order first named (a CASE takes its first match).
+        q.push(") ORDER BY CASE r.id");
+        for (n, (id, _)) in ids.iter().enumerate() {
+            q.push(" WHEN ").push_bind(*id).push(format!(" THEN {n}"));
+        }
+        q.push(" END");
+        take_within_budget(q.build().fetch(self.reader()), u32::MAX, max_bytes, super::sqlite::log_from_row).await
     }
 }
 

@@ -325,12 +325,15 @@ async fn logs_by_key_come_once_each_with_their_latest_attempt(backend: Backend) 
     let (b, _) = store.log_details(waiting.request_id, None, ReadFrom::Primary).await.unwrap().unwrap();
     let nobody = (a.log_id + b.log_id + 1000, a.created_at);
 
-    let logs = store.logs_by_id(&[key(&a), key(&b), key(&a), nobody], Bodies::With).await.unwrap();
-    let mut ids: Vec<Uuid> = logs.iter().map(|l| l.request_id).collect();
-    ids.sort();
-    let mut want = vec![tried.request_id, waiting.request_id];
-    want.sort();
-    assert_eq!(ids, want, "each delivery once, the unknown key nowhere");
+    let read = store.logs_by_id(&[key(&b), key(&a), key(&b), nobody], Bodies::With, usize::MAX).await.unwrap();
+    assert!(!read.more);
+    let logs = read.logs;
+    let ids: Vec<Uuid> = logs.iter().map(|l| l.request_id).collect();
+    assert_eq!(
+        ids,
+        [waiting.request_id, tried.request_id],
+        "each delivery once, as first named, the unknown key nowhere"
+    );
     let a_now = logs.iter().find(|l| l.request_id == tried.request_id).unwrap();
     assert_eq!(a_now.status, ExecutionStatus::Failed);
     assert_eq!(a_now.last_attempt.as_ref().map(|t| t.status_code), Some(Some(500)));
@@ -338,12 +341,14 @@ async fn logs_by_key_come_once_each_with_their_latest_attempt(backend: Backend) 
     assert!(b_now.last_attempt.is_none(), "no attempt yet: {b_now:?}");
     assert!(!a_now.body.is_empty() && a_now.last_attempt.as_ref().unwrap().response_body == "ok");
 
+    // A byte budget the first log reaches: that log, and more to read.
+    let cut = store.logs_by_id(&[key(&a), nobody, key(&b)], Bodies::With, 1).await.unwrap();
+    assert!(cut.more);
+    assert_eq!(cut.logs.iter().map(|l| l.request_id).collect::<Vec<_>>(), [tried.request_id]);
     // Without bodies: the same logs as the BASIC view shows them.
-    let mut basic = store.logs_by_id(&[key(&a), key(&b), nobody], Bodies::Without).await.unwrap();
-    let mut want: Vec<_> = logs.iter().map(|l| l.basic_copy()).collect();
-    basic.sort_by_key(|l| l.log_id);
-    want.sort_by_key(|l| l.log_id);
-    assert_eq!(basic, want);
+    let basic = store.logs_by_id(&[key(&b), key(&a), nobody], Bodies::Without, usize::MAX).await.unwrap();
+    let want: Vec<_> = logs.iter().map(|l| l.basic_copy()).collect();
+    assert_eq!(basic.logs, want);
     // And the tail's attempts without their response bodies.
     let start = hookpost::store::TailPosition { attempt: (0, 0), event: (0, 0) };
     let tail = |bodies| {

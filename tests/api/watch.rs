@@ -396,11 +396,33 @@ async fn cors_is_off_by_default_and_allows_only_configured_origins() {
     assert_eq!(resp.headers()["access-control-allow-origin"], "http://localhost:3000");
 }
 
-/// A FULL watcher catching up over large payloads: one read's logs stop at
-/// a byte budget (2 MiB) and the rest come with the next reads, every event
-/// once, every payload whole.
+/// Reads `n` events: each the first attempt of a delivery carrying `blob`
+/// whole (FULL) or no payload (BASIC); returns their request IDs, sorted.
+async fn large_events(events: &mut Events, n: usize, blob: Option<&str>) -> Vec<String> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let e = next(events).await;
+        assert_eq!(attempt_number(&e), 1);
+        let log = e.log.unwrap();
+        match blob {
+            Some(blob) => {
+                let payload = hookpost::grpc::struct_to_json(log.payload.expect("FULL: the payload")).unwrap();
+                assert_eq!(payload["blob"].as_str(), Some(blob), "{}", log.request_id);
+            }
+            None => assert!(log.payload.is_none(), "BASIC: no payload"),
+        }
+        got.push(log.request_id);
+    }
+    got.sort();
+    got
+}
+
+/// Watchers over large payloads: a read with bodies stops its logs at a
+/// byte budget (2 MiB) and the rest come with the next reads, live (the
+/// hub's reads) and catching up from a token (the watcher's own): every
+/// event once, every FULL payload whole, no BASIC one.
 #[tokio::test]
-async fn a_full_watch_over_large_payloads_gets_every_event_once_and_whole() {
+async fn watches_over_large_payloads_get_every_event_once_and_whole() {
     let app = spawn_app().await;
     let receiver = Receiver::start().await;
     let org = Uuid::new_v4();
@@ -409,6 +431,9 @@ async fn a_full_watch_over_large_payloads_gets_every_event_once_and_whole() {
     app.dispatch(dispatch_to(&receiver.url(), org)).await.unwrap();
     let token = next(&mut events).await.resume_token;
     drop(events);
+    let view = |view: pb::LogView| pb::WatchWebhookLogsRequest { view: view.into(), ..of_org(org) };
+    let mut live_basic = watch(&app, view(pb::LogView::Basic)).await;
+    let mut live_full = watch(&app, view(pb::LogView::Full)).await;
 
     let blob = "x".repeat(200 * 1024);
     let mut sent = Vec::new();
@@ -423,17 +448,9 @@ async fn a_full_watch_over_large_payloads_gets_every_event_once_and_whole() {
     }
     // 12 logs of 200 KiB: more than one read's budget.
     let full = pb::WatchWebhookLogsRequest { resume_token: token, view: pb::LogView::Full.into(), ..of_org(org) };
-    let mut events = watch(&app, full).await;
-    let mut got = Vec::new();
-    for _ in 0..sent.len() {
-        let e = next(&mut events).await;
-        assert_eq!(attempt_number(&e), 1);
-        let log = e.log.unwrap();
-        let payload = hookpost::grpc::struct_to_json(log.payload.expect("FULL: the payload")).unwrap();
-        assert_eq!(payload["blob"].as_str().map(str::len), Some(blob.len()), "{}", log.request_id);
-        got.push(log.request_id);
-    }
-    got.sort();
+    let mut caught_up = watch(&app, full).await;
     sent.sort();
-    assert_eq!(got, sent, "each delivery's attempt once");
+    assert_eq!(large_events(&mut caught_up, sent.len(), Some(&blob)).await, sent, "catching up: each once");
+    assert_eq!(large_events(&mut live_full, sent.len(), Some(&blob)).await, sent, "live, FULL: each once");
+    assert_eq!(large_events(&mut live_basic, sent.len(), None).await, sent, "live, BASIC: each once");
 }

@@ -220,7 +220,8 @@ async fn main() -> anyhow::Result<()> {
             median(&ceilings),
             "requests/s",
             "1/(1/F+1/S): F empty health Checks/s to a bare tonic server from the same load generator, S the \
-             batched row above; what any gRPC server could reach here beside Postgres",
+             batched row above (pgbench's own CPU included): an estimate of what a tonic server doing nothing \
+             but answer could reach here beside Postgres",
         ));
         rows.push(Row::new(
             "deliver",

@@ -23,7 +23,7 @@ mod rows;
 pub mod sql;
 
 use rows::claim_from_row;
-pub(crate) use rows::{attempts_from_rows, log_decoder, log_from_row, logs_from_rows};
+pub(crate) use rows::{attempts_from_rows, log_decoder, log_from_row};
 
 /// A chunk of a call's logs, read on `db` (the primary or a replica).
 async fn call_logs_on(

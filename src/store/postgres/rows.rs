@@ -23,10 +23,12 @@ fn to_u32(v: i32) -> u32 {
 /// attempts' columns are then read with `try_get_unchecked`: checking each
 /// value's type against the Rust type's list of compatible Postgres types
 /// was another twelfth. Their types are not checked, so the SELECTs these
-/// decode (`LOG_SELECT`, `LIST_PAGE`, `LOGS_BY_ID`, and `ATTEMPT_COLUMNS` in
-/// this store and in the tail) must keep the column types the Rust fields have: int8
-/// for i64, int4 for i32, timestamptz (not timestamp) for times, jsonb for
-/// the metadata.
+/// decode (`LOG_SELECT`, `LIST_PAGE`, `LOGS_BY_ID` and `LOGS_BY_ID_BASIC`,
+/// and `ATTEMPT_COLUMNS` and `ATTEMPT_COLUMNS_BASIC` in this store and in
+/// the tail) must keep the column types the Rust fields have: int8 for
+/// i64, int4 for i32, timestamptz (not timestamp) for times, jsonb for the
+/// metadata, text for the bodies (the BASIC statements' empty bodies are
+/// cast for that reason).
 macro_rules! column_positions {
     ($name:ident { $($col:ident),* $(,)? }) => {
         #[derive(Debug, Clone, Copy)]
@@ -165,11 +167,6 @@ fn attempt_at(c: &AttemptColumns, row: &PgRow) -> Result<AttemptRecord> {
 
 pub(crate) fn log_from_row(row: &PgRow) -> Result<LogRecord> {
     log_at(&LogColumns::of(row)?, row)
-}
-
-/// Decodes rows of logs, finding the columns once.
-pub(crate) fn logs_from_rows(rows: &[PgRow]) -> Result<Vec<LogRecord>> {
-    rows.iter().map(log_decoder()).collect()
 }
 
 /// A decoder of streamed log rows that finds the columns in the first.
