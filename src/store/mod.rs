@@ -115,9 +115,10 @@ pub fn log_bytes(l: &LogRecord) -> usize {
     l.body.len() + l.webhook_url.len() + attempt
 }
 
-/// Reads rows from `rows` (a query with `LIMIT limit + 1`) until `limit` are
-/// taken or their bytes reach `max_bytes`; then looks at one more row only to
-/// tell whether more follow. Rows are decoded one at a time from the
+/// Reads rows from `rows` (a query with `LIMIT limit + 1`, or with no LIMIT
+/// and `limit` `u32::MAX`, as the live tail's lookup by key) until `limit`
+/// are taken or their bytes reach `max_bytes`; then looks at one more row
+/// only to tell whether more follow. Rows are decoded one at a time from the
 /// connection, so what was not taken is never held.
 pub(crate) async fn take_within_budget<R, S>(
     mut rows: S,
