@@ -454,3 +454,38 @@ async fn watches_over_large_payloads_get_every_event_once_and_whole() {
     assert_eq!(large_events(&mut live_full, sent.len(), Some(&blob)).await, sent, "live, FULL: each once");
     assert_eq!(large_events(&mut live_basic, sent.len(), None).await, sent, "live, BASIC: each once");
 }
+
+/// FULL watchers joining, one after another, while a BASIC one keeps the hub
+/// reading without bodies and webhooks keep arriving: a joiner may receive a
+/// batch the hub read before it was counted, and reads that one again from
+/// the store. Whichever way, every event a FULL watcher gets has its bodies.
+#[tokio::test]
+async fn full_watchers_joining_a_hub_that_reads_without_bodies_get_bodies() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let org = Uuid::new_v4();
+    let view = |view: pb::LogView| pb::WatchWebhookLogsRequest { view: view.into(), ..of_org(org) };
+    let _basic = watch(&app, view(pb::LogView::Basic)).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (client, key, url, stop) = (app.client.clone(), app.key.clone(), receiver.url(), stop.clone());
+        senders.spawn(async move {
+            while !stop.is_cancelled() {
+                client.clone().dispatch(with_key(dispatch_to(&url, org), &key)).await.unwrap();
+            }
+        });
+    }
+    for _ in 0..50 {
+        let mut full = watch(&app, view(pb::LogView::Full)).await;
+        for _ in 0..3 {
+            let e = next(&mut full).await;
+            assert!(e.log.as_ref().unwrap().payload.is_some(), "FULL: the payload");
+            assert!(!e.attempt.as_ref().unwrap().request_body.is_empty(), "FULL: the request body");
+        }
+    }
+    stop.cancel();
+    while let Some(sent) = senders.join_next().await {
+        sent.unwrap();
+    }
+}
