@@ -348,13 +348,16 @@ impl WebhookService {
             (true, Some(last)) => keys.iter().position(|k| k.0 == last.log_id).map_or(0, |i| i + 1),
             _ => keys.len(),
         };
-        let looked: HashSet<i64> = keys[..looked].iter().map(|k| k.0).collect();
+        // The events before the first one of the first delivery not looked
+        // up: keys are in the order of their first events, so every event
+        // before it is of a delivery looked up.
+        let total = events.len();
+        let end = keys.get(looked).and_then(|k| events.iter().position(|e| e.log_id == k.0)).unwrap_or(total);
         // A delivery with several events in the batch shares one log.
         let logs: HashMap<i64, Arc<LogRecord>> = read.logs.into_iter().map(|l| (l.log_id, Arc::new(l))).collect();
-        let total = events.len();
         let events: Vec<Observed> = events
             .into_iter()
-            .take_while(|e| looked.contains(&e.log_id))
+            .take(end)
             .map(|e| Observed {
                 log: logs.get(&e.log_id).cloned(),
                 change: Arc::new(e.change),

@@ -169,13 +169,13 @@ async fn main() -> anyhow::Result<()> {
                  batched {bg:.0} µs per row, {bb:.0} % busy; gRPC floor {fp:.0} µs per call, {fb:.0} % busy"
             );
             let floor = dispatched.floor_per_s;
+            let ceiling = 1.0 / (1.0 / floor + 1.0 / pgbb);
             eprintln!(
                 "round {round} ceiling: an empty call to a bare tonic server {floor:.0}/s; with the batched row, \
-                 1/(1/F+1/S) = {:.0}/s, {:.2} of batched",
-                1.0 / (1.0 / floor + 1.0 / pgbb),
-                1.0 / (1.0 / floor + 1.0 / pgbb) / pgbb
+                 1/(1/F+1/S) = {ceiling:.0}/s, {:.2} of batched",
+                ceiling / pgbb
             );
-            ceilings.push(1.0 / (1.0 / floor + 1.0 / pgbb));
+            ceilings.push(ceiling);
             pb.push(pgbb);
             batches.push(dispatched.rows_per_commit);
             d.push(got.deliveries_per_s);
